@@ -1,0 +1,43 @@
+# Mayfly: set-up, run and test. Needs root: `sudo make run`, `sudo make test`.
+# Every step is idempotent: a second `make setup` changes nothing.
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+RECORDS ?= /var/log/mayfly/records.msgpack
+PYTEST  ?= -ra
+
+.PHONY: setup system-packages venv host run test clean
+
+setup: system-packages venv host
+
+# Debian/Ubuntu/Fedora packages: BCC, runc, headers, compilers (names in sensor/distro.py).
+system-packages:
+	@$(PYTHON) sensor/distro.py install
+
+# The venv, with the system's bcc package alone linked in: not the whole
+# dist-packages, whose cffi and others clash with pip's.
+venv: $(BIN)/mayfly
+	@bcc_dir=$$(/usr/bin/python3 -c 'import bcc, os; print(os.path.dirname(bcc.__file__))') \
+	  || { echo "the system python cannot import bcc: install $$($(PYTHON) sensor/distro.py bcc)" >&2; exit 1; }; \
+	site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	ln -sfn "$$bcc_dir" "$$site/bcc"
+
+$(BIN)/mayfly: setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Mount tracefs/securityfs, link a fallback kernel header tree, report the host.
+host: venv
+	$(BIN)/mayfly doctor --fix
+
+run: setup
+	$(BIN)/mayfly run --output $(RECORDS)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST) tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Package data: the C programs and shared headers (ebpf/README.md). No Python here."""

@@ -1,0 +1,1 @@
+"""Package data: the built-in rule files. No Python here."""

@@ -1,0 +1,115 @@
+"""Facts about the host and the small changes Mayfly makes to it: mounts, privileges."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+
+from sensor.log import get_logger
+
+log = get_logger("host")
+
+TRACEFS = "/sys/kernel/tracing"
+SECURITYFS = "/sys/kernel/security"
+BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
+
+# Capability bits from linux/capability.h.
+CAPABILITIES = {"CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+class HostError(RuntimeError):
+    """The host lacks something Mayfly needs; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    fstype: str
+    options: str
+
+
+def _unescape(field: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts(proc_mounts: str = "/proc/mounts") -> list[Mount]:
+    result = []
+    with open(proc_mounts) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4:
+                result.append(Mount(*(_unescape(p) for p in parts[:4])))
+    return result
+
+
+def find_mount(fstype: str, proc_mounts: str = "/proc/mounts") -> Mount | None:
+    """The first mount of that filesystem type, or None."""
+    return next((m for m in mounts(proc_mounts) if m.fstype == fstype), None)
+
+
+def cgroup2_root(proc_mounts: str = "/proc/mounts") -> str:
+    """Where the cgroup2 hierarchy is mounted: /sys/fs/cgroup on modern hosts,
+    /sys/fs/cgroup/unified on hybrid ones. Read from the mount table, never assumed."""
+    mount = find_mount("cgroup2", proc_mounts)
+    if mount is None:
+        raise HostError("no cgroup2 filesystem is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) "
+                        "or boot with systemd.unified_cgroup_hierarchy")
+    return mount.target
+
+
+def cgroup_id(cgroup_dir: str) -> int:
+    """A cgroup2 id as bpf_get_current_cgroup_id() reports it: its directory's inode."""
+    return os.stat(cgroup_dir).st_ino
+
+
+def _libc_mount(fstype: str, target: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"none", target.encode(), fstype.encode(), 0, None) != 0:
+        err = ctypes.get_errno()
+        raise HostError(f"cannot mount {fstype} at {target}: {os.strerror(err)}")
+
+
+def ensure_mounted(fstype: str, target: str) -> bool:
+    """Mount `fstype` at `target` unless it is mounted somewhere. True if this call mounted it."""
+    if find_mount(fstype):
+        return False
+    _libc_mount(fstype, target)
+    log.info("mounted", fstype=fstype, target=target)
+    return True
+
+
+def tracefs_root() -> str | None:
+    mount = find_mount("tracefs")
+    if mount:
+        return mount.target
+    debugfs = find_mount("debugfs")
+    if debugfs and os.path.isdir(os.path.join(debugfs.target, "tracing", "events")):
+        return os.path.join(debugfs.target, "tracing")
+    return None
+
+
+def prepare() -> None:
+    """Mount tracefs (BCC reads tracepoint formats from it) and securityfs if missing."""
+    if tracefs_root() is None:
+        ensure_mounted("tracefs", TRACEFS)
+    ensure_mounted("securityfs", SECURITYFS)
+
+
+def effective_capabilities(status: str = "/proc/self/status") -> set[str]:
+    with open(status) as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                bits = int(line.split()[1], 16)
+                return {name for name, bit in CAPABILITIES.items() if bits >> bit & 1}
+    return set()
+
+
+def can_load_bpf(caps: set[str] | None = None) -> bool:
+    """CAP_BPF with CAP_PERFMON (kernel >= 5.8), or CAP_SYS_ADMIN. Being uid 0 is not
+    enough on its own: a root process in a container may lack both."""
+    caps = effective_capabilities() if caps is None else caps
+    return {"CAP_BPF", "CAP_PERFMON"} <= caps or "CAP_SYS_ADMIN" in caps
