@@ -64,4 +64,4 @@ def load(config: ProgramConfig):
     bcc = import_bcc()
     host.prepare()
     kernel_headers.resolve(link=True)
-    return bcc.BPF(src_file=str(resources.ebpf_file(SOURCE)), cflags=config.cflags())
+    return bcc.BPF(src_file=str(resources.ebpf_file(SOURCE)).encode(), cflags=config.cflags())

@@ -62,14 +62,14 @@ def _probe(name: str, required: bool, note: str, attempt: Callable[[], str]) -> 
 
 
 def _ringbuf(bcc) -> str:
-    bcc.BPF(text="BPF_RINGBUF_OUTPUT(probe_rb, 1); int probe(void *ctx) { return 0; }").cleanup()
+    bcc.BPF(text=b"BPF_RINGBUF_OUTPUT(probe_rb, 1); int probe(void *ctx) { return 0; }").cleanup()
     return "BPF_MAP_TYPE_RINGBUF created"
 
 
 def _send_signal(bcc) -> str:
-    b = bcc.BPF(text="int probe(void *ctx) { bpf_send_signal(0); return 0; }")
+    b = bcc.BPF(text=b"int probe(void *ctx) { bpf_send_signal(0); return 0; }")
     try:
-        b.load_func("probe", bcc.BPF.TRACEPOINT)
+        b.load_func(b"probe", bcc.BPF.TRACEPOINT)
     finally:
         b.cleanup()
     return "a tracepoint program calling it loads"
@@ -79,9 +79,9 @@ def _cgroup_skb(bcc) -> str:
     root = host.cgroup2_root()
     path = os.path.join(root, f"mayfly-doctor-{uuid.uuid4().hex[:8]}")
     os.mkdir(path)
-    b = bcc.BPF(text="int probe(struct __sk_buff *skb) { return 1; }")
+    b = bcc.BPF(text=b"int probe(struct __sk_buff *skb) { return 1; }")
     try:
-        fn = b.load_func("probe", bcc.BPF.CGROUP_SKB)
+        fn = b.load_func(b"probe", bcc.BPF.CGROUP_SKB)
         fd = os.open(path, os.O_RDONLY)
         try:
             b.attach_func(fn, fd, bcc.BPFAttachType.CGROUP_INET_EGRESS)
@@ -95,21 +95,21 @@ def _cgroup_skb(bcc) -> str:
 
 
 def _kprobe(bcc) -> str:
-    b = bcc.BPF(text="int probe(void *ctx) { return 0; }")
+    b = bcc.BPF(text=b"int probe(void *ctx) { return 0; }")
     try:
-        b.attach_kprobe(event="do_nanosleep", fn_name="probe")
+        b.attach_kprobe(event=b"do_nanosleep", fn_name=b"probe")
     finally:
         b.cleanup()
     return "attached to do_nanosleep"
 
 
 def _fentry(bcc) -> str:
-    bcc.BPF(text="KFUNC_PROBE(do_nanosleep) { return 0; }").cleanup()
+    bcc.BPF(text=b"KFUNC_PROBE(do_nanosleep) { return 0; }").cleanup()
     return "loaded on do_nanosleep"
 
 
 def _lsm(bcc) -> str:
-    bcc.BPF(text="LSM_PROBE(bpf, int cmd) { return 0; }").cleanup()
+    bcc.BPF(text=b"LSM_PROBE(bpf, int cmd) { return 0; }").cleanup()
     return "loaded on the bpf hook"
 
 

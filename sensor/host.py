@@ -66,18 +66,27 @@ def cgroup_id(cgroup_dir: str) -> int:
     return os.stat(cgroup_dir).st_ino
 
 
-def _libc_mount(fstype: str, target: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"none", target.encode(), fstype.encode(), 0, None) != 0:
-        err = ctypes.get_errno()
-        raise HostError(f"cannot mount {fstype} at {target}: {os.strerror(err)}")
+_libc = ctypes.CDLL(None, use_errno=True)
+_MNT_DETACH = 2
+
+
+def mount(fstype: str, target: str, source: str = "none", options: str | None = None) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0,
+                   options.encode() if options else None) != 0:
+        raise HostError(f"cannot mount {fstype} at {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def umount(target: str) -> None:
+    """Lazy unmount (MNT_DETACH): a busy mount goes once its last user does."""
+    if _libc.umount2(target.encode(), _MNT_DETACH) != 0:
+        raise HostError(f"cannot unmount {target}: {os.strerror(ctypes.get_errno())}")
 
 
 def ensure_mounted(fstype: str, target: str) -> bool:
     """Mount `fstype` at `target` unless it is mounted somewhere. True if this call mounted it."""
     if find_mount(fstype):
         return False
-    _libc_mount(fstype, target)
+    mount(fstype, target)
     log.info("mounted", fstype=fstype, target=target)
     return True
 

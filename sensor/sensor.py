@@ -61,7 +61,7 @@ class Sensor:
         log.info("rules loaded", rules=len(self.ruleset.rules), rejected=len(self.ruleset.problems))
         self._bpf = bpf_program.load(self.config)
         self._seed_parents()
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._bpf[b"events"].open_ring_buffer(self._on_event)
         log.info("sensor started", pid=os.getpid())
 
     def stop(self) -> None:
@@ -107,7 +107,7 @@ class Sensor:
                 sink.flush()
 
     def _kernel_losses(self) -> list[Record]:
-        stats = self._bpf["stats"]
+        stats = self._bpf[b"stats"]
         result = []
         for index, reason in self._loss_reasons.items():
             total = stats[ctypes.c_int(index)].value
@@ -121,7 +121,7 @@ class Sensor:
 
     def _seed_parents(self) -> None:
         """Fill the kernel's parent_of map for processes that forked before we started."""
-        parent_of = self._bpf["parent_of"]
+        parent_of = self._bpf[b"parent_of"]
         key_type, value_type = parent_of.Key, parent_of.Leaf
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
