@@ -28,7 +28,7 @@ setup(
         "PyYAML>=6.0,<7",
     ],
     extras_require={
-        "test": ["pytest>=7.4,<10", "hypothesis>=6.80,<7"],
+        "test": ["pytest>=7.4,<10", "hypothesis>=6.80,<7", "setuptools>=70.1"],
     },
     entry_points={"console_scripts": ["mayfly=sensor.cli:main"]},
 )

@@ -30,8 +30,14 @@ def pack(record: Record) -> bytes:
 
 def read_stream(f: IO[bytes]) -> Iterator[Record]:
     """Records from a file written by FileSink, in order. A truncated tail (a sensor
-    killed mid-write) raises msgpack's error after the complete records."""
-    yield from msgpack.Unpacker(f, raw=False, strict_map_key=True)
+    killed mid-write) raises ValueError after the complete records."""
+    unpacker = msgpack.Unpacker(f, raw=False)
+    complete = 0  # bytes up to the end of the last whole record
+    for record in unpacker:
+        complete = unpacker.tell()
+        yield record
+    if f.seekable() and complete < f.tell():
+        raise ValueError(f"truncated record at byte {complete} of {f.tell()}")
 
 
 def describe(record: Record) -> str:

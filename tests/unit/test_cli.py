@@ -1,0 +1,74 @@
+"""The `mayfly` command's parts that need no root: help, --print-ebpf, replay, log format."""
+
+import json
+import logging
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from sensor import FileSink, records
+from sensor.cli import main
+
+
+def test_console_script_and_module_are_the_same_command():
+    out = subprocess.run([sys.executable, "-m", "sensor", "--help"], capture_output=True, text=True, check=True)
+    for command in ("run", "doctor", "replay"):
+        assert command in out.stdout
+
+
+def test_print_ebpf_shows_cflags_and_sources():
+    result = CliRunner().invoke(main, ["run", "--print-ebpf", "--ringbuf-pages", "64"])
+    assert result.exit_code == 0
+    assert "-DMAYFLY_RINGBUF_PAGES=64" in result.output
+    assert "struct mayfly_event_header {" in result.output
+    assert "TRACEPOINT_PROBE(sched, sched_process_exec)" in result.output
+
+
+def test_bad_ringbuf_size_is_refused():
+    result = CliRunner().invoke(main, ["run", "--ringbuf-pages", "3"])
+    assert result.exit_code == 2 and "power of two" in result.output
+
+
+def test_replay_prints_each_record(tmp_path):
+    path = tmp_path / "r.msgpack"
+    sink = FileSink(str(path))
+    sink.write(records.new("exec", 0, cgroup_id=77, filename="/bin/ls",
+                           proc={"pid": 5, "tid": 5, "ppid": 1, "uid": 0, "gid": 0, "comm": "ls"}))
+    sink.write(records.new("loss", 0, count=2, reason="ring buffer full"))
+    sink.close()
+    result = CliRunner().invoke(main, ["replay", str(path)])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and "cgroup=77" in lines[0] and "2 events lost" in lines[1]
+
+
+def test_replay_of_a_damaged_file_names_it(tmp_path):
+    path = tmp_path / "r.msgpack"
+    path.write_bytes(records.pack(records.new("loss", 0, count=1, reason="x"))[:-2])
+    result = CliRunner().invoke(main, ["replay", str(path)])
+    assert result.exit_code == 1 and str(path) in result.output and "truncated" in result.output
+
+
+def test_logs_are_json_when_not_a_tty(tmp_path):
+    from sensor.log import configure_cli, get_logger
+    log_file = tmp_path / "log"
+    with open(log_file, "w") as stream:
+        configure_cli(logging.INFO, stream)
+        get_logger("test").warning("something happened", detail=3)
+    (line,) = log_file.read_text().splitlines()
+    entry = json.loads(line)
+    assert (entry["event"], entry["detail"], entry["level"], entry["logger"]) == \
+        ("something happened", 3, "warning", "mayfly.test")
+    logging.getLogger("mayfly").handlers.clear()
+
+
+def test_library_import_configures_nothing_globally():
+    probe = ("import logging, structlog\n"
+             "before = list(logging.getLogger().handlers)\n"
+             "import sensor\n"
+             "from sensor.log import get_logger\n"
+             "get_logger('x').info('quiet')\n"
+             "print(logging.getLogger().handlers == before, structlog.is_configured())\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"] and out.stderr == ""

@@ -1,0 +1,67 @@
+"""events.h is the single source of truth: the dtypes derived from it match the C compiler."""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from sensor import layout, resources
+
+
+def compiler_layout(tmp_path, events):
+    """sizeof/offsetof of every struct and field, as gcc lays out events.h."""
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include <linux/types.h>', '#include "events.h"',
+             "int main(void) {"]
+    for name, dtype in events.structs.items():
+        lines.append(f'printf("{name} %zu\\n", sizeof(struct {name}));')
+        for field in dtype.names:
+            lines.append(f'printf("{name}.{field} %zu %zu\\n", offsetof(struct {name}, {field}), '
+                         f'sizeof(((struct {name} *)0)->{field}));')
+    lines.append("return 0; }")
+    source = tmp_path / "layout.c"
+    source.write_text("\n".join(lines))
+    binary = tmp_path / "layout"
+    subprocess.run(["gcc", f"-I{resources.ebpf_dir()}", "-o", str(binary), str(source)], check=True)
+    return subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_dtypes_match_the_compiler(tmp_path):
+    events = layout.events()
+    expected = []
+    for name, dtype in events.structs.items():
+        expected.append(f"{name} {dtype.itemsize}")
+        for field in dtype.names:
+            field_dtype, offset = dtype.fields[field][:2]
+            expected.append(f"{name}.{field} {offset} {field_dtype.itemsize}")
+    assert compiler_layout(tmp_path, events) == expected
+
+
+def test_constants_and_kinds():
+    events = layout.events()
+    assert events.constants["MAYFLY_COMM_LEN"] == 16
+    assert events.kinds() == {events.constants["MAYFLY_EVENT_EXEC"]: "exec"}
+    header = events.structs["mayfly_event_header"]
+    assert events.structs["mayfly_exec_event"].fields["hdr"][0] == header
+    assert header.itemsize % 8 == 0
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("__u32 a; __u64 b;", "implicit padding before b"),
+    ("__u64 a; __u32 b;", "implicit tail padding"),
+    ("int a;", "type int"),
+    ("char name[UNDEFINED_LEN];", "UNDEFINED_LEN"),
+    ("struct nowhere x;", "not defined"),
+    ("char c;", "lone char"),
+])
+def test_refuses_what_it_cannot_vouch_for(body, reason):
+    with pytest.raises(layout.LayoutError, match=reason):
+        layout.parse(f"struct bad {{ {body} }};")
+
+
+def test_nested_struct_alignment_is_the_c_one():
+    parsed = layout.parse("#define N 3\nstruct in { __u64 a; };\nstruct out { __u32 x; __u32 _pad; struct in i; "
+                          "char s[N]; __u8 t[5]; };")
+    out = parsed.structs["out"]
+    assert [out.fields[f][1] for f in out.names] == [0, 4, 8, 16, 19]
+    assert out.itemsize == 24
+    assert parsed.structs["in"] == np.dtype({"names": ["a"], "formats": ["<u8"], "offsets": [0], "itemsize": 8})

@@ -1,0 +1,49 @@
+"""`pip install .` (not only -e) ships ebpf/ and rules/ and finds them where installed;
+`import sensor` needs no BCC, and starting without BCC names the package to install."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_non_editable_install_finds_its_data(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(REPO)], check=True, cwd=tmp_path)
+    assert (target / "sensor" / "ebpf" / "events.h").is_file()
+    assert (target / "sensor" / "ebpf" / "mayfly.bpf.c").is_file()
+    assert (target / "sensor" / "rules" / "mayfly_rules.yaml").is_file()
+    probe = ("from sensor import resources, layout, bpf_program, ProgramConfig\n"
+             "print(resources.ebpf_file('events.h'))\n"
+             "print(resources.builtin_rule_files()[0])\n"
+             "print(len(layout.events().structs))\n"
+             "print('// ---- ' in bpf_program.render(ProgramConfig()))\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(target / "sensor" / "ebpf" / "events.h"), str(target / "sensor" / "rules" / "mayfly_rules.yaml"),
+                   "2", "True"]
+
+
+def test_import_without_bcc_and_a_clear_error_at_start(tmp_path):
+    probe = ("import sys\n"
+             "sys.modules['bcc'] = None  # as on a host without python3-bpfcc\n"
+             "import sensor\n"
+             "from sensor import distro\n"
+             "try:\n"
+             "    sensor.Sensor(rules=[]).start()\n"
+             "except sensor.BccMissing as e:\n"
+             "    print(distro.detect().bcc_package in str(e), \"'bcc' is unrelated\" in str(e))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.split() == ["True", "True"], result.stderr
+
+
+def test_no_pypi_bcc_dependency():
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    names = {Requirement(r).name.lower() for r in requires("mayfly")}
+    assert {"numba", "msgpack", "structlog", "pyroute2"} <= names
+    assert "bcc" not in names  # the PyPI project of that name is an unrelated library
