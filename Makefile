@@ -37,7 +37,7 @@ run: setup
 	$(BIN)/mayfly run --output $(RECORDS)
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST) tests
+	$(BIN)/python -m pytest $(PYTEST) tests/unit tests/kernel tests/e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info

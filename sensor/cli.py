@@ -55,8 +55,8 @@ def run(rule_paths, output, quiet, ringbuf_pages, print_ebpf) -> None:
         with sensor:
             for _ in sensor:
                 pass
-    except (bpf_program.BccMissing, OSError, RuntimeError) as e:
-        log.error("sensor failed", error=str(e))
+    except Exception as e:  # BCC raises bare Exception for compile and attach failures
+        log.error("sensor failed", error=f"{type(e).__name__}: {e}")
         sys.exit(1)
     log.info("sensor stopped")
 

@@ -149,8 +149,9 @@ def _lockdown(securityfs: host.Mount | None) -> Check:
 def run(fix: bool = False) -> list[Check]:
     """All checks. With `fix`, first mount what is missing and link a fallback header tree."""
     caps = host.effective_capabilities()
+    privileged = host.can_load_bpf(caps)
     checks = [
-        Check("privileges", host.can_load_bpf(caps),
+        Check("privileges", privileged,
               f"uid {os.geteuid()}, effective: {', '.join(sorted(caps)) or 'none of CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN'}"),
         Check("BTF", os.path.exists(host.BTF_VMLINUX),
               host.BTF_VMLINUX if os.path.exists(host.BTF_VMLINUX) else f"{host.BTF_VMLINUX} is missing"),
@@ -180,7 +181,7 @@ def run(fix: bool = False) -> list[Check]:
         ("fentry programs", False, unused, _fentry),
         ("LSM programs", False, unused, _lsm),
     ]
-    unmet = [what for what, met in (("privileges", checks[0].ok), ("bcc", bcc is not None),
+    unmet = [what for what, met in (("privileges", privileged), ("bcc", bcc is not None),
                                      ("a linked header tree (--fix)", headers_ok),
                                      ("tracefs", host.tracefs_root() is not None)) if not met]
     for name, required, note, attempt in probes:

@@ -70,6 +70,8 @@ class Sensor:
 
     def poll(self, timeout_ms: int = 100) -> list[Record]:
         """Wait up to `timeout_ms` for events; return (and dispatch) the records."""
+        if self._bpf is None:
+            raise RuntimeError("the sensor is not running: use it as a context manager or call start()")
         self._bpf.ring_buffer_poll(timeout_ms)
         raw, self._pending = self._pending, []
         batch = []

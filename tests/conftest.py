@@ -46,7 +46,7 @@ def _ci_failures() -> list[str]:
         counts = _outcomes[tier]
         if counts["skipped"]:
             problems.append(f"{counts['skipped']} {tier} test(s) skipped")
-        if _collected[tier] and not counts["passed"] and not counts["failed"]:
+        elif _collected[tier] and not counts["passed"] and not counts["failed"]:
             problems.append(f"the {tier} tier was collected but did not run")
     return problems
 

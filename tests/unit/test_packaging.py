@@ -2,6 +2,7 @@
 `import sensor` needs no BCC, and starting without BCC names the package to install."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_non_editable_install_finds_its_data(tmp_path):
-    target = tmp_path / "site"
+    source, target = tmp_path / "src", tmp_path / "site"
+    # Build from a copy: the build writes into its source tree, which may not be ours to write.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO)], check=True, cwd=tmp_path)
+                    "--target", str(target), str(source)], check=True, cwd=tmp_path)
     assert (target / "sensor" / "ebpf" / "events.h").is_file()
     assert (target / "sensor" / "ebpf" / "mayfly.bpf.c").is_file()
     assert (target / "sensor" / "rules" / "mayfly_rules.yaml").is_file()
