@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 from sensor import bpf_program, records, resources, rule_loader
@@ -12,6 +11,7 @@ from sensor.bpf_program import ProgramConfig
 from sensor.decode import Decoder
 from sensor.log import get_logger
 from sensor.records import Record
+from sensor.ringbuf import RingReader
 from sensor.sinks import Sink
 
 log = get_logger("sensor")
@@ -36,7 +36,7 @@ class Sensor:
         self.config = config or ProgramConfig()
         self.ruleset: rule_loader.RuleSet | None = None
         self._bpf = None
-        self._pending: list[bytes] = []
+        self._ring: RingReader | None = None
         self._decoder = Decoder()
         constants = self._decoder.layout.constants
         self._loss_reasons = {constants["MAYFLY_STAT_RINGBUF_FULL"]: "ring buffer full"}
@@ -61,7 +61,8 @@ class Sensor:
         log.info("rules loaded", rules=len(self.ruleset.rules), rejected=len(self.ruleset.problems))
         self._bpf = bpf_program.load(self.config)
         self._seed_parents()
-        self._bpf[b"events"].open_ring_buffer(self._on_event)
+        ring = self._bpf[b"events"]
+        self._ring = RingReader(ring.map_fd, ring.max_entries)
         log.info("sensor started", pid=os.getpid())
 
     def stop(self) -> None:
@@ -70,16 +71,14 @@ class Sensor:
 
     def poll(self, timeout_ms: int = 100) -> list[Record]:
         """Wait up to `timeout_ms` for events; return (and dispatch) the records."""
-        if self._bpf is None:
+        if self._ring is None:
             raise RuntimeError("the sensor is not running: use it as a context manager or call start()")
-        self._bpf.ring_buffer_poll(timeout_ms)
-        raw, self._pending = self._pending, []
-        batch = []
-        for event in raw:
-            try:
-                batch.append(self._decoder.decode(event))
-            except ValueError as e:
-                batch.append(self._loss(1, f"undecodable event: {e}"))
+        if not self._ring.pending():
+            self._ring.wait(timeout_ms / 1000)
+        arrays, unknown = self._decoder.split(self._ring.drain())
+        batch = self._decoder.records(arrays)
+        if unknown:
+            batch.append(self._loss(unknown, "unknown event kind"))
         batch.extend(self._kernel_losses())
         self._dispatch(batch)
         return batch
@@ -89,14 +88,12 @@ class Sensor:
         if self._bpf is None:
             return
         self.poll(0)  # what is still in the ring buffer
+        self._ring.close()
+        self._ring = None
         self._bpf.cleanup()
         self._bpf = None
         for sink in self.sinks:
             sink.close()
-
-    def _on_event(self, _ctx, data, size) -> None:
-        # BCC's per-event callback: copy only, decode in batches after the poll.
-        self._pending.append(ctypes.string_at(data, size))
 
     def _dispatch(self, batch: list[Record]) -> None:
         for record in batch:
@@ -119,7 +116,7 @@ class Sensor:
         return result
 
     def _loss(self, count: int, reason: str) -> Record:
-        return records.new("loss", self._decoder.clock.to_epoch(time.clock_gettime_ns(time.CLOCK_MONOTONIC)), count=count, reason=reason)
+        return records.new("loss", self._decoder.clock.now(), count=count, reason=reason)
 
     def _seed_parents(self) -> None:
         """Fill the kernel's parent_of map for processes that forked before we started."""

@@ -1,0 +1,123 @@
+"""Read a BPF ring buffer through its mmap'd pages, with no per-event Python call.
+
+The kernel maps a ring buffer as: one consumer page (read-write, holds the consumer
+position), then one producer page (read-only, holds the producer position), then the
+data area mapped twice in a row, so that a record that wraps around the end is still
+contiguous. Each record starts with an 8-byte header: a u32 length whose top bits say
+"still being written" (busy) or "discarded", and a u32 page offset. Records are
+8-byte aligned. A Numba function copies whole committed records into a batch and
+advances the consumer position; Python waits with epoll on the map fd in between.
+"""
+
+from __future__ import annotations
+
+import mmap
+import select
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+_BUSY = np.uint32(1 << 31)
+_DISCARD = np.uint32(1 << 30)
+_LEN_MASK = np.uint32((1 << 30) - 1)
+_HEADER = np.uint64(8)
+_ALIGN = np.uint64(7)
+
+
+@numba.njit(cache=True, nogil=True)
+def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
+    """Copy committed records into out[used:], record i at offsets[i]. Returns (count, used).
+
+    Stops at the producer position read on entry, at a record still being written,
+    or when `out` or `offsets` is full; the consumer position covers exactly what was
+    copied (or discarded), so nothing is skipped or read twice."""
+    # Positions are u64 throughout: mixing in signed ints would make Numba use floats.
+    cons = consumer[0]
+    prod = producer[0]
+    n = 0
+    used = np.uint64(0)
+    while cons < prod and n < offsets.size:
+        pos = cons & mask
+        header = data32[pos >> np.uint64(2)]
+        if header & _BUSY:
+            break
+        size = np.uint64(header & _LEN_MASK)
+        if not header & _DISCARD:
+            if used + size > out.size:
+                break
+            out[used:used + size] = data[pos + _HEADER:pos + _HEADER + size]
+            offsets[n] = used
+            lengths[n] = size
+            n += 1
+            used += (size + _ALIGN) & ~_ALIGN
+        cons += (size + _HEADER + _ALIGN) & ~_ALIGN
+        consumer[0] = cons
+    return n, used
+
+
+@numba.njit(cache=True, nogil=True)
+def gather(buf, offsets, lengths, select_mask, out):
+    """Copy the selected records into the rows of `out` (zeroed: shorter records
+    leave their tail zero). Returns how many rows were filled."""
+    row = 0
+    width = out.shape[1]
+    for i in range(offsets.size):
+        if select_mask[i]:
+            size = min(lengths[i], width)
+            out[row, :size] = buf[offsets[i]:offsets[i] + size]
+            row += 1
+    return row
+
+
+@dataclass
+class RawBatch:
+    """Records copied out of the ring: record i is buf[offsets[i]:offsets[i] + lengths[i]]."""
+    buf: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return self.offsets.size
+
+
+class RingReader:
+    """Consumer of one BPF_MAP_TYPE_RINGBUF, given its fd and data size in bytes."""
+
+    def __init__(self, map_fd: int, size: int, batch_bytes: int = 8 << 20, batch_records: int = 65536):
+        if size <= 0 or size & (size - 1) or size % mmap.PAGESIZE:
+            raise ValueError(f"ring buffer size {size} is not a power-of-two number of pages")
+        page = mmap.PAGESIZE
+        self._consumer_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._data_map = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._consumer = np.frombuffer(self._consumer_map, np.uint64, count=1)
+        self._producer = np.frombuffer(self._data_map, np.uint64, count=1)
+        self._data = np.frombuffer(self._data_map, np.uint8, offset=page)
+        self._data32 = self._data.view(np.uint32)
+        self._mask = np.uint64(size - 1)
+        self._out = np.empty(batch_bytes, np.uint8)
+        self._offsets = np.empty(batch_records, np.uint64)
+        self._lengths = np.empty(batch_records, np.uint32)
+        self._epoll = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until the kernel signals data, or the timeout (the batched-wakeup timer)."""
+        self._epoll.poll(timeout_s)
+
+    def pending(self) -> int:
+        """Bytes committed or being written that the consumer has not read yet."""
+        return int(self._producer[0] - self._consumer[0])
+
+    def drain(self) -> RawBatch:
+        """Everything committed now, up to one batch. The batch's arrays are reused by
+        the next drain: copy what must outlive it."""
+        n, used = _drain(self._consumer, self._producer, self._data32, self._data, self._mask,
+                         self._out, self._offsets, self._lengths)
+        return RawBatch(self._out[:used], self._offsets[:n], self._lengths[:n])
+
+    def close(self) -> None:
+        self._epoll.close()
+        del self._consumer, self._producer, self._data, self._data32
+        self._consumer_map.close()
+        self._data_map.close()
