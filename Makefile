@@ -34,7 +34,7 @@ host: venv
 	$(BIN)/mayfly doctor --fix
 
 run: setup
-	$(BIN)/mayfly run --output $(RECORDS)
+	$(BIN)/mayfly run --emit-events=execve,execveat --output stdout --output file:$(RECORDS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST) tests/unit tests/kernel tests/e2e

@@ -1,34 +1,135 @@
 /* Mayfly's kernel programs. Stable interfaces only (see ebpf/README.md):
- * tracepoint arguments, BPF helpers and uapi types. Never read a kernel struct.
+ * tracepoint arguments, BPF helpers and uapi types and constants. The one kernel
+ * struct read, struct pt_regs, is the syscall register frame: on x86_64 its layout
+ * is the ptrace ABI (uapi asm/ptrace.h) and does not change between releases.
  *
- * Configured by sensor/bpf_program.py through cflags; every MAYFLY_* knob below
- * must be defined there.
+ * Configured by sensor/bpf_program.py through cflags: every MAYFLY_* knob below must
+ * be defined there, and each optional tracepoint is compiled in only when the loader
+ * found it in tracefs (MAYFLY_TP_*).
  */
+#include <linux/ptrace.h>
+#include <linux/sched.h>
+#include <linux/fcntl.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/if_ether.h>
+#include <linux/socket.h>
 #include "events.h"
 
-#ifndef MAYFLY_RINGBUF_PAGES
-#error "MAYFLY_RINGBUF_PAGES must be set by the loader's cflags"
+#if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_MAX_PROCS) || !defined(MAYFLY_MAX_PENDING) || \
+    !defined(MAYFLY_MAX_CGROUPS) || !defined(MAYFLY_MAX_FDS) || !defined(MAYFLY_MAX_FLOWS) || \
+    !defined(MAYFLY_MAX_COUNTS)
+#error "the loader's cflags must set every MAYFLY_* size"
 #endif
-#ifndef MAYFLY_MAX_PROCS
-#error "MAYFLY_MAX_PROCS must be set by the loader's cflags"
+#if MAYFLY_EXPECTED_SCHEMA != MAYFLY_SCHEMA_VERSION
+#error "events.h changed: user space decodes another schema version"
 #endif
 
+#define SLOT(e, i) ((char *)(e)->data + (i) * MAYFLY_STR_LEN)
+#define NTOHS(x) __builtin_bswap16(x) /* BCC compiles for the (little-endian) host */
+
 BPF_RINGBUF_OUTPUT(events, MAYFLY_RINGBUF_PAGES);
-BPF_ARRAY(stats, u64, MAYFLY_STAT_COUNT);
+BPF_ARRAY(config, struct mayfly_config, 1);
+BPF_ARRAY(syscall_specs, struct mayfly_syscall_spec, MAYFLY_MAX_SYSCALLS);
+BPF_PERCPU_ARRAY(stats, u64, MAYFLY_STAT_COUNT);
+BPF_PERCPU_ARRAY(ring_lost, u64, MAYFLY_RING_LOST_SLOTS);
+BPF_PERCPU_ARRAY(since_wakeup, u32, 1);
+BPF_PERCPU_ARRAY(scratch, struct mayfly_syscall_event, 1);
+/* A syscall's event between its enter and its exit, by thread id. */
+BPF_HASH(pending, u32, struct mayfly_syscall_event, MAYFLY_MAX_PENDING);
+BPF_HASH(cgroup_state, u64, struct mayfly_cgroup_state, MAYFLY_MAX_CGROUPS);
+BPF_TABLE("lru_percpu_hash", struct mayfly_count_key, u64, syscall_counts, MAYFLY_MAX_COUNTS);
+BPF_TABLE("lru_hash", struct mayfly_fd_key, u8, tracked_fds, MAYFLY_MAX_FDS);
+BPF_TABLE("lru_hash", struct mayfly_flow_key, struct mayfly_flow_value, flows, MAYFLY_MAX_FLOWS);
 /* tgid -> parent tgid, learnt at fork and seeded from /proc at start, because
  * task_struct's layout is not a stable interface. */
 BPF_TABLE("lru_hash", u32, u32, parent_of, MAYFLY_MAX_PROCS);
+
+/* Internal: how a process ends, gathered from exit_group and signal delivery. */
+struct exit_info {
+    s32 code;
+    s32 signal;
+    u32 has_code;
+};
+BPF_TABLE("lru_hash", u32, struct exit_info, exit_info, MAYFLY_MAX_PROCS);
+
+static __always_inline struct mayfly_config *get_config(void)
+{
+    u32 zero = 0;
+    return config.lookup(&zero);
+}
 
 static __always_inline void count_stat(u32 index)
 {
     u64 *value = stats.lookup(&index);
     if (value)
-        __sync_fetch_and_add(value, 1);
+        (*value)++;
 }
 
-static __always_inline void fill_header(struct mayfly_event_header *hdr, u16 kind, u16 size)
+static __always_inline void count_ring_lost(u32 slot, u64 cgroup_id)
 {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 *value = ring_lost.lookup(&slot);
+    if (value)
+        (*value)++;
+    count_stat(MAYFLY_STAT_RING_FULL);
+    struct mayfly_cgroup_state *state = cgroup_state.lookup(&cgroup_id);
+    if (state)
+        __sync_fetch_and_add(&state->ring_lost, 1);
+}
+
+/* Lifecycle events wake user space at once; the rest every `wakeup_every` records
+ * per CPU, and otherwise user space's poll timer picks them up. */
+static __always_inline u64 wakeup_flags(struct mayfly_config *cfg, int urgent)
+{
+    u32 zero = 0;
+    u32 *count = since_wakeup.lookup(&zero);
+    if (urgent || !count)
+        return BPF_RB_FORCE_WAKEUP;
+    if (++*count >= cfg->wakeup_every) {
+        *count = 0;
+        return BPF_RB_FORCE_WAKEUP;
+    }
+    return BPF_RB_NO_WAKEUP;
+}
+
+/* May this cgroup emit one more event? Applies its policy and token bucket. */
+static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
+{
+    u64 now = bpf_ktime_get_ns();
+    struct mayfly_cgroup_state *state = cgroup_state.lookup(&cgroup_id);
+    if (!state) {
+        struct mayfly_cgroup_state fresh = {};
+        fresh.credit_ns = cfg->burst_ns;
+        fresh.refill_ns = now;
+        cgroup_state.insert(&cgroup_id, &fresh);
+        state = cgroup_state.lookup(&cgroup_id);
+        if (!state)
+            return 1; /* table full: trace it, unaccounted per cgroup */
+    }
+    if (state->policy == MAYFLY_POLICY_IGNORE)
+        return 0;
+    if (cfg->cost_ns) {
+        /* Races between CPUs can mis-credit a little; the bucket stays bounded. */
+        u64 credit = state->credit_ns + (now > state->refill_ns ? now - state->refill_ns : 0);
+        if (credit > cfg->burst_ns)
+            credit = cfg->burst_ns;
+        state->refill_ns = now;
+        if (credit < cfg->cost_ns) {
+            state->credit_ns = credit;
+            __sync_fetch_and_add(&state->rate_limited, 1);
+            count_stat(MAYFLY_STAT_RATE_LIMITED);
+            return 0;
+        }
+        state->credit_ns = credit - cfg->cost_ns;
+    }
+    __sync_fetch_and_add(&state->emitted, 1);
+    return 1;
+}
+
+static __always_inline void fill_header(struct mayfly_event_header *hdr, u16 kind, u16 size,
+                                        u64 pid_tgid, u64 cgroup_id)
+{
     u64 uid_gid = bpf_get_current_uid_gid();
     u32 tgid = pid_tgid >> 32;
     u32 *parent = parent_of.lookup(&tgid);
@@ -37,7 +138,7 @@ static __always_inline void fill_header(struct mayfly_event_header *hdr, u16 kin
     hdr->size = size;
     hdr->_pad0 = 0;
     hdr->ktime_ns = bpf_ktime_get_ns();
-    hdr->cgroup_id = bpf_get_current_cgroup_id();
+    hdr->cgroup_id = cgroup_id;
     hdr->pid = tgid;
     hdr->tid = (u32)pid_tgid;
     hdr->ppid = parent ? *parent : 0;
@@ -47,12 +148,328 @@ static __always_inline void fill_header(struct mayfly_event_header *hdr, u16 kin
     bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    u32 parent = bpf_get_current_pid_tgid() >> 32;
-    u32 child = args->child_pid;
+/* ---- syscalls: one generic capture, driven by syscall_specs ---- */
 
+static __always_inline u64 pick(u64 *args, u8 index)
+{
+    switch (index) {
+    case 0: return args[0];
+    case 1: return args[1];
+    case 2: return args[2];
+    case 3: return args[3];
+    case 4: return args[4];
+    default: return args[5];
+    }
+}
+
+static __always_inline void read_argv(struct mayfly_syscall_event *e, const char *const *argv)
+{
+    /* Arguments start within slot 1 and may run on into slot 2: the verifier can
+     * then bound every write by a constant. */
+    char *area = SLOT(e, 1);
+    u32 used = 0;
+    for (int i = 0; i < MAYFLY_ARGV_MAX; i++) {
+        const char *arg = NULL;
+        if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) || !arg)
+            goto done;
+        if (used >= MAYFLY_STR_LEN) {
+            e->truncated |= 1 << 1;
+            goto done;
+        }
+        int n = bpf_probe_read_user_str(area + (used & (MAYFLY_STR_LEN - 1)), MAYFLY_STR_LEN, arg);
+        if (n <= 0)
+            goto done;
+        if (n == MAYFLY_STR_LEN)
+            e->truncated |= 1 << 1;
+        used += n;
+    }
+    {
+        const char *more = NULL;
+        if (!bpf_probe_read_user(&more, sizeof(more), &argv[MAYFLY_ARGV_MAX]) && more)
+            e->truncated |= 1 << 1;
+    }
+done:
+    e->slot_len[1] = used;
+}
+
+static __always_inline void read_slot(struct mayfly_syscall_event *e, struct mayfly_slot_spec *spec,
+                                      u64 *args, int slot, int at_exit)
+{
+    char *dst = SLOT(e, slot);
+    const void *src = (const void *)pick(args, spec->arg);
+    u64 len = 0;
+    int n = 0;
+
+    /* Slots are read at enter, but what the kernel writes (BYTES_OUT) only at exit, and
+     * a string that failed at enter (its page not yet faulted in) is tried again. */
+    if (at_exit ? spec->read != MAYFLY_READ_BYTES_OUT && (e->slot_len[slot] || spec->read == MAYFLY_READ_ARGV)
+                : spec->read == MAYFLY_READ_BYTES_OUT)
+        return;
+    switch (spec->read) {
+    case MAYFLY_READ_STR:
+        n = bpf_probe_read_user_str(dst, MAYFLY_STR_LEN, src);
+        if (n == MAYFLY_STR_LEN)
+            e->truncated |= 1 << slot;
+        break;
+    case MAYFLY_READ_BYTES:
+        len = pick(args, spec->len_arg);
+        goto bytes;
+    case MAYFLY_READ_BYTES_OUT: {
+        int out_len = 0;
+        if (e->result < 0)
+            return;
+        bpf_probe_read_user(&out_len, sizeof(out_len), (const void *)pick(args, spec->len_arg));
+        len = out_len < 0 ? 0 : out_len;
+        goto bytes;
+    }
+    case MAYFLY_READ_FIXED:
+        len = spec->len;
+    bytes:
+        if (len > MAYFLY_STR_LEN) {
+            len = MAYFLY_STR_LEN;
+            e->truncated |= 1 << slot;
+        }
+        if (len && src && !bpf_probe_read_user(dst, len, src))
+            n = len;
+        break;
+    case MAYFLY_READ_ARGV:
+        if (slot == 1)
+            read_argv(e, (const char *const *)src);
+        return;
+    default:
+        return;
+    }
+    e->slot_len[slot] = n > 0 ? n : 0;
+}
+
+static __always_inline u32 syscall_event_size(struct mayfly_syscall_event *e)
+{
+    u32 slots = e->slot_len[2] ? 3 : e->slot_len[1] ? 2 : e->slot_len[0] ? 1 : 0;
+    return offsetof(struct mayfly_syscall_event, data) + slots * MAYFLY_STR_LEN;
+}
+
+static __always_inline void send_syscall(struct mayfly_syscall_event *e, struct mayfly_config *cfg, int urgent)
+{
+    u32 size = syscall_event_size(e);
+    if (size > sizeof(*e))
+        size = sizeof(*e);
+    e->hdr.size = size;
+    if (events.ringbuf_output(e, size, wakeup_flags(cfg, urgent)))
+        count_ring_lost(MAYFLY_KINDS_MAX + (e->nr & (MAYFLY_MAX_SYSCALLS - 1)), e->hdr.cgroup_id);
+}
+
+static __always_inline int fd_tracked(u32 tgid, u64 fd)
+{
+    struct mayfly_fd_key key = {.tgid = tgid, .fd = (s32)fd};
+    return tracked_fds.lookup(&key) != NULL;
+}
+
+static __always_inline void read_args(struct pt_regs *regs, u64 *args)
+{
+    bpf_probe_read_kernel(&args[0], sizeof(u64), &regs->di);
+    bpf_probe_read_kernel(&args[1], sizeof(u64), &regs->si);
+    bpf_probe_read_kernel(&args[2], sizeof(u64), &regs->dx);
+    bpf_probe_read_kernel(&args[3], sizeof(u64), &regs->r10);
+    bpf_probe_read_kernel(&args[4], sizeof(u64), &regs->r8);
+    bpf_probe_read_kernel(&args[5], sizeof(u64), &regs->r9);
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    u64 nr = ctx->args[1];
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+
+    /* Every syscall of every cgroup is counted: the baselines' raw material. */
+    struct mayfly_count_key count_key = {.cgroup_id = cgroup_id, .nr = nr};
+    u64 *count = syscall_counts.lookup(&count_key);
+    if (count) {
+        (*count)++;
+    } else {
+        u64 one = 1;
+        syscall_counts.update(&count_key, &one);
+    }
+
+    u32 index = nr;
+    struct mayfly_syscall_spec *spec = syscall_specs.lookup(&index);
+    if (!spec || !(spec->flags & (MAYFLY_SPEC_EMIT | MAYFLY_SPEC_EXIT_CODE)))
+        return 0; /* what nobody asked for stops here */
+
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    struct mayfly_config *cfg = get_config();
+    if (!cfg || tgid == cfg->self_tgid)
+        return 0;
+    u64 args[6] = {};
+    read_args((struct pt_regs *)ctx->args[0], args);
+
+    if (spec->flags & MAYFLY_SPEC_EXIT_CODE) {
+        struct exit_info fresh = {};
+        exit_info.insert(&tgid, &fresh);
+        struct exit_info *info = exit_info.lookup(&tgid);
+        if (info) {
+            info->code = (s32)args[0];
+            info->has_code = 1;
+        }
+        return 0;
+    }
+    if (spec->flags & MAYFLY_SPEC_TRACKED_FD0) {
+        int wanted = fd_tracked(tgid, args[0]);
+        if ((spec->flags & MAYFLY_SPEC_STDIO_FD1) && args[1] <= 2)
+            wanted = 1;
+        if ((spec->flags & MAYFLY_SPEC_DUPFD_CMD) && args[1] != F_DUPFD && args[1] != F_DUPFD_CLOEXEC)
+            wanted = 0;
+        if ((spec->flags & MAYFLY_SPEC_UNTRACK_FD0) && wanted) {
+            struct mayfly_fd_key key = {.tgid = tgid, .fd = (s32)args[0]};
+            tracked_fds.delete(&key);
+        }
+        if (!wanted)
+            return 0;
+    }
+    if (!admit(cgroup_id, cfg))
+        return 0;
+
+    u32 zero = 0;
+    struct mayfly_syscall_event *e = scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    fill_header(&e->hdr, MAYFLY_EVENT_SYSCALL, 0, pid_tgid, cgroup_id);
+    e->nr = nr;
+    e->truncated = 0;
+    e->_pad0 = 0;
+    e->_pad1 = 0;
+    e->result = 0;
+    for (int i = 0; i < 6; i++)
+        e->args[i] = args[i];
+    for (int i = 0; i < MAYFLY_STR_SLOTS; i++) {
+        e->slot_len[i] = 0;
+        read_slot(e, &spec->slot[i], args, i, 0);
+    }
+    u32 tid = pid_tgid;
+    if (pending.update(&tid, e))
+        count_stat(MAYFLY_STAT_PENDING_FULL);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sys_exit)
+{
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    u64 nr = 0;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    u32 index = nr;
+    struct mayfly_syscall_spec *spec = syscall_specs.lookup(&index);
+    if (!spec || !(spec->flags & MAYFLY_SPEC_EMIT))
+        return 0;
+
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = pid_tgid;
+    struct mayfly_syscall_event *e = pending.lookup(&tid);
+    struct mayfly_config *cfg = get_config();
+    if (!e || !cfg)
+        return 0;
+    if (e->nr == nr) {
+        long ret = ctx->args[1];
+        e->result = ret;
+        for (int i = 0; i < MAYFLY_STR_SLOTS; i++)
+            read_slot(e, &spec->slot[i], e->args, i, 1);
+        if (ret >= 0 && (spec->flags & MAYFLY_SPEC_TRACK_RESULT)) {
+            struct mayfly_fd_key key = {.tgid = pid_tgid >> 32, .fd = ret};
+            u8 yes = 1;
+            tracked_fds.update(&key, &yes);
+        }
+        send_syscall(e, cfg, 0);
+    }
+    pending.delete(&tid);
+    return 0;
+}
+
+/* A successful exec, reported as its syscall with the kernel's resolved filename in
+ * slot 0 and, when the enter was seen, the argument vector in slots 1-2. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    struct mayfly_config *cfg = get_config();
+    u32 old_tid = args->old_pid;
+    struct mayfly_syscall_event *e = pending.lookup(&old_tid);
+
+    if (!cfg || (u32)(pid_tgid >> 32) == cfg->self_tgid)
+        goto out;
+    if (!e) {
+        /* The enter was not seen (sensor started mid-exec, or no room to hold it). */
+        u32 zero = 0;
+        if (!admit(cgroup_id, cfg) || !(e = scratch.lookup(&zero)))
+            goto out;
+        e->nr = __NR_execve;
+        e->truncated = 0;
+        e->_pad0 = 0;
+        e->_pad1 = 0;
+        for (int i = 0; i < 6; i++)
+            e->args[i] = 0;
+        for (int i = 0; i < MAYFLY_STR_SLOTS; i++)
+            e->slot_len[i] = 0;
+    }
+    fill_header(&e->hdr, MAYFLY_EVENT_SYSCALL, 0, pid_tgid, cgroup_id);
+    e->result = 0;
+    e->truncated &= ~1;
+    int n = bpf_probe_read_kernel_str(e->data, MAYFLY_STR_LEN, (void *)args + (args->data_loc_filename & 0xFFFF));
+    e->slot_len[0] = n > 0 ? n : 0;
+    if (n == MAYFLY_STR_LEN)
+        e->truncated |= 1;
+    send_syscall(e, cfg, 1);
+out:
+    pending.delete(&old_tid);
+    return 0;
+}
+
+/* ---- process lifecycle ---- */
+
+TRACEPOINT_PROBE(task, task_newtask)
+{
+    if (args->clone_flags & CLONE_THREAD)
+        return 0;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 parent = pid_tgid >> 32;
+    u32 child = args->pid;
     parent_of.update(&child, &parent);
+
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    struct mayfly_config *cfg = get_config();
+    if (!cfg || parent == cfg->self_tgid || !admit(cgroup_id, cfg))
+        return 0;
+    struct mayfly_fork_event *e = events.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        count_ring_lost(MAYFLY_EVENT_FORK, cgroup_id);
+        return 0;
+    }
+    fill_header(&e->hdr, MAYFLY_EVENT_FORK, sizeof(*e), pid_tgid, cgroup_id);
+    e->child_pid = child;
+    e->_pad0 = 0;
+    e->clone_flags = args->clone_flags;
+    events.ringbuf_submit(e, wakeup_flags(cfg, 1));
+    return 0;
+}
+
+static __always_inline int fatal_by_default(int sig)
+{
+    /* Signals whose default action is not to terminate. */
+    switch (sig) {
+    case 17: case 18: case 19: case 20: case 21: case 22: case 23: case 28: /* CHLD CONT STOP TSTP TTIN TTOU URG WINCH */
+        return 0;
+    default:
+        return sig > 0 && sig < 32;
+    }
+}
+
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+    if (args->sa_handler != 0 /* SIG_DFL */ || !fatal_by_default(args->sig))
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct exit_info fresh = {};
+    exit_info.insert(&tgid, &fresh);
+    struct exit_info *info = exit_info.lookup(&tgid);
+    if (info)
+        info->signal = args->sig;
     return 0;
 }
 
@@ -60,24 +477,171 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
+#ifdef MAYFLY_TP_EXIT_GROUP_DEAD
+    if (!args->group_dead)
+        return 0;
+#else
+    if (tgid != (u32)pid_tgid)
+        return 0;
+#endif
+    struct exit_info *info = exit_info.lookup(&tgid);
+    s32 code = info && info->has_code ? info->code : -1;
+    s32 sig = info ? info->signal : 0;
+    exit_info.delete(&tgid);
 
-    if (tgid == (u32)pid_tgid)
-        parent_of.delete(&tgid);
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    struct mayfly_config *cfg = get_config();
+    if (cfg && tgid != cfg->self_tgid && admit(cgroup_id, cfg)) {
+        struct mayfly_exit_event *e = events.ringbuf_reserve(sizeof(*e));
+        if (e) {
+            fill_header(&e->hdr, MAYFLY_EVENT_EXIT, sizeof(*e), pid_tgid, cgroup_id);
+            e->exit_code = code;
+            e->signal = sig;
+            events.ringbuf_submit(e, wakeup_flags(cfg, 0));
+        } else {
+            count_ring_lost(MAYFLY_EVENT_EXIT, cgroup_id);
+        }
+    }
+    parent_of.delete(&tgid);
     return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exec)
+/* ---- cgroup2 lifecycle (hierarchy 0 is cgroup2; the others are v1) ---- */
+
+static __always_inline void send_cgroup(u32 op, int root, int level, u64 id, const void *path)
 {
-    struct mayfly_exec_event *event = events.ringbuf_reserve(sizeof(*event));
-    if (!event) {
-        count_stat(MAYFLY_STAT_RINGBUF_FULL);
+    struct mayfly_config *cfg = get_config();
+    if (root != 0 || !cfg)
+        return;
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    struct mayfly_cgroup_event *e = events.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        count_ring_lost(MAYFLY_EVENT_CGROUP, cgroup_id);
+        return;
+    }
+    fill_header(&e->hdr, MAYFLY_EVENT_CGROUP, sizeof(*e), bpf_get_current_pid_tgid(), cgroup_id);
+    e->id = id;
+    e->op = op;
+    e->level = level;
+    bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
+    events.ringbuf_submit(e, wakeup_flags(cfg, 1));
+}
+
+#ifdef MAYFLY_TP_CGROUP
+TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
+{
+    send_cgroup(MAYFLY_CGROUP_MKDIR, args->root, args->level, args->id,
+                (void *)args + (args->data_loc_path & 0xFFFF));
+    return 0;
+}
+
+TRACEPOINT_PROBE(cgroup, cgroup_rmdir)
+{
+    send_cgroup(MAYFLY_CGROUP_RMDIR, args->root, args->level, args->id,
+                (void *)args + (args->data_loc_path & 0xFFFF));
+    return 0;
+}
+#endif
+
+/* ---- network ---- */
+
+#ifdef MAYFLY_TP_INET_SOCK_SET_STATE
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    struct mayfly_config *cfg = get_config();
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    if (!cfg)
+        return 0;
+    struct mayfly_tcp_event *e = events.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        count_ring_lost(MAYFLY_EVENT_TCP, cgroup_id);
         return 0;
     }
-    fill_header(&event->hdr, MAYFLY_EVENT_EXEC, sizeof(*event));
-    event->old_pid = args->old_pid;
-    event->_pad0 = 0;
-    bpf_probe_read_kernel_str(event->filename, sizeof(event->filename),
-                              (void *)args + (args->data_loc_filename & 0xFFFF));
-    events.ringbuf_submit(event, 0);
+    fill_header(&e->hdr, MAYFLY_EVENT_TCP, sizeof(*e), bpf_get_current_pid_tgid(), cgroup_id);
+    e->skaddr = (u64)args->skaddr;
+    e->oldstate = args->oldstate;
+    e->newstate = args->newstate;
+    e->sport = args->sport;
+    e->dport = args->dport;
+    e->family = args->family;
+    e->protocol = args->protocol;
+    __builtin_memset(e->saddr, 0, sizeof(e->saddr));
+    __builtin_memset(e->daddr, 0, sizeof(e->daddr));
+    if (args->family == AF_INET) {
+        bpf_probe_read_kernel(e->saddr, 4, args->saddr);
+        bpf_probe_read_kernel(e->daddr, 4, args->daddr);
+    } else {
+        bpf_probe_read_kernel(e->saddr, 16, args->saddr_v6);
+        bpf_probe_read_kernel(e->daddr, 16, args->daddr_v6);
+    }
+    events.ringbuf_submit(e, wakeup_flags(cfg, 0));
     return 0;
+}
+#endif
+
+/* Per-cgroup flow accounting, attached to the cgroup2 root (cgroup_skb sees the IP
+ * header first). Always lets the packet through. */
+static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
+{
+    struct mayfly_flow_key key = {};
+    u32 l4 = 0;
+    u8 proto = 0;
+
+    key.cgroup_id = bpf_skb_cgroup_id(skb);
+    if (skb->protocol == NTOHS(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+            return;
+        __builtin_memcpy(key.remote, ingress ? &ip.saddr : &ip.daddr, 4);
+        key.family = AF_INET;
+        proto = ip.protocol;
+        l4 = ip.ihl * 4;
+    } else if (skb->protocol == NTOHS(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+        if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+            return;
+        __builtin_memcpy(key.remote, ingress ? &ip6.saddr : &ip6.daddr, 16);
+        key.family = AF_INET6;
+        proto = ip6.nexthdr;
+        l4 = sizeof(ip6);
+    } else {
+        return;
+    }
+    key.protocol = proto;
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        u16 ports[2];
+        if (!bpf_skb_load_bytes(skb, l4 & 0xff, ports, sizeof(ports))) {
+            key.remote_port = NTOHS(ingress ? ports[0] : ports[1]);
+            key.local_port = NTOHS(ingress ? ports[1] : ports[0]);
+        }
+    }
+    struct mayfly_flow_value *value = flows.lookup(&key);
+    if (!value) {
+        struct mayfly_flow_value zero = {};
+        flows.insert(&key, &zero);
+        value = flows.lookup(&key);
+        if (!value)
+            return;
+    }
+    if (ingress) {
+        __sync_fetch_and_add(&value->bytes_in, skb->len);
+        __sync_fetch_and_add(&value->packets_in, 1);
+    } else {
+        __sync_fetch_and_add(&value->bytes_out, skb->len);
+        __sync_fetch_and_add(&value->packets_out, 1);
+    }
+}
+
+int flow_ingress(struct __sk_buff *skb)
+{
+    account_flow(skb, 1);
+    return 1;
+}
+
+int flow_egress(struct __sk_buff *skb)
+{
+    account_flow(skb, 0);
+    return 1;
 }

@@ -6,10 +6,10 @@ replay work anywhere. Only `Sensor.start()` loads BPF programs.
 
 from sensor.bpf_program import BccMissing, ProgramConfig
 from sensor.records import RECORD_SCHEMA_VERSION, Record, read_stream
-from sensor.sensor import Sensor
-from sensor.sinks import ConsoleSink, FileSink, Sink
+from sensor.sensor import ALL, Sensor
+from sensor.sinks import CallbackSink, FileSink, Sink, StreamSink
 
 __version__ = "0.1.0"
 
-__all__ = ["BccMissing", "ConsoleSink", "FileSink", "ProgramConfig", "RECORD_SCHEMA_VERSION", "Record",
-           "Sensor", "Sink", "read_stream", "__version__"]
+__all__ = ["ALL", "BccMissing", "CallbackSink", "FileSink", "ProgramConfig", "RECORD_SCHEMA_VERSION", "Record",
+           "Sensor", "Sink", "StreamSink", "read_stream", "__version__"]

@@ -1,4 +1,4 @@
-"""Compile and load Mayfly's C programs through BCC.
+"""Compile, load, attach and configure Mayfly's C programs through BCC.
 
 Programs are configured with `-D` cflags only. `render()` gives the exact input BCC
 compiles (cflags, then each source file) for `mayfly run --print-ebpf`.
@@ -6,12 +6,26 @@ compiles (cflags, then each source file) for `mayfly run --print-ebpf`.
 
 from __future__ import annotations
 
+import ctypes
+import os
 from dataclasses import dataclass
 
-from sensor import distro, host, kernel_headers, resources
+import numpy as np
+
+from sensor import distro, host, kernel_headers, layout, maps, resources
 
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
+# The schema version of events.h that sensor/decode.py and sensor/syscalls.py read.
+EXPECTED_SCHEMA = 2
+
+# Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
+REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_exit", "task/task_newtask",
+                        "signal/signal_deliver")
+# Optional ones are compiled in only when present, through these defines.
+OPTIONAL_TRACEPOINTS = {"cgroup/cgroup_mkdir": "MAYFLY_TP_CGROUP", "cgroup/cgroup_rmdir": "MAYFLY_TP_CGROUP",
+                        "sock/inet_sock_set_state": "MAYFLY_TP_INET_SOCK_SET_STATE"}
+FLOW_PROGRAMS = {b"flow_ingress": 0, b"flow_egress": 1}  # BPF_CGROUP_INET_INGRESS / _EGRESS
 
 
 class BccMissing(RuntimeError):
@@ -33,35 +47,127 @@ def import_bcc():
 
 @dataclass(frozen=True)
 class ProgramConfig:
-    ringbuf_pages: int = 1024  # 4 MiB with 4 KiB pages; must be a power of two
-    max_procs: int = 65536     # entries of the parent_of LRU map
+    ringbuf_pages: int = 1024     # 4 MiB with 4 KiB pages; a power of two
+    cgroup_rate: int = 50_000     # events/s one cgroup may emit on average; 0: no limit
+    cgroup_burst: int = 100_000   # events one cgroup may emit at once
+    wakeup_every: int = 64        # wake user space every N records per CPU
+    flows: bool = True            # per-cgroup flow accounting with cgroup_skb
+    max_procs: int = 65536
+    max_pending: int = 8192       # threads inside a captured syscall at once
+    max_cgroups: int = 16384
+    max_fds: int = 262144
+    max_flows: int = 65536
+    max_counts: int = 65536       # (cgroup, syscall) counters
 
     def __post_init__(self):
         if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise ValueError(f"ringbuf_pages must be a power of two, not {self.ringbuf_pages}")
-        if self.max_procs <= 0:
-            raise ValueError(f"max_procs must be positive, not {self.max_procs}")
+        for name in ("cgroup_rate", "cgroup_burst", "wakeup_every", "max_procs", "max_pending", "max_cgroups",
+                     "max_fds", "max_flows", "max_counts"):
+            if getattr(self, name) < (0 if name == "cgroup_rate" else 1):
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
 
-    def cflags(self) -> list[str]:
-        return [
-            f"-I{resources.ebpf_dir()}",
-            f"-DMAYFLY_RINGBUF_PAGES={self.ringbuf_pages}",
-            f"-DMAYFLY_MAX_PROCS={self.max_procs}",
-        ]
+    def cflags(self, tracepoint_defines: list[str] = ()) -> list[str]:
+        sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending,
+                 "MAX_CGROUPS": self.max_cgroups, "MAX_FDS": self.max_fds, "MAX_FLOWS": self.max_flows,
+                 "MAX_COUNTS": self.max_counts, "EXPECTED_SCHEMA": EXPECTED_SCHEMA}
+        return ([f"-I{resources.ebpf_dir()}"] + [f"-DMAYFLY_{k}={v}" for k, v in sizes.items()]
+                + [f"-D{d}" for d in sorted(set(tracepoint_defines))])
+
+    def kernel_config(self) -> np.ndarray:
+        """The `config` map's entry (self_tgid is filled in by the sensor)."""
+        entry = np.zeros(1, layout.events().structs["mayfly_config"])
+        entry["wakeup_every"] = self.wakeup_every
+        if self.cgroup_rate:
+            entry["cost_ns"] = 1_000_000_000 // self.cgroup_rate
+            entry["burst_ns"] = entry["cost_ns"] * self.cgroup_burst
+        return entry
 
 
-def render(config: ProgramConfig) -> str:
+def tracepoint_defines(tracefs: str | None) -> list[str]:
+    """Defines for the optional tracepoints present; HostError naming any required one missing."""
+    if tracefs is None:
+        raise host.HostError("tracefs is not mounted: mount it at /sys/kernel/tracing")
+
+    def present(name: str) -> bool:
+        return os.path.exists(os.path.join(tracefs, "events", name, "format"))
+
+    missing = [tp for tp in REQUIRED_TRACEPOINTS if not present(tp)]
+    if missing:
+        raise host.HostError(f"this kernel lacks tracepoints Mayfly needs: {', '.join(missing)}")
+    defines = [define for tp, define in OPTIONAL_TRACEPOINTS.items() if present(tp)]
+    with open(os.path.join(tracefs, "events", "sched", "sched_process_exit", "format")) as f:
+        if " group_dead;" in f.read():
+            defines.append("MAYFLY_TP_EXIT_GROUP_DEAD")
+    return defines
+
+
+def render(config: ProgramConfig, defines: list[str] = ()) -> str:
     """The cflags and the C sources, exactly as BCC receives them."""
-    parts = [f"// BCC cflags: {' '.join(config.cflags())}"]
+    parts = [f"// BCC cflags: {' '.join(config.cflags(defines))}"]
     for name in (*HEADERS, SOURCE):
         parts.append(f"// ---- {resources.ebpf_file(name)} ----")
         parts.append(resources.ebpf_file(name).read_text())
     return "\n".join(parts)
 
 
-def load(config: ProgramConfig):
-    """Prepare the host (mounts, header tree), then compile, load and attach the programs."""
-    bcc = import_bcc()
-    host.prepare()
-    kernel_headers.resolve(link=True)
-    return bcc.BPF(src_file=str(resources.ebpf_file(SOURCE)).encode(), cflags=config.cflags())
+class Programs:
+    """The loaded programs and their maps. Close to detach everything."""
+
+    def __init__(self, config: ProgramConfig):
+        bcc = import_bcc()
+        host.prepare()
+        kernel_headers.resolve(link=True)
+        self.defines = tracepoint_defines(host.tracefs_root())
+        self.bpf = bcc.BPF(src_file=str(resources.ebpf_file(SOURCE)).encode(), cflags=config.cflags(self.defines))
+        self._links: list[int] = []
+        try:
+            if config.flows:
+                self._attach_flows(bcc)
+        except Exception:
+            self.close()
+            raise
+
+    def __getitem__(self, name: str):
+        return self.bpf[name.encode()]
+
+    @property
+    def attached(self) -> list[str]:
+        names = ["raw_syscalls/sys_enter", "raw_syscalls/sys_exit", *REQUIRED_TRACEPOINTS]
+        names += [tp for tp, define in OPTIONAL_TRACEPOINTS.items() if define in self.defines]
+        names += [f"cgroup_skb/{p.decode()}" for p in FLOW_PROGRAMS][:len(self._links)]
+        return names
+
+    def configure(self, kernel_config: np.ndarray, specs: np.ndarray) -> None:
+        maps.write_array(self["config"], kernel_config)
+        maps.write_array(self["syscall_specs"], specs)
+
+    def _attach_flows(self, bcc) -> None:
+        # A BPF link detaches by itself when its fd closes, even if the sensor dies;
+        # a plain attach would leave the programs on the cgroup for good.
+        root = os.open(host.cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, attach_type in FLOW_PROGRAMS.items():
+                fn = self.bpf.load_func(name, bcc.BPF.CGROUP_SKB)
+                self._links.append(_link_create(fn.fd, root, attach_type))
+        finally:
+            os.close(root)
+
+    def close(self) -> None:
+        for fd in self._links:
+            os.close(fd)
+        self._links = []
+        self.bpf.cleanup()
+
+
+_BPF_LINK_CREATE = 28
+_SYS_BPF = 321  # x86_64
+
+
+def _link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    attr = (ctypes.c_uint32 * 16)(prog_fd, target_fd, attach_type, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"BPF_LINK_CREATE failed: {os.strerror(ctypes.get_errno())}")
+    return fd

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 
 import click
 
-from sensor import bpf_program, doctor, records
+from sensor import bpf_program, doctor, host, records, sinks
 from sensor.bpf_program import ProgramConfig
 from sensor.log import configure_cli, get_logger
 
@@ -23,38 +24,56 @@ def main(log_level: str) -> None:
     configure_cli(getattr(logging, log_level.upper()))
 
 
+def _sink(ctx, param, values):
+    try:
+        return [sinks.parse(v) for v in values]
+    except (ValueError, OSError) as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
 @click.option("--rules", "rule_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Rule file (repeatable). Default: the built-in rules.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Append msgpack records to this file.")
-@click.option("--quiet", "-q", is_flag=True, help="No human-readable lines on stdout.")
+@click.option("--output", "-o", "outputs", multiple=True, metavar="SINK", callback=_sink, expose_value=True,
+              help="file:PATH (msgpack, rotated), stdout or - (lines on a terminal, msgpack in a pipe). "
+                   "Repeatable; default: stdout.")
+@click.option("--emit-events", is_flag=False, flag_value="all", default=None, metavar="[TYPES]",
+              help="Emit raw events as records: all, or a comma-separated list of types (execve,openat,...).")
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @click.option("--ringbuf-pages", default=ProgramConfig.ringbuf_pages, show_default=True,
               help="Ring buffer size in pages (a power of two).")
+@click.option("--cgroup-rate", default=ProgramConfig.cgroup_rate, show_default=True,
+              help="Events per second one cgroup may emit on average (0: no limit).")
+@click.option("--report-interval", default=10.0, show_default=True, help="Seconds between flow and count records.")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
-def run(rule_paths, output, quiet, ringbuf_pages, print_ebpf) -> None:
+def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, report_interval, print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
-    from sensor.sinks import ConsoleSink, FileSink
 
     try:
-        config = ProgramConfig(ringbuf_pages=ringbuf_pages)
+        config = ProgramConfig(ringbuf_pages=ringbuf_pages, cgroup_rate=cgroup_rate)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--ringbuf-pages") from None
+        raise click.UsageError(str(e)) from None
     if print_ebpf:
-        click.echo(bpf_program.render(config))
+        try:
+            defines = bpf_program.tracepoint_defines(host.tracefs_root())
+        except host.HostError as e:
+            defines = []
+            click.echo(f"// without the optional tracepoints: {e}")
+        click.echo(bpf_program.render(config, defines))
         return
-    sinks = [] if quiet else [ConsoleSink()]
-    if output:
-        sinks.append(FileSink(output))
-        log.info("writing records", path=output)
-    sensor = Sensor(rules=rule_paths or None, sinks=sinks, config=config)
+    types = None if emit_events in (None, "all") else [t.strip() for t in emit_events.split(",") if t.strip()]
+    sensor = Sensor(rules=rule_paths or None, sinks=outputs or [sinks.StreamSink()], config=config,
+                    emit_events=types if types is not None else emit_events, report_interval=report_interval)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sensor.stop())
+    deadline = time.monotonic() + duration if duration is not None else None
     try:
         with sensor:
-            for _ in sensor:
-                pass
+            while not sensor.stopped:
+                sensor.poll()
+                if deadline is not None and time.monotonic() >= deadline:
+                    sensor.stop()
     except Exception as e:  # BCC raises bare Exception for compile and attach failures
         log.error("sensor failed", error=f"{type(e).__name__}: {e}")
         sys.exit(1)
@@ -73,7 +92,7 @@ def doctor_command(fix: bool) -> None:
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def replay(path: str) -> None:
-    """Print the records of a msgpack file written by `mayfly run --output`."""
+    """Print the records of a msgpack file written by `mayfly run --output file:PATH`."""
     with open(path, "rb") as f:
         try:
             for record in records.read_stream(f):

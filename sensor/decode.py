@@ -1,14 +1,23 @@
-"""Turn drained ring-buffer batches (layouts from ebpf/events.h) into numpy arrays and records."""
+"""Turn drained ring-buffer batches into numpy arrays per event kind, and those into
+`event` records (only for the events asked for: records are the slow path)."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import numpy as np
 
 from sensor import layout, records
-from sensor.records import Record
+from sensor.cgroups import CgroupTable
+from sensor.records import Record, untrusted_text
 from sensor.ringbuf import RawBatch, gather
+from sensor.syscalls import EXEC, SyscallTable
+
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
+# evt.type of the events that are not syscalls.
+OTHER_TYPES = ("fork", "procexit", "cgroup_mkdir", "cgroup_rmdir", "tcp_state")
 
 
 class MonotonicClock:
@@ -24,17 +33,21 @@ class MonotonicClock:
         return self.to_epoch(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
 
-def text(value: bytes) -> str:
+def text(value: bytes) -> str | bytes:
     # The kernel does not zero the tail of a string field: stop at the first NUL.
-    return value.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    return untrusted_text(value.split(b"\0", 1)[0])
 
 
 class Decoder:
-    def __init__(self, clock: MonotonicClock | None = None, events: layout.Layout | None = None):
+    def __init__(self, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock | None = None,
+                 events: layout.Layout | None = None):
+        self.table = table
+        self.cgroups = cgroups
         self.clock = clock or MonotonicClock()
         self.layout = events or layout.events()
         self.kinds = self.layout.kinds()
         self._dtypes = {number: self.layout.structs[f"mayfly_{name}_event"] for number, name in self.kinds.items()}
+        self._mkdir = self.layout.constants["MAYFLY_CGROUP_MKDIR"]
 
     def split(self, batch: RawBatch) -> tuple[dict[str, np.ndarray], int]:
         """The batch as one structured array per event kind, and the number of records
@@ -55,21 +68,66 @@ class Decoder:
             arrays[self.kinds[int(kind)]] = rows.view(dtype).reshape(-1)
         return arrays, unknown
 
-    def records(self, arrays: dict[str, np.ndarray]) -> list[Record]:
-        """One record per event, in kernel time order."""
+    def records(self, arrays: dict[str, np.ndarray], types: frozenset[str] | None) -> list[Record]:
+        """`event` records for the events whose evt.type is in `types` (None: all), in time order."""
         result = []
         for kind, events in arrays.items():
+            if kind == "syscall" and types is not None:
+                wanted = [self.table.numbers[t] for t in types if t in self.table.numbers]
+                events = events[np.isin(events["nr"], wanted)]
             build = getattr(self, f"_{kind}")
-            result.extend(build(event) for event in events)
+            for event in events:
+                record = build(event)
+                if types is None or record["evt"]["type"] in types:
+                    result.append(record)
         result.sort(key=lambda r: r["ts"])
         return result
 
-    def _exec(self, event: np.void) -> Record:
-        header = event["hdr"]
-        return records.new("exec", self.clock.to_epoch(header["ktime_ns"]), cgroup_id=int(header["cgroup_id"]),
-                           proc=self._proc(header), filename=text(event["filename"]))
+    def _record(self, header: np.void, evt: dict, **proc) -> Record:
+        return records.new("event", self.clock.to_epoch(header["ktime_ns"]),
+                           container=self.cgroups.container(int(header["cgroup_id"])),
+                           proc={"pid": int(header["pid"]), "tid": int(header["tid"]), "ppid": int(header["ppid"]),
+                                 "uid": int(header["uid"]), "gid": int(header["gid"]), "comm": text(header["comm"]),
+                                 **proc},
+                           evt=evt)
 
-    @staticmethod
-    def _proc(header: np.void) -> Record:
-        return {"pid": int(header["pid"]), "tid": int(header["tid"]), "ppid": int(header["ppid"]),
-                "uid": int(header["uid"]), "gid": int(header["gid"]), "comm": text(header["comm"])}
+    def _syscall(self, event: np.void) -> Record:
+        evt = self.table.decode_args(event)
+        if evt["type"] in EXEC and evt["res"] == 0:
+            argv = evt.get("argv", [])
+            return self._record(event["hdr"], evt, exe=evt["filename"],
+                                cmdline=" ".join(a if isinstance(a, str) else repr(a) for a in argv))
+        return self._record(event["hdr"], evt)
+
+    def _fork(self, event: np.void) -> Record:
+        return self._record(event["hdr"], {"type": "fork", "child_pid": int(event["child_pid"]),
+                                           "clone_flags": int(event["clone_flags"])})
+
+    def _exit(self, event: np.void) -> Record:
+        return self._record(event["hdr"], {"type": "procexit", "exit_code": int(event["exit_code"]),
+                                           "signal": int(event["signal"])})
+
+    def _cgroup(self, event: np.void) -> Record:
+        op = "cgroup_mkdir" if event["op"] == self._mkdir else "cgroup_rmdir"
+        return self._record(event["hdr"], {"type": op, "id": int(event["id"]), "path": text(event["path"]),
+                                           "level": int(event["level"])})
+
+    def _tcp(self, event: np.void) -> Record:
+        v4 = int(event["family"]) == 2
+        address = (lambda raw: str(ipaddress.IPv4Address(bytes(raw[:4])))) if v4 else \
+            (lambda raw: str(ipaddress.IPv6Address(bytes(raw))))
+        return self._record(event["hdr"], {
+            "type": "tcp_state", "old": TCP_STATES.get(int(event["oldstate"]), int(event["oldstate"])),
+            "new": TCP_STATES.get(int(event["newstate"]), int(event["newstate"])),
+            "family": "inet" if v4 else "inet6", "saddr": address(event["saddr"]), "sport": int(event["sport"]),
+            "daddr": address(event["daddr"]), "dport": int(event["dport"]), "sk": int(event["skaddr"])})
+
+    def apply_cgroups(self, arrays: dict[str, np.ndarray], removals: bool) -> None:
+        """Keep the cgroup table current: new cgroups before a batch's records are made,
+        removed ones after, so that the batch's own events still name them."""
+        for event in arrays.get("cgroup", ()):
+            if (event["op"] != self._mkdir) == removals:
+                if removals:
+                    self.cgroups.removed(int(event["id"]))
+                else:
+                    self.cgroups.made(int(event["id"]), text(event["path"]))

@@ -1,11 +1,14 @@
 """Records: the msgpack maps Mayfly emits. Their schema is docs/records.md.
 
 Every record has `v` (RECORD_SCHEMA_VERSION), `kind`, `ts` (ns since the epoch) and
-`host`. Loss is itself a record (kind `loss`): nothing is dropped silently.
+`host`. Loss is itself a record (kind `lost`): nothing is dropped silently. Strings
+that come from containers are untrusted: they are str when valid UTF-8, else the raw
+bytes (msgpack bin), so nothing is lost or altered.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -18,10 +21,18 @@ RECORD_SCHEMA_VERSION = 1
 Record = dict[str, Any]
 
 _HOST = socket.gethostname()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def new(kind: str, ts: int, **fields: Any) -> Record:
     return {"v": RECORD_SCHEMA_VERSION, "kind": kind, "ts": ts, "host": _HOST, **fields}
+
+
+def untrusted_text(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 def pack(record: Record) -> bytes:
@@ -29,8 +40,8 @@ def pack(record: Record) -> bytes:
 
 
 def read_stream(f: IO[bytes]) -> Iterator[Record]:
-    """Records from a file written by FileSink, in order. A truncated tail (a sensor
-    killed mid-write) raises ValueError after the complete records."""
+    """Records from a msgpack stream, in order. A truncated tail (a sensor killed
+    mid-write) raises ValueError after the complete records."""
     unpacker = msgpack.Unpacker(f, raw=False)
     complete = 0  # bytes up to the end of the last whole record
     for record in unpacker:
@@ -40,18 +51,30 @@ def read_stream(f: IO[bytes]) -> Iterator[Record]:
         raise ValueError(f"truncated record at byte {complete} of {f.tell()}")
 
 
+def safe(value: Any) -> str:
+    """A value for a terminal: control characters escaped, raw bytes shown as such."""
+    text = repr(value) if isinstance(value, bytes) else str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def describe(record: Record) -> str:
     """One human-readable line, local time first."""
     seconds, ns = divmod(record["ts"], 1_000_000_000)
     return f"{time.strftime('%H:%M:%S', time.localtime(seconds))}.{ns // 1_000_000:03d} {_body(record)}"
 
 
+def _pairs(mapping: dict, skip: tuple = ()) -> str:
+    return " ".join(f"{k}={safe(v)}" for k, v in mapping.items() if k not in skip)
+
+
 def _body(record: Record) -> str:
     kind = record["kind"]
-    if kind == "exec":
-        proc = record["proc"]
-        return (f"exec    cgroup={record['cgroup_id']} pid={proc['pid']} ppid={proc['ppid']} "
-                f"uid={proc['uid']} comm={proc['comm']} {record['filename']}")
-    if kind == "loss":
-        return f"LOSS    {record['count']} events lost ({record['reason']})"
-    return f"{kind:<7} " + " ".join(f"{k}={v}" for k, v in record.items() if k not in ("v", "kind", "ts", "host"))
+    if kind == "event":
+        proc, evt, container = record["proc"], record["evt"], record["container"]
+        head = (f"{safe(evt['type']):<12} container={safe(container['id'])} cgroup={container['cgroup_id']} "
+                f"pid={proc['pid']} ppid={proc['ppid']} uid={proc['uid']} comm={safe(proc['comm'])}")
+        return f"{head} {_pairs(evt, skip=('type',))}"
+    if kind == "lost":
+        return f"LOST         {record['count']} {record['reason']} " + _pairs(
+            {"types": record.get("types", {}), "cgroups": record.get("cgroups", [])})
+    return f"{kind:<12} " + _pairs(record, skip=("v", "kind", "ts", "host"))

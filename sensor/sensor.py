@@ -2,46 +2,57 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from sensor import bpf_program, records, resources, rule_loader
-from sensor.bpf_program import ProgramConfig
-from sensor.decode import Decoder
+from sensor import host, records, resources, rule_loader, syscalls
+from sensor.bpf_program import ProgramConfig, Programs
+from sensor.cgroups import CgroupTable
+from sensor.decode import OTHER_TYPES, Decoder, MonotonicClock
 from sensor.log import get_logger
 from sensor.records import Record
+from sensor.reports import KernelReports
 from sensor.ringbuf import RingReader
-from sensor.sinks import Sink
+from sensor.sinks import CallbackSink, Sink
 
 log = get_logger("sensor")
+
+ALL = "all"
 
 
 class Sensor:
     """A running sensor. Use it as a context manager:
 
-        with Sensor(sinks=[FileSink("records.msgpack")]) as sensor:
+        with Sensor(sinks=[FileSink("records.msgpack")], emit_events=["execve"]) as sensor:
             for record in sensor:        # or: sensor.poll() in your own loop
                 ...
 
-    `rules`: rule file paths; None means the built-in set. `on_record` is called with
-    every record, after the sinks. Needs root (CAP_BPF and CAP_PERFMON).
+    `rules`: rule file paths; None means the built-in set. `emit_events`: which raw
+    events become `event` records: None (none), "all", or evt.type names such as
+    "execve", "openat", "fork", "procexit". `on_record` is called with every record,
+    after the sinks. `report_interval`: seconds between flow and syscall-count records.
+
+    One thread polls (iterates); `stop()` may be called from any thread or a signal
+    handler. Needs root (CAP_BPF and CAP_PERFMON).
     """
 
     def __init__(self, rules: Iterable[str | os.PathLike] | None = None, sinks: Iterable[Sink] = (),
-                 on_record: Callable[[Record], None] | None = None, config: ProgramConfig | None = None):
+                 on_record: Callable[[Record], None] | None = None, config: ProgramConfig | None = None,
+                 emit_events: str | Iterable[str] | None = None, report_interval: float = 10.0):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
-        self.sinks = list(sinks)
-        self.on_record = on_record
+        self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
+        self.emit_types = None if emit_events in (None, ALL) else frozenset(emit_events)
+        self.emit = emit_events is not None
+        self.report_interval = report_interval
         self.ruleset: rule_loader.RuleSet | None = None
-        self._bpf = None
+        self.programs: Programs | None = None
         self._ring: RingReader | None = None
-        self._decoder = Decoder()
-        constants = self._decoder.layout.constants
-        self._loss_reasons = {constants["MAYFLY_STAT_RINGBUF_FULL"]: "ring buffer full"}
-        self._lost_seen = [0] * constants["MAYFLY_STAT_COUNT"]
         self._stopped = False
+        self._delivered: Counter = Counter()
+        self._emitted = 0
 
     def __enter__(self) -> Sensor:
         self.start()
@@ -51,7 +62,7 @@ class Sensor:
         self.close()
 
     def __iter__(self) -> Iterator[Record]:
-        while not self._stopped:
+        while not self.stopped:
             yield from self.poll()
 
     def start(self) -> None:
@@ -59,11 +70,39 @@ class Sensor:
         for problem in self.ruleset.problems:
             log.error("rule rejected", problem=str(problem))
         log.info("rules loaded", rules=len(self.ruleset.rules), rejected=len(self.ruleset.problems))
-        self._bpf = bpf_program.load(self.config)
-        self._seed_parents()
-        ring = self._bpf[b"events"]
-        self._ring = RingReader(ring.map_fd, ring.max_entries)
-        log.info("sensor started", pid=os.getpid())
+        self.table = syscalls.table()
+        known = set(self.table.syscalls) | set(OTHER_TYPES)
+        unknown = sorted((self.emit_types or set()) - known)
+        if unknown:
+            raise ValueError(f"unknown event types {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        # Exec is always captured: it is how processes and their containers are known.
+        wanted = set(self.table.syscalls) if self.emit and self.emit_types is None else \
+            set(self.emit_types or ()) | set(syscalls.EXEC)
+
+        self.programs = Programs(self.config)
+        try:
+            kernel_config = self.config.kernel_config()
+            kernel_config["self_tgid"] = os.getpid()
+            self.programs.configure(kernel_config, self.table.specs(wanted))
+            self._seed_parents()
+            self.clock = MonotonicClock()
+            self.cgroups = CgroupTable(host.cgroup2_root())
+            self.cgroups.scan()
+            self.decoder = Decoder(self.table, self.cgroups, self.clock)
+            self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock)
+            ring = self.programs["events"]
+            self._ring = RingReader(ring.map_fd, ring.max_entries)
+        except BaseException:
+            self.programs.close()
+            raise
+        self._started = self._last_report = time.monotonic()
+        log.info("sensor started", pid=os.getpid(), programs=len(self.programs.attached))
+        self._dispatch([records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
+                                    programs=self.programs.attached, captured=sorted(wanted))])
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     def stop(self) -> None:
         """Ask a `for record in sensor` loop to end after the current poll."""
@@ -75,23 +114,43 @@ class Sensor:
             raise RuntimeError("the sensor is not running: use it as a context manager or call start()")
         if not self._ring.pending():
             self._ring.wait(timeout_ms / 1000)
-        arrays, unknown = self._decoder.split(self._ring.drain())
-        batch = self._decoder.records(arrays)
-        if unknown:
-            batch.append(self._loss(unknown, "unknown event kind"))
-        batch.extend(self._kernel_losses())
+        arrays, unknown = self.decoder.split(self._ring.drain())
+        self._delivered.update({kind: len(events) for kind, events in arrays.items()})
+        self.decoder.apply_cgroups(arrays, removals=False)
+        batch = self.decoder.records(arrays, self.emit_types) if self.emit else []
+        batch += self.reports.lost(Counter(unknown_kind=unknown))
+        if time.monotonic() - self._last_report >= self.report_interval:
+            batch += self._periodic()
+        self.decoder.apply_cgroups(arrays, removals=True)
+        for cgroup in arrays.get("cgroup", ()):
+            if cgroup["op"] != self.decoder.layout.constants["MAYFLY_CGROUP_MKDIR"]:
+                self.reports.forget_cgroup(int(cgroup["id"]))
         self._dispatch(batch)
         return batch
 
+    def _periodic(self) -> list[Record]:
+        interval = time.monotonic() - self._last_report
+        self._last_report = time.monotonic()
+        result = self.reports.syscall_counts(interval)
+        if self.config.flows:
+            result += self.reports.flows(interval)
+        return result
+
     def close(self) -> None:
         self._stopped = True
-        if self._bpf is None:
+        if self._ring is None:
             return
         self.poll(0)  # what is still in the ring buffer
+        final = self._periodic()
+        final.append(records.new("sensor", self.clock.now(), state="stopped",
+                                 uptime_s=round(time.monotonic() - self._started, 3),
+                                 events=dict(self._delivered), records=self._emitted + 1,
+                                 lost=dict(self.reports.lost_totals)))
+        self._dispatch(final)
         self._ring.close()
         self._ring = None
-        self._bpf.cleanup()
-        self._bpf = None
+        self.programs.close()
+        self.programs = None
         for sink in self.sinks:
             sink.close()
 
@@ -99,34 +158,19 @@ class Sensor:
         for record in batch:
             for sink in self.sinks:
                 sink.write(record)
-            if self.on_record:
-                self.on_record(record)
+        self._emitted += len(batch)
         if batch:
             for sink in self.sinks:
                 sink.flush()
 
-    def _kernel_losses(self) -> list[Record]:
-        stats = self._bpf[b"stats"]
-        result = []
-        for index, reason in self._loss_reasons.items():
-            total = stats[ctypes.c_int(index)].value
-            if total > self._lost_seen[index]:
-                result.append(self._loss(total - self._lost_seen[index], reason))
-                self._lost_seen[index] = total
-        return result
-
-    def _loss(self, count: int, reason: str) -> Record:
-        return records.new("loss", self._decoder.clock.now(), count=count, reason=reason)
-
     def _seed_parents(self) -> None:
         """Fill the kernel's parent_of map for processes that forked before we started."""
-        parent_of = self._bpf[b"parent_of"]
-        key_type, value_type = parent_of.Key, parent_of.Leaf
+        parent_of = self.programs["parent_of"]
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 ppid = _read_ppid(entry.path)
                 if ppid is not None:
-                    parent_of[key_type(int(entry.name))] = value_type(ppid)
+                    parent_of[parent_of.Key(int(entry.name))] = parent_of.Leaf(ppid)
 
 
 def _read_ppid(proc_dir: str) -> int | None:
@@ -136,3 +180,4 @@ def _read_ppid(proc_dir: str) -> int | None:
             return int(f.read().rsplit(b")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None  # the process exited while we looked
+

@@ -1,0 +1,128 @@
+"""Records made from the kernel's maps rather than its events: what was lost, network
+flows per cgroup, and syscall counts per cgroup."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+import numpy as np
+
+from sensor import layout, maps, records
+from sensor.cgroups import CgroupTable
+from sensor.decode import MonotonicClock
+from sensor.records import Record
+from sensor.syscalls import SyscallTable
+
+U32, U64 = np.dtype("<u4"), np.dtype("<u8")
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+# Why events were lost, by `stats` index, as lost records name it.
+LOSS_REASONS = {"MAYFLY_STAT_RING_FULL": "ring_full", "MAYFLY_STAT_PENDING_FULL": "pending_full",
+                "MAYFLY_STAT_RATE_LIMITED": "rate_limited"}
+
+
+class KernelReports:
+    def __init__(self, programs, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock):
+        self.programs = programs
+        self.table = table
+        self.cgroups = cgroups
+        self.clock = clock
+        events = layout.events()
+        self.constants = events.constants
+        self.structs = events.structs
+        self.kinds = events.kinds()
+        self.lost_totals: Counter = Counter()
+        self._stats_seen = np.zeros(self.constants["MAYFLY_STAT_COUNT"], np.uint64)
+        self._ring_lost_seen = np.zeros(self.constants["MAYFLY_RING_LOST_SLOTS"], np.uint64)
+        self._cgroup_seen: dict[int, tuple[int, int]] = {}
+
+    def _read_array(self, name: str) -> np.ndarray:
+        keys, values = maps.read_all(self.programs[name], U32, U64, percpu=True)
+        result = np.zeros(self.programs[name].max_entries, np.uint64)
+        result[keys] = values.sum(axis=1)
+        return result
+
+    def lost(self, extra: Counter | None = None) -> list[Record]:
+        """`lost` records for what the kernel (and `extra`, user space's own) lost since
+        the last call, with a breakdown by event type and by cgroup where known."""
+        stats = self._read_array("stats")
+        delta = stats - self._stats_seen
+        self._stats_seen = stats
+        counts = Counter({reason: int(delta[self.constants[index]]) for index, reason in LOSS_REASONS.items()})
+        counts.update(extra or {})
+        counts = +counts
+        if not counts:
+            return []
+        by_cgroup = self._cgroup_losses() if {"ring_full", "rate_limited"} & counts.keys() else {}
+        now = self.clock.now()
+        result = []
+        for reason, count in sorted(counts.items()):
+            self.lost_totals[reason] += count
+            fields = {"reason": reason, "count": count}
+            if reason == "ring_full":
+                fields["types"] = self._ring_lost_types()
+            if reason in by_cgroup:
+                fields["cgroups"] = by_cgroup[reason]
+            result.append(records.new("lost", now, **fields))
+        return result
+
+    def _ring_lost_types(self) -> dict[str, int]:
+        slots = self._read_array("ring_lost")
+        delta, self._ring_lost_seen = slots - self._ring_lost_seen, slots
+        first_syscall = self.constants["MAYFLY_KINDS_MAX"]
+        types = {}
+        for slot in np.flatnonzero(delta):
+            name = self.kinds.get(int(slot), f"kind_{slot}") if slot < first_syscall else \
+                self.table.name(int(slot) - first_syscall)
+            types[name] = int(delta[slot])
+        return types
+
+    def _cgroup_losses(self) -> dict[str, list[dict]]:
+        keys, states = maps.read_all(self.programs["cgroup_state"], U64, self.structs["mayfly_cgroup_state"])
+        result: dict[str, list[dict]] = {"rate_limited": [], "ring_full": []}
+        for cgroup_id, state in zip(keys.tolist(), states):
+            limited, ring = int(state["rate_limited"]), int(state["ring_lost"])
+            seen_limited, seen_ring = self._cgroup_seen.get(cgroup_id, (0, 0))
+            self._cgroup_seen[cgroup_id] = (limited, ring)
+            for reason, count in (("rate_limited", limited - seen_limited), ("ring_full", ring - seen_ring)):
+                if count > 0:
+                    result[reason].append({"container": self.cgroups.container(cgroup_id), "count": count})
+        return {reason: entries for reason, entries in result.items() if entries}
+
+    def flows(self, interval_s: float) -> list[Record]:
+        keys, values = maps.read_all(self.programs["flows"], self.structs["mayfly_flow_key"],
+                                     self.structs["mayfly_flow_value"], delete=True)
+        now = self.clock.now()
+        result = []
+        for key, value in zip(keys, values):
+            v4 = int(key["family"]) == 2
+            remote = bytes(key["remote"][:4] if v4 else key["remote"])
+            address = ipaddress.IPv4Address(remote) if v4 else ipaddress.IPv6Address(remote)
+            result.append(records.new("flow", now, container=self.cgroups.container(int(key["cgroup_id"])),
+                                      interval_s=interval_s, flow={
+                                          "family": "inet" if v4 else "inet6",
+                                          "protocol": PROTOCOLS.get(int(key["protocol"]), int(key["protocol"])),
+                                          "remote": str(address), "remote_port": int(key["remote_port"]),
+                                          "local_port": int(key["local_port"]),
+                                          **{f: int(value[f]) for f in value.dtype.names}}))
+        return result
+
+    def syscall_counts(self, interval_s: float) -> list[Record]:
+        keys, values = maps.read_all(self.programs["syscall_counts"], self.structs["mayfly_count_key"], U64,
+                                     percpu=True, delete=True)
+        per_cgroup: dict[int, Counter] = {}
+        for key, count in zip(keys.tolist(), values.sum(axis=1).tolist()):
+            per_cgroup.setdefault(key[0], Counter())[self.table.name(key[1])] += count
+        now = self.clock.now()
+        return [records.new("syscall_counts", now, container=self.cgroups.container(cgroup_id),
+                            interval_s=interval_s, counts=dict(counts))
+                for cgroup_id, counts in per_cgroup.items()]
+
+    def forget_cgroup(self, cgroup_id: int) -> None:
+        """After a cgroup is gone and reported: drop its kernel state."""
+        self._cgroup_seen.pop(cgroup_id, None)
+        state = self.programs["cgroup_state"]
+        try:
+            del state[state.Key(cgroup_id)]
+        except KeyError:
+            pass

@@ -1,0 +1,255 @@
+"""The syscalls Mayfly captures: how to read their arguments, and how to decode them.
+
+Numbers come from the uapi header `asm/unistd_64.h` of the header tree BCC compiles
+against, so C (`__NR_*`) and Python agree. The table below is the only description of
+each syscall: it becomes the kernel's `syscall_specs` map (which arguments to copy
+into which data slot) and the decoder of the `evt` fields of records.
+
+Argument types:
+  fd, int      signed 32-bit          uint   unsigned 32-bit      u64  unsigned 64-bit
+  ptr          a user pointer: captured, but not put in records
+  path, str    a user string (slot)   argv   an argument vector (slot 1, runs into 2)
+  sockaddr     a socket address whose length is the next argument (slot)
+  sockaddr_out the same, written by the kernel: read at exit, length behind a pointer
+  open_how, capdata   fixed-size structs (slot)
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from sensor import layout
+from sensor.records import untrusted_text
+
+_SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata"}
+_FIXED_LEN = {"open_how": 24, "capdata": 24}
+
+# flags: track = the result is a new fd; tracked = only for tracked fds (args[0]);
+# stdio = also when args[1] is 0-2; untrack = args[0] stops being an fd;
+# dupfd = fcntl's F_DUPFD commands only; exit_code = keep args[0], emit nothing.
+TABLE: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+_RESERVED = {"type", "res", "truncated"}  # evt fields of their own
+
+
+def _define(names: str, args: str, flags: str = "") -> None:
+    clash = _RESERVED & {a.split(":")[0] for a in args.split()}
+    if clash:
+        raise ValueError(f"{names}: argument names {clash} are evt fields of their own")
+    for name in names.split():
+        TABLE[name] = (tuple(args.split()), frozenset(flags.split()))
+
+
+# Process
+_define("execve", "filename:path argv:argv envp:ptr")
+_define("execveat", "dirfd:fd filename:path argv:argv envp:ptr flags:uint")
+_define("exit exit_group", "code:int", "exit_code")
+# Files: each *at syscall and its legacy x86_64 form, which busybox and static binaries use
+_define("open", "name:path flags:uint mode:uint", "track")
+_define("openat", "dirfd:fd name:path flags:uint mode:uint", "track")
+_define("openat2", "dirfd:fd name:path how:open_how size:u64", "track")
+_define("creat", "name:path mode:uint", "track")
+_define("unlink", "name:path")
+_define("unlinkat", "dirfd:fd name:path flags:uint")
+_define("rename link", "oldpath:path newpath:path")
+_define("renameat", "olddirfd:fd oldpath:path newdirfd:fd newpath:path")
+_define("renameat2 linkat", "olddirfd:fd oldpath:path newdirfd:fd newpath:path flags:uint")
+_define("symlink", "target:path linkpath:path")
+_define("symlinkat", "target:path newdirfd:fd linkpath:path")
+_define("chmod mkdir", "name:path mode:uint")
+_define("fchmodat mkdirat", "dirfd:fd name:path mode:uint")
+_define("mknod", "name:path mode:uint dev:uint")
+_define("mknodat", "dirfd:fd name:path mode:uint dev:uint")
+# Network
+_define("socket", "domain:int socktype:int protocol:int", "track")
+_define("connect bind", "fd:fd addr:sockaddr addrlen:uint")
+_define("accept", "fd:fd addr:sockaddr_out addrlen:ptr", "track")
+_define("accept4", "fd:fd addr:sockaddr_out addrlen:ptr flags:uint", "track")
+_define("listen", "fd:fd backlog:int")
+# Privileged and escape-relevant
+_define("ptrace", "request:int pid:int addr:u64 data:u64")
+_define("mount", "source:path target:path fstype:str flags:u64 data:u64")
+_define("umount2", "target:path flags:uint")
+_define("setns", "fd:fd nstype:int")
+_define("unshare", "flags:uint")
+_define("init_module", "image:ptr len:u64 params:str")
+_define("finit_module", "fd:fd params:str flags:uint")
+_define("bpf", "cmd:int attr:ptr size:uint")
+_define("memfd_create", "name:str flags:uint", "track")
+_define("setuid", "uid:uint")
+_define("setgid", "gid:uint")
+_define("setresuid", "ruid:uint euid:uint suid:uint")
+_define("setresgid", "rgid:uint egid:uint sgid:uint")
+_define("capset", "header:ptr data:capdata")
+_define("prctl", "option:int arg2:u64 arg3:u64 arg4:u64 arg5:u64")
+# fd bookkeeping (only for fds user space tracks), and dup onto stdio (reverse shells)
+_define("close", "fd:fd", "tracked untrack")
+_define("dup", "oldfd:fd", "tracked track")
+_define("dup2", "oldfd:fd newfd:fd", "tracked stdio track")
+_define("dup3", "oldfd:fd newfd:fd flags:uint", "tracked stdio track")
+_define("fcntl", "fd:fd cmd:int arg:u64", "tracked dupfd track")
+
+EXEC = ("execve", "execveat")
+
+_UAPI = ("arch/x86/include/generated/uapi/asm/unistd_64.h", "arch/x86/include/uapi/asm/unistd_64.h")
+_SYSTEM = ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm/unistd_64.h")
+
+
+def parse_unistd(text: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"#define\s+__NR_(\w+)\s+(\d+)", text)}
+
+
+def unistd_path(header_tree: str | None) -> str:
+    """The uapi syscall table: the header tree's own, else the system's copy."""
+    candidates = [os.path.join(header_tree, p) for p in _UAPI] if header_tree else []
+    candidates += list(_SYSTEM) + sorted(glob.glob("/usr/include/*/asm/unistd_64.h"))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError("no asm/unistd_64.h: install the kernel headers or linux-libc-dev")
+
+
+@dataclass(frozen=True)
+class Syscall:
+    name: str
+    nr: int
+    args: tuple[tuple[str, str], ...]  # (name, type) in register order
+    flags: frozenset[str]
+
+    def slots(self) -> list[tuple[int, int, str]]:
+        """(slot, argument index, type) of the arguments that go into data slots."""
+        result, slot = [], 0
+        for index, (_, kind) in enumerate(self.args):
+            if kind in _SLOT_TYPES:
+                if kind == "argv":
+                    slot = 1
+                result.append((slot, index, kind))
+                slot += 1
+        return result
+
+
+class SyscallTable:
+    def __init__(self, numbers: dict[str, int]):
+        self.numbers = numbers
+        self.names = {nr: name for name, nr in numbers.items()}
+        self.syscalls = {name: Syscall(name, numbers[name], tuple(tuple(a.split(":")) for a in args), flags)
+                         for name, (args, flags) in TABLE.items() if name in numbers}
+        self.by_nr = {s.nr: s for s in self.syscalls.values()}
+
+    @classmethod
+    def from_headers(cls, header_tree: str | None = None) -> SyscallTable:
+        with open(unistd_path(header_tree)) as f:
+            return cls(parse_unistd(f.read()))
+
+    def name(self, nr: int) -> str:
+        return self.names.get(nr, f"syscall_{nr}")
+
+    def specs(self, wanted: set[str]) -> np.ndarray:
+        """The `syscall_specs` map's contents: capture what is in `wanted` (plus the
+        exit codes, which lifecycle events need)."""
+        events = layout.events()
+        c = events.constants
+        specs = np.zeros(c["MAYFLY_MAX_SYSCALLS"], events.structs["mayfly_syscall_spec"])
+        reads = {"path": c["MAYFLY_READ_STR"], "str": c["MAYFLY_READ_STR"], "argv": c["MAYFLY_READ_ARGV"],
+                 "sockaddr": c["MAYFLY_READ_BYTES"], "sockaddr_out": c["MAYFLY_READ_BYTES_OUT"],
+                 "open_how": c["MAYFLY_READ_FIXED"], "capdata": c["MAYFLY_READ_FIXED"]}
+        bits = {"track": "MAYFLY_SPEC_TRACK_RESULT", "tracked": "MAYFLY_SPEC_TRACKED_FD0",
+                "stdio": "MAYFLY_SPEC_STDIO_FD1", "untrack": "MAYFLY_SPEC_UNTRACK_FD0",
+                "dupfd": "MAYFLY_SPEC_DUPFD_CMD", "exit_code": "MAYFLY_SPEC_EXIT_CODE"}
+        for syscall in self.syscalls.values():
+            flags = sum(c[bits[f]] for f in syscall.flags)
+            if syscall.name in wanted and "exit_code" not in syscall.flags:
+                flags |= c["MAYFLY_SPEC_EMIT"]
+            elif "exit_code" not in syscall.flags:
+                continue
+            spec = specs[syscall.nr]
+            spec["flags"] = flags
+            for slot, index, kind in syscall.slots():
+                spec["slot"][slot]["read"] = reads[kind]
+                spec["slot"][slot]["arg"] = index
+                spec["slot"][slot]["len_arg"] = index + 1
+                spec["slot"][slot]["len"] = _FIXED_LEN.get(kind, 0)
+        return specs
+
+    def decode_args(self, event: np.void) -> dict:
+        """The `evt` fields of a syscall event: its type, result and named arguments."""
+        nr = int(event["nr"])
+        fields = {"type": self.name(nr), "res": int(event["result"])}
+        syscall = self.by_nr.get(nr)
+        if syscall is None:
+            return fields
+        data, lengths = event["data"], event["slot_len"]
+        slot_len = len(data) // len(lengths)
+        slot_of = {index: slot for slot, index, _ in syscall.slots()}
+        for index, (name, kind) in enumerate(syscall.args):
+            raw = int(event["args"][index])
+            if index in slot_of:
+                start = slot_of[index] * slot_len
+                fields[name] = _decode_slot(kind, bytes(data[start:start + int(lengths[slot_of[index]])]))
+            elif kind in ("fd", "int"):
+                fields[name] = _signed32(raw)
+            elif kind == "uint":
+                fields[name] = raw & 0xFFFFFFFF
+            elif kind == "u64":
+                fields[name] = raw
+        if event["truncated"]:
+            fields["truncated"] = True
+        return fields
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _decode_slot(kind: str, value: bytes):
+    if kind in ("path", "str"):
+        return untrusted_text(value.split(b"\0", 1)[0])
+    if kind == "argv":  # NUL-terminated strings one after another; a cut last one has no NUL
+        value = value[:-1] if value.endswith(b"\0") else value
+        return [untrusted_text(a) for a in value.split(b"\0")] if value else []
+    if kind in ("sockaddr", "sockaddr_out"):
+        return sockaddr(value) if value else None
+    if kind == "open_how":
+        flags, mode, resolve = np.frombuffer(value.ljust(24, b"\0")[:24], "<u8")
+        return {"flags": int(flags), "mode": int(mode), "resolve": int(resolve)}
+    if kind == "capdata":
+        words = np.frombuffer(value.ljust(24, b"\0")[:24], "<u4").tolist()
+        effective, permitted, inheritable = (words[i] | words[i + 3] << 32 for i in range(3))
+        return {"effective": effective, "permitted": permitted, "inheritable": inheritable}
+    raise ValueError(kind)
+
+
+def sockaddr(raw: bytes) -> dict:
+    """A struct sockaddr as the kernel saw it."""
+    family = int.from_bytes(raw[:2], "little") if len(raw) >= 2 else 0
+    if family == 2 and len(raw) >= 8:  # AF_INET
+        return {"family": "inet", "addr": str(ipaddress.IPv4Address(raw[4:8])),
+                "port": int.from_bytes(raw[2:4], "big")}
+    if family == 10 and len(raw) >= 24:  # AF_INET6
+        return {"family": "inet6", "addr": str(ipaddress.IPv6Address(raw[8:24])),
+                "port": int.from_bytes(raw[2:4], "big")}
+    if family == 1:  # AF_UNIX: a path, or an abstract name after a NUL
+        path = raw[2:]
+        name = "@" + path[1:].split(b"\0", 1)[0].decode(errors="replace") if path[:1] == b"\0" else None
+        return {"family": "unix", "path": name if name is not None else untrusted_text(path.split(b"\0", 1)[0])}
+    return {"family": family}
+
+
+@cache
+def table() -> SyscallTable:
+    """The table for the header tree BCC uses (resolved without changing the host)."""
+    from sensor import kernel_headers
+    try:
+        tree = kernel_headers.resolve(link=False).path
+    except kernel_headers.HeadersMissing:
+        tree = None
+    return SyscallTable.from_headers(tree)
