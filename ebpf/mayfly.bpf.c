@@ -366,30 +366,41 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     struct mayfly_config *cfg = get_config();
     if (!e || !cfg)
         return 0;
-    if (e->nr == nr) {
-        long ret = ctx->args[1];
+    long ret = ctx->args[1];
+    /* After a successful execveat the exit reports execve's number. */
+    int exec = ret == 0 && (nr == __NR_execve || nr == __NR_execveat) &&
+               (e->nr == __NR_execve || e->nr == __NR_execveat);
+    if (e->nr == nr || exec) {
         e->result = ret;
         for (int i = 0; i < MAYFLY_STR_SLOTS; i++)
             read_slot(e, &spec->slot[i], e->args, i, 1);
+        if (exec) {
+            /* The new image's stack: argc at sp, then the argument pointers. */
+            u64 sp = 0;
+            bpf_probe_read_kernel(&sp, sizeof(sp), &regs->sp);
+            e->truncated &= ~(1 << 1);
+            read_argv(e, (const char *const *)(sp + 8));
+        }
         if (ret >= 0 && (spec->flags & MAYFLY_SPEC_TRACK_RESULT)) {
             struct mayfly_fd_key key = {.tgid = pid_tgid >> 32, .fd = ret};
             u8 yes = 1;
             tracked_fds.update(&key, &yes);
         }
-        send_syscall(e, cfg, 0);
+        send_syscall(e, cfg, exec);
     }
     pending.delete(&tid);
     return 0;
 }
 
-/* A successful exec, reported as its syscall with the kernel's resolved filename in
- * slot 0 and, when the enter was seen, the argument vector in slots 1-2. */
+/* A successful exec: the kernel's resolved filename goes into slot 0 here, and the
+ * event waits for the syscall's exit, where the argument vector is read from the new
+ * image's stack (the old one's pages may never have been faulted in). */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_config *cfg = get_config();
-    u32 old_tid = args->old_pid;
+    u32 old_tid = args->old_pid, tid = pid_tgid;
     struct mayfly_syscall_event *e = pending.lookup(&old_tid);
 
     if (!cfg || (u32)(pid_tgid >> 32) == cfg->self_tgid)
@@ -415,9 +426,12 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->slot_len[0] = n > 0 ? n : 0;
     if (n == MAYFLY_STR_LEN)
         e->truncated |= 1;
-    send_syscall(e, cfg, 1);
+    /* A non-leader thread's exec takes over the leader's id. */
+    if (pending.update(&tid, e))
+        count_stat(MAYFLY_STAT_PENDING_FULL);
 out:
-    pending.delete(&old_tid);
+    if (old_tid != tid || !e)
+        pending.delete(&old_tid);
     return 0;
 }
 

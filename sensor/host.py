@@ -61,6 +61,15 @@ def cgroup2_root(proc_mounts: str = "/proc/mounts") -> str:
     return mount.target
 
 
+def cgroup2_dir_of(pid: int | str = "self") -> str:
+    """The cgroup2 directory a process is in."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return os.path.join(cgroup2_root(), line[3:].strip().lstrip("/"))
+    raise HostError(f"process {pid} has no cgroup2 membership")
+
+
 def cgroup_id(cgroup_dir: str) -> int:
     """A cgroup2 id as bpf_get_current_cgroup_id() reports it: its directory's inode."""
     return os.stat(cgroup_dir).st_ino

@@ -67,7 +67,7 @@ def build_busybox_image(cache_dir: str) -> str:
 
 
 def _assemble_rootfs(busybox: str, rootfs: str) -> None:
-    for d in ("bin", "dev", "etc", "proc", "root", "sys", "tmp", "usr/local/bin", "var/tmp"):
+    for d in ("bin", "dev", "etc", "mnt", "proc", "root", "sys", "tmp", "usr/local/bin", "var/tmp"):
         os.makedirs(os.path.join(rootfs, d), exist_ok=True)
     shutil.copy2(busybox, os.path.join(rootfs, "bin", "busybox"))
     for applet in _run(busybox, "--list-full").stdout.split():
@@ -200,7 +200,7 @@ class ContainerRig:
                 raise RigError(f"runc create {container_id} failed: {container.output()[1].strip()[-2000:]}")
             with open(pid_file) as f:
                 container.pid = int(f.read())
-            container.cgroup_dir = _cgroup2_dir(container.pid)
+            container.cgroup_dir = host.cgroup2_dir_of(container.pid)
         except BaseException:
             container.delete()
             raise
@@ -277,14 +277,6 @@ class ContainerRig:
             owner = container_id[len(ID_PREFIX):].split("-", 1)[0]
             if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
                 Container(self, container_id, os.path.join(containers_dir, container_id)).delete()
-
-
-def _cgroup2_dir(pid: int) -> str:
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            if line.startswith("0::"):
-                return os.path.join(host.cgroup2_root(), line[3:].strip().lstrip("/"))
-    raise RigError(f"process {pid} has no cgroup2 membership")
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):

@@ -2,20 +2,19 @@
 
 import os
 
+from capture import collect
+
 from sensor import host
 
 RUNS = 7  # prime: doubled or missed events show
 
 
-def drain(sensor):
-    """Everything the kernel had committed: the container has exited, so its events are in."""
-    while sensor.poll(0):
-        pass
-    return sensor.seen
+def execs(records):
+    return [r for r in records if r["kind"] == "event" and r["evt"]["type"] == "execve" and r["evt"]["res"] == 0]
 
 
 def test_every_exec_in_a_container_carries_its_cgroup_id(sensor, rig):
-    container = rig.create(["/bin/sh", "-c", f"for i in {' '.join(map(str, range(RUNS)))}; do /bin/true; done"])
+    container = rig.create(["/bin/sh", "-c", f"for i in {' '.join(map(str, range(RUNS)))}; do /bin/true x$i; done"])
     try:
         cgroup_id = container.cgroup_id
         assert cgroup_id == os.stat(container.cgroup_dir).st_ino
@@ -25,9 +24,12 @@ def test_every_exec_in_a_container_carries_its_cgroup_id(sensor, rig):
     finally:
         container.delete()
 
-    execs = [r for r in drain(sensor) if r["kind"] == "exec" and r["cgroup_id"] == cgroup_id]
-    assert [r["filename"] for r in execs] == ["/bin/sh"] + ["/bin/true"] * RUNS
-    entrypoint, *children = execs
+    entrypoint, *children = execs(collect(sensor, cgroup_id))
+    assert entrypoint["evt"]["filename"] == "/bin/sh" and entrypoint["proc"]["comm"] == "sh"
+    assert entrypoint["container"] == {"id": container.id, "cgroup_id": cgroup_id}
+    assert [r["evt"]["argv"] for r in children] == [["/bin/true", f"x{i}"] for i in range(RUNS)]
+    assert [r["proc"]["cmdline"] for r in children] == [f"/bin/true x{i}" for i in range(RUNS)]
+    assert all(r["evt"]["filename"] == "/bin/true" == r["proc"]["exe"] for r in children)
     assert all(r["proc"]["ppid"] == entrypoint["proc"]["pid"] for r in children)
     assert len({r["proc"]["pid"] for r in children}) == RUNS
     assert all(r["proc"]["comm"] == "true" and r["proc"]["uid"] == 0 for r in children)
@@ -35,8 +37,19 @@ def test_every_exec_in_a_container_carries_its_cgroup_id(sensor, rig):
 
 def test_host_execs_are_not_attributed_to_the_container(sensor, rig):
     result = rig.run(["/bin/true"])
+    in_container = execs(collect(sensor, result.cgroup_id))
     os.system("/bin/true")
-    records = [r for r in drain(sensor) if r["kind"] == "exec"]
-    in_container = [r for r in records if r["cgroup_id"] == result.cgroup_id]
-    assert [r["filename"] for r in in_container] == ["/bin/true"]
-    assert any(r["filename"] == "/bin/true" and r["cgroup_id"] != result.cgroup_id for r in records)
+    ours = host.cgroup_id(host.cgroup2_dir_of())
+    on_host = execs(collect(sensor, ours))
+    assert [r["evt"]["filename"] for r in in_container] == ["/bin/true"]
+    assert ours != result.cgroup_id
+    assert "/bin/true" in [r["evt"]["filename"] for r in on_host]
+
+
+def test_long_argv_is_cut_and_flagged(sensor, rig):
+    words = [f"argument-{i:03d}" for i in range(60)]
+    result = rig.run(["/bin/true", *words])
+    (event,) = execs(collect(sensor, result.cgroup_id))
+    assert event["evt"]["truncated"] is True
+    argv = event["evt"]["argv"]
+    assert argv[0] == "/bin/true" and argv[1:] == words[:len(argv) - 1] and len(argv) < 61
