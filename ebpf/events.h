@@ -51,7 +51,7 @@
 #define MAYFLY_SPEC_DUPFD_CMD 32    /* fcntl: only F_DUPFD and F_DUPFD_CLOEXEC in args[1] */
 #define MAYFLY_SPEC_EXIT_CODE 64    /* exit/exit_group: keep args[0] as the exit code, emit nothing */
 
-/* mayfly_cgroup_state.policy */
+/* `cgroup_policy` values */
 #define MAYFLY_POLICY_TRACK 0
 #define MAYFLY_POLICY_IGNORE 1
 
@@ -163,8 +163,6 @@ struct mayfly_cgroup_state {
     __u64 emitted;       /* events sent */
     __u64 rate_limited;  /* events the bucket suppressed */
     __u64 ring_lost;     /* events lost to a full ring buffer */
-    __u32 policy;
-    __u32 _pad0;
 };
 
 /* `syscall_counts` per-CPU hash: every syscall made, per cgroup. */

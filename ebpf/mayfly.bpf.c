@@ -39,6 +39,8 @@ BPF_PERCPU_ARRAY(scratch, struct mayfly_syscall_event, 1);
 /* A syscall's event between its enter and its exit, by thread id. */
 BPF_HASH(pending, u32, struct mayfly_syscall_event, MAYFLY_MAX_PENDING);
 BPF_HASH(cgroup_state, u64, struct mayfly_cgroup_state, MAYFLY_MAX_CGROUPS);
+/* Written by user space only: cgroups whose events are dropped (MAYFLY_POLICY_*). */
+BPF_HASH(cgroup_policy, u64, u32, MAYFLY_MAX_CGROUPS);
 BPF_TABLE("lru_percpu_hash", struct mayfly_count_key, u64, syscall_counts, MAYFLY_MAX_COUNTS);
 BPF_TABLE("lru_hash", struct mayfly_fd_key, u8, tracked_fds, MAYFLY_MAX_FDS);
 BPF_TABLE("lru_hash", struct mayfly_flow_key, struct mayfly_flow_value, flows, MAYFLY_MAX_FLOWS);
@@ -96,6 +98,9 @@ static __always_inline u64 wakeup_flags(struct mayfly_config *cfg, int urgent)
 /* May this cgroup emit one more event? Applies its policy and token bucket. */
 static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
 {
+    u32 *policy = cgroup_policy.lookup(&cgroup_id);
+    if (policy && *policy == MAYFLY_POLICY_IGNORE)
+        return 0;
     u64 now = bpf_ktime_get_ns();
     struct mayfly_cgroup_state *state = cgroup_state.lookup(&cgroup_id);
     if (!state) {
@@ -107,8 +112,6 @@ static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
         if (!state)
             return 1; /* table full: trace it, unaccounted per cgroup */
     }
-    if (state->policy == MAYFLY_POLICY_IGNORE)
-        return 0;
     if (cfg->cost_ns) {
         /* Races between CPUs can mis-credit a little; the bucket stays bounded. */
         u64 credit = state->credit_ns + (now > state->refill_ns ? now - state->refill_ns : 0);
@@ -525,7 +528,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 static __always_inline void send_cgroup(u32 op, int root, int level, u64 id, const void *path)
 {
     struct mayfly_config *cfg = get_config();
-    if (root != 0 || !cfg)
+    if (root != 0 || !cfg || bpf_get_current_pid_tgid() >> 32 == cfg->self_tgid)
         return;
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_cgroup_event *e = events.ringbuf_reserve(sizeof(*e));
@@ -566,7 +569,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     struct mayfly_config *cfg = get_config();
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    if (!cfg)
+    if (!cfg || bpf_get_current_pid_tgid() >> 32 == cfg->self_tgid)
         return 0;
     struct mayfly_tcp_event *e = events.ringbuf_reserve(sizeof(*e));
     if (!e) {

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensor import distro, host, kernel_headers, layout, maps, resources
+from sensor import distro, host, kernel_headers, layout, resources
 
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
@@ -137,10 +137,6 @@ class Programs:
         names += [tp for tp, define in OPTIONAL_TRACEPOINTS.items() if define in self.defines]
         names += [f"cgroup_skb/{p.decode()}" for p in FLOW_PROGRAMS][:len(self._links)]
         return names
-
-    def configure(self, kernel_config: np.ndarray, specs: np.ndarray) -> None:
-        maps.write_array(self["config"], kernel_config)
-        maps.write_array(self["syscall_specs"], specs)
 
     def _attach_flows(self, bcc) -> None:
         # A BPF link detaches by itself when its fd closes, even if the sensor dies;

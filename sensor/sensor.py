@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from sensor import host, records, resources, rule_loader, syscalls
+from sensor import host, layout, maps, records, resources, rule_loader, syscalls
 from sensor.bpf_program import ProgramConfig, Programs
 from sensor.cgroups import CgroupTable
 from sensor.decode import OTHER_TYPES, Decoder, MonotonicClock
@@ -44,6 +44,8 @@ class Sensor:
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
+        if isinstance(emit_events, str) and emit_events != ALL:
+            emit_events = [emit_events]
         self.emit_types = None if emit_events in (None, ALL) else frozenset(emit_events)
         self.emit = emit_events is not None
         self.report_interval = report_interval
@@ -71,19 +73,13 @@ class Sensor:
             log.error("rule rejected", problem=str(problem))
         log.info("rules loaded", rules=len(self.ruleset.rules), rejected=len(self.ruleset.problems))
         self.table = syscalls.table()
-        known = set(self.table.syscalls) | set(OTHER_TYPES)
-        unknown = sorted((self.emit_types or set()) - known)
-        if unknown:
-            raise ValueError(f"unknown event types {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        # Exec is always captured: it is how processes and their containers are known.
-        wanted = set(self.table.syscalls) if self.emit and self.emit_types is None else \
-            set(self.emit_types or ()) | set(syscalls.EXEC)
+        self._check_types(self.emit_types or ())
+        capture = None if self.emit and self.emit_types is None else self.emit_types or ()
 
         self.programs = Programs(self.config)
         try:
-            kernel_config = self.config.kernel_config()
-            kernel_config["self_tgid"] = os.getpid()
-            self.programs.configure(kernel_config, self.table.specs(wanted))
+            self.set_rate_limit(self.config.cgroup_rate, self.config.cgroup_burst)
+            self.set_capture(capture)
             self._seed_parents()
             self.clock = MonotonicClock()
             self.cgroups = CgroupTable(host.cgroup2_root())
@@ -98,7 +94,36 @@ class Sensor:
         self._started = self._last_report = time.monotonic()
         log.info("sensor started", pid=os.getpid(), programs=len(self.programs.attached))
         self._dispatch([records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
-                                    programs=self.programs.attached, captured=sorted(wanted))])
+                                    programs=self.programs.attached, captured=self.captured)])
+
+    def _check_types(self, types: Iterable[str]) -> None:
+        known = set(self.table.syscalls) | set(OTHER_TYPES)
+        unknown = sorted(set(types) - known)
+        if unknown:
+            raise ValueError(f"unknown event types {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+    def set_capture(self, types: Iterable[str] | None) -> None:
+        """Which syscalls the kernel captures (None: all Mayfly knows). Exec is always
+        captured: it is how processes and their containers are known. Takes effect at
+        once; a syscall not captured costs one map lookup in the kernel."""
+        types = set(self.table.syscalls) if types is None else set(types)
+        self._check_types(types)
+        self.captured = sorted((types & set(self.table.syscalls)) | set(syscalls.EXEC))
+        maps.write_array(self.programs["syscall_specs"], self.table.specs(set(self.captured)))
+
+    def set_rate_limit(self, rate: int, burst: int) -> None:
+        """Events per second one cgroup may emit on average (0: no limit), and at once."""
+        entry = ProgramConfig(cgroup_rate=rate, cgroup_burst=burst, wakeup_every=self.config.wakeup_every
+                              ).kernel_config()
+        entry["self_tgid"] = os.getpid()
+        maps.write_array(self.programs["config"], entry)
+
+    def set_policy(self, cgroup_id: int, track: bool) -> None:
+        """Track a cgroup (the default) or drop its events in the kernel. Its syscalls are
+        still counted."""
+        policy = self.programs["cgroup_policy"]
+        value = layout.events().constants["MAYFLY_POLICY_TRACK" if track else "MAYFLY_POLICY_IGNORE"]
+        policy[policy.Key(cgroup_id)] = policy.Leaf(value)
 
     @property
     def stopped(self) -> bool:
@@ -120,7 +145,7 @@ class Sensor:
         batch = self.decoder.records(arrays, self.emit_types) if self.emit else []
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
-            batch += self._periodic()
+            batch += self._reports()
         self.decoder.apply_cgroups(arrays, removals=True)
         for cgroup in arrays.get("cgroup", ()):
             if cgroup["op"] != self.decoder.layout.constants["MAYFLY_CGROUP_MKDIR"]:
@@ -128,7 +153,13 @@ class Sensor:
         self._dispatch(batch)
         return batch
 
-    def _periodic(self) -> list[Record]:
+    def report(self) -> list[Record]:
+        """Flow and syscall-count records now (they also come every `report_interval`)."""
+        batch = self._reports()
+        self._dispatch(batch)
+        return batch
+
+    def _reports(self) -> list[Record]:
         interval = time.monotonic() - self._last_report
         self._last_report = time.monotonic()
         result = self.reports.syscall_counts(interval)
@@ -141,7 +172,7 @@ class Sensor:
         if self._ring is None:
             return
         self.poll(0)  # what is still in the ring buffer
-        final = self._periodic()
+        final = self._reports()
         final.append(records.new("sensor", self.clock.now(), state="stopped",
                                  uptime_s=round(time.monotonic() - self._started, 3),
                                  events=dict(self._delivered), records=self._emitted + 1,

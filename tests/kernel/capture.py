@@ -1,4 +1,12 @@
-"""Helpers for taking a test's records out of the session's Sensor."""
+"""Helpers for taking a test's records out of a Sensor, and for running processes in a
+cgroup of their own (no container runtime's events mixed in)."""
+
+import os
+import subprocess
+import uuid
+from contextlib import contextmanager
+
+from sensor import host
 
 
 def drain(sensor):
@@ -13,3 +21,30 @@ def collect(sensor, cgroup_id):
     mine = [r for r in sensor.seen if r.get("container", {}).get("cgroup_id") == cgroup_id]
     sensor.seen.clear()
     return mine
+
+
+@contextmanager
+def own_cgroup():
+    """A fresh cgroup2 directory; its id is the inode. Removed afterwards."""
+    path = os.path.join(host.cgroup2_root(), f"mayfly-test-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    try:
+        yield path, host.cgroup_id(path)
+    finally:
+        os.rmdir(path)
+
+
+def run_in_cgroup(cgroup_dir, argv):
+    """Run argv with its process moved into the cgroup before it execs: everything it
+    does, exec included, happens there and nothing else does. (The move writes to an fd
+    the parent opened, so the child makes no open or close of its own in the cgroup.)"""
+    procs = os.open(os.path.join(cgroup_dir, "cgroup.procs"), os.O_WRONLY)
+    try:
+        return subprocess.run(argv, preexec_fn=lambda: os.write(procs, str(os.getpid()).encode()),
+                              capture_output=True, timeout=60)
+    finally:
+        os.close(procs)
+
+
+def events(records, evt_type=None):
+    return [r for r in records if r["kind"] == "event" and evt_type in (None, r["evt"]["type"])]
