@@ -429,6 +429,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->slot_len[0] = n > 0 ? n : 0;
     if (n == MAYFLY_STR_LEN)
         e->truncated |= 1;
+    /* exec SIGKILLs the other threads; the process itself lives on. */
+    u32 tgid = pid_tgid >> 32;
+    exit_info.delete(&tgid);
     /* A non-leader thread's exec takes over the leader's id. */
     if (pending.update(&tid, e))
         count_stat(MAYFLY_STAT_PENDING_FULL);
@@ -501,9 +504,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (tgid != (u32)pid_tgid)
         return 0;
 #endif
+    /* exit_group SIGKILLs the caller's other threads: after an exit code, a SIGKILL
+     * is that, not a cause of death. */
     struct exit_info *info = exit_info.lookup(&tgid);
     s32 code = info && info->has_code ? info->code : -1;
-    s32 sig = info ? info->signal : 0;
+    s32 sig = info && !info->has_code ? info->signal : 0;
     exit_info.delete(&tgid);
 
     u64 cgroup_id = bpf_get_current_cgroup_id();
