@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import os
 
+from collections import OrderedDict
+
 from sensor.log import get_logger
 
 log = get_logger("cgroups")
 
 HOST = "host"
+# Removed cgroups keep their name this long (in removals), for records that come late.
+REMEMBER_REMOVED = 4096
 
 
 class CgroupTable:
     def __init__(self, root: str):
         self.root = root
         self.paths: dict[int, str] = {}
+        self._removed: OrderedDict[int, str] = OrderedDict()
 
     def scan(self) -> None:
         """Record every cgroup that exists now (those made later come as events)."""
@@ -35,10 +40,14 @@ class CgroupTable:
         self.paths[cgroup_id] = path
 
     def removed(self, cgroup_id: int) -> None:
-        self.paths.pop(cgroup_id, None)
+        path = self.paths.pop(cgroup_id, None)
+        if path is not None:
+            self._removed[cgroup_id] = path
+            while len(self._removed) > REMEMBER_REMOVED:
+                self._removed.popitem(last=False)
 
     def container(self, cgroup_id: int) -> dict:
-        path = self.paths.get(cgroup_id)
+        path = self.paths.get(cgroup_id) or self._removed.get(cgroup_id)
         if path is None:
             return {"id": f"cgroup-{cgroup_id}", "cgroup_id": cgroup_id}
         name = path.rstrip("/").rsplit("/", 1)[-1]

@@ -1,11 +1,13 @@
-"""`mayfly run`, as `sudo make run` starts it, shows every exec of a real container with
-its cgroup id, on the terminal and in the msgpack record file."""
+"""`mayfly run`, the command behind `sudo make run`, against real runc containers."""
 
 import json
 import os
+import pty
 import signal
+import socket
 import subprocess
 import sys
+import threading
 
 from sensor import read_stream
 from sensor.testing.containers import wait_until
@@ -13,38 +15,117 @@ from sensor.testing.containers import wait_until
 RUNS = 5  # prime
 
 
-def start_sensor(tmp_path):
+class RunningSensor:
+    """`python -m sensor run ARGS` in the background; stdout on a terminal if asked."""
+
+    def __init__(self, tmp_path, *args, tty=False):
+        self.log = tmp_path / "stderr.log"
+        self.stderr = open(self.log, "w+")
+        if tty:
+            self.master, slave = pty.openpty()
+            stdout = slave
+        else:
+            self.master, stdout = None, subprocess.PIPE
+        self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", *args], stdout=stdout,
+                                     stderr=self.stderr)
+        if tty:
+            os.close(slave)
+        wait_until(self.started, timeout=90)
+
+    def logs(self):
+        return [json.loads(line) for line in open(self.log)]
+
+    def started(self):
+        assert self.proc.poll() is None, open(self.log).read()
+        return any(e["event"] == "sensor started" for e in self.logs())
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        output = b""
+        if self.master is not None:
+            while True:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # the terminal closed with the sensor
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        self.proc.wait(timeout=60)
+        assert self.proc.returncode == 0, open(self.log).read()
+        return output.decode(errors="replace")
+
+
+def test_make_run_shows_each_container_exec_with_its_cgroup_id(rig, tmp_path):
     output = tmp_path / "records.msgpack"
-    stderr = open(tmp_path / "stderr.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--output", str(output)],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-    def started():
-        assert proc.poll() is None, open(stderr.name).read()
-        return any(json.loads(line)["event"] == "sensor started" for line in open(stderr.name))
-    wait_until(started, timeout=60)
-    return proc, output, stderr.name
-
-
-def test_run_shows_container_execs_with_cgroup_id(rig, tmp_path):
-    proc, output, stderr = start_sensor(tmp_path)
+    # What `make run` starts: exec events, lines on the terminal, records in a file.
+    sensor = RunningSensor(tmp_path, "--emit-events=execve,execveat", "--output", "stdout",
+                           "--output", f"file:{output}", tty=True)
     try:
         result = rig.run(["/bin/sh", "-c", f"for i in {' '.join(['x'] * RUNS)}; do /bin/echo hi; done"])
         assert result.exit_code == 0 and result.stdout == "hi\n" * RUNS
     finally:
-        proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, open(stderr).read()
+        terminal = sensor.stop()
 
-    marker = f"cgroup={result.cgroup_id} "
-    lines = [line for line in stdout.splitlines() if marker in line]
-    assert len(lines) == RUNS + 1, stdout
-    assert lines[0].endswith(" /bin/sh") and all(line.endswith(" /bin/echo") for line in lines[1:])
-    assert all(" exec " in line and " comm=echo " in line for line in lines[1:])
+    lines = [line for line in terminal.splitlines() if f"cgroup={result.cgroup_id} " in line]
+    assert len(lines) == RUNS + 1, terminal
+    assert all(f"container={result.id} " in line and " execve " in line for line in lines)
+    assert lines[0].endswith("argv=['/bin/sh', '-c', 'for i in x x x x x; do /bin/echo hi; done']")
+    assert all("filename=/bin/echo argv=['/bin/echo', 'hi']" in line for line in lines[1:])
 
     with open(output, "rb") as f:
-        records = [r for r in read_stream(f) if r.get("cgroup_id") == result.cgroup_id]
-    assert [r["filename"] for r in records] == ["/bin/sh"] + ["/bin/echo"] * RUNS
+        records = list(read_stream(f))
+    assert records[0]["kind"] == "sensor" and records[0]["state"] == "ready"
+    assert records[-1]["kind"] == "sensor" and records[-1]["state"] == "stopped"
+    mine = [r for r in records if r["kind"] == "event" and r["container"]["cgroup_id"] == result.cgroup_id]
+    assert [r["evt"]["filename"] for r in mine] == ["/bin/sh"] + ["/bin/echo"] * RUNS
     assert oct(os.stat(output).st_mode & 0o777) == "0o600"
-    logs = [json.loads(line) for line in open(stderr)]
-    assert {"rules loaded", "sensor started", "sensor stopped"} <= {e["event"] for e in logs}
+    assert {"rules loaded", "sensor started", "sensor stopped"} <= {e["event"] for e in sensor.logs()}
+
+
+def test_a_container_touching_files_network_and_privileges(rig, tmp_path):
+    """Issue 3's acceptance: every kind of activity, attributed, between ready and stopped."""
+    output = tmp_path / "records.msgpack"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+
+    def serve_once():
+        conn, _ = server.accept()
+        conn.recv(100)
+        conn.close()
+    threading.Thread(target=serve_once, daemon=True).start()
+    sensor = RunningSensor(tmp_path, "--emit-events", "--output", f"file:{output}", "--report-interval", "3600")
+    try:
+        script = ("echo data > /tmp/written; /bin/chmod 755 /tmp/written; /bin/mv /tmp/written /tmp/moved; "
+                  f"/bin/cat /etc/passwd > /dev/null; echo ping | /usr/bin/nc -w 1 127.0.0.1 {port}; "
+                  "/bin/mount -t tmpfs none /mnt; /bin/rm /tmp/moved")
+        result = rig.run(["/bin/sh", "-c", script], host_network=True)
+    finally:
+        sensor.stop()
+        server.close()
+    with open(output, "rb") as f:
+        records = list(read_stream(f))
+    assert (records[0]["state"], records[-1]["state"]) == ("ready", "stopped")
+    mine = [r for r in records if r.get("container", {}).get("cgroup_id") == result.cgroup_id]
+    assert all(r["container"]["id"] == result.id for r in mine)
+    evts = [r["evt"] for r in mine if r["kind"] == "event"]
+
+    def has(evt_type, **fields):
+        return any(e["type"] == evt_type and all(e.get(k) == v for k, v in fields.items()) for e in evts)
+
+    assert has("openat", name="/tmp/written", res=3) or has("open", name="/tmp/written")
+    assert has("fchmodat", name="/tmp/written", mode=0o755) or has("chmod", name="/tmp/written", mode=0o755)
+    assert has("rename", oldpath="/tmp/written", newpath="/tmp/moved") or \
+        has("renameat2", oldpath="/tmp/written", newpath="/tmp/moved")
+    assert has("openat", name="/etc/passwd") or has("open", name="/etc/passwd")
+    assert has("connect", addr={"family": "inet", "addr": "127.0.0.1", "port": port}, res=0)
+    assert has("tcp_state", new="SYN_SENT", dport=port)
+    assert has("mount", target="/mnt", fstype="tmpfs", res=-1)  # EPERM: runc drops CAP_SYS_ADMIN
+    assert has("unlinkat", name="/tmp/moved") or has("unlink", name="/tmp/moved")
+    assert has("procexit", exit_code=0) and has("fork") and has("execve", filename="/usr/bin/nc")
+    flows = [r for r in mine if r["kind"] == "flow" and r["flow"]["remote_port"] == port]
+    assert flows and flows[0]["flow"]["bytes_out"] > 0
+    counts = [r for r in mine if r["kind"] == "syscall_counts"]
+    assert counts and counts[0]["counts"]["mount"] >= 1

@@ -25,27 +25,30 @@ def test_print_ebpf_shows_cflags_and_sources():
     assert "TRACEPOINT_PROBE(sched, sched_process_exec)" in result.output
 
 
-def test_bad_ringbuf_size_is_refused():
+def test_bad_options_are_refused_before_anything_loads():
     result = CliRunner().invoke(main, ["run", "--ringbuf-pages", "3"])
     assert result.exit_code == 2 and "power of two" in result.output
+    result = CliRunner().invoke(main, ["run", "--output", "tcp://x"])
+    assert result.exit_code == 2 and "unknown sink 'tcp://x'" in result.output
 
 
 def test_replay_prints_each_record(tmp_path):
     path = tmp_path / "r.msgpack"
     sink = FileSink(str(path))
-    sink.write(records.new("exec", 0, cgroup_id=77, filename="/bin/ls",
-                           proc={"pid": 5, "tid": 5, "ppid": 1, "uid": 0, "gid": 0, "comm": "ls"}))
-    sink.write(records.new("loss", 0, count=2, reason="ring buffer full"))
+    sink.write(records.new("event", 0, container={"id": "c", "cgroup_id": 77},
+                           proc={"pid": 5, "tid": 5, "ppid": 1, "uid": 0, "gid": 0, "comm": "ls"},
+                           evt={"type": "execve", "res": 0, "filename": "/bin/ls"}))
+    sink.write(records.new("lost", 0, count=2, reason="ring_full", types={"openat": 2}))
     sink.close()
     result = CliRunner().invoke(main, ["replay", str(path)])
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert len(lines) == 2 and "cgroup=77" in lines[0] and "2 events lost" in lines[1]
+    assert len(lines) == 2 and "cgroup=77" in lines[0] and "LOST         2 ring_full" in lines[1]
 
 
 def test_replay_of_a_damaged_file_names_it(tmp_path):
     path = tmp_path / "r.msgpack"
-    path.write_bytes(records.pack(records.new("loss", 0, count=1, reason="x"))[:-2])
+    path.write_bytes(records.pack(records.new("lost", 0, count=1, reason="x"))[:-2])
     result = CliRunner().invoke(main, ["replay", str(path)])
     assert result.exit_code == 1 and str(path) in result.output and "truncated" in result.output
 

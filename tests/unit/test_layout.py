@@ -38,11 +38,23 @@ def test_dtypes_match_the_compiler(tmp_path):
 
 def test_constants_and_kinds():
     events = layout.events()
-    assert events.constants["MAYFLY_COMM_LEN"] == 16
-    assert events.kinds() == {events.constants["MAYFLY_EVENT_EXEC"]: "exec"}
+    c = events.constants
+    assert events.kinds() == {c["MAYFLY_EVENT_SYSCALL"]: "syscall", c["MAYFLY_EVENT_FORK"]: "fork",
+                              c["MAYFLY_EVENT_EXIT"]: "exit", c["MAYFLY_EVENT_CGROUP"]: "cgroup",
+                              c["MAYFLY_EVENT_TCP"]: "tcp"}
+    assert max(events.kinds()) < c["MAYFLY_KINDS_MAX"]
+    # Constants the parser cannot derive (it reads integers only) are checked here.
+    assert c["MAYFLY_DATA_LEN"] == c["MAYFLY_STR_SLOTS"] * c["MAYFLY_STR_LEN"]
+    assert c["MAYFLY_RING_LOST_SLOTS"] == c["MAYFLY_KINDS_MAX"] + c["MAYFLY_MAX_SYSCALLS"]
     header = events.structs["mayfly_event_header"]
-    assert events.structs["mayfly_exec_event"].fields["hdr"][0] == header
+    for name in events.kinds().values():
+        assert events.structs[f"mayfly_{name}_event"].fields["hdr"] == (header, 0)
     assert header.itemsize % 8 == 0
+
+
+def test_schema_version_is_the_one_user_space_decodes():
+    from sensor import bpf_program
+    assert layout.events().constants["MAYFLY_SCHEMA_VERSION"] == bpf_program.EXPECTED_SCHEMA
 
 
 @pytest.mark.parametrize("body, reason", [

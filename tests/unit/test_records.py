@@ -1,87 +1,38 @@
-"""Records: decoding kernel events, msgpack round trips, sinks and the human format."""
+"""Records, sinks and the terminal format."""
 
 import io
 import os
 
 import msgpack
-import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensor import FileSink, ConsoleSink, RECORD_SCHEMA_VERSION, layout, read_stream, records
-from sensor.decode import Decoder, MonotonicClock
-from sensor.ringbuf import RawBatch
+from sensor import RECORD_SCHEMA_VERSION, CallbackSink, FileSink, StreamSink, read_stream, records, sinks
+
+EXEC = records.new("event", 1_700_000_000_123_000_000, container={"id": "abc", "cgroup_id": 77},
+                   proc={"pid": 5, "tid": 5, "ppid": 1, "uid": 0, "gid": 0, "comm": "ls"},
+                   evt={"type": "execve", "res": 0, "filename": "/bin/ls", "argv": ["ls", "-l"]})
 
 
-def raw_exec(filename: bytes, cgroup_id=4242, pid=100, ppid=1, comm=b"true", tail=b"stale-bytes"):
-    events = layout.events()
-    event = np.zeros(1, events.structs["mayfly_exec_event"])
-    hdr = event["hdr"]
-    hdr["kind"] = events.constants["MAYFLY_EVENT_EXEC"]
-    hdr["size"] = event.dtype.itemsize
-    hdr["ktime_ns"] = 5_000_000_000
-    hdr["cgroup_id"], hdr["pid"], hdr["tid"], hdr["ppid"] = cgroup_id, pid, pid, ppid
-    hdr["uid"], hdr["gid"], hdr["comm"] = 1000, 1001, comm
-    # The kernel leaves old bytes after the NUL of a string field.
-    event["filename"] = filename + b"\0" + tail
-    return event.tobytes()
+def test_common_fields():
+    record = records.new("lost", 42, reason="ring_full", count=3)
+    assert record == {"v": RECORD_SCHEMA_VERSION, "kind": "lost", "ts": 42, "host": os.uname().nodename,
+                      "reason": "ring_full", "count": 3}
 
 
-def batch_of(*raw: bytes) -> RawBatch:
-    """Records as the ring drain lays them out: 8-byte aligned, one after another."""
-    padded = [r + bytes(-len(r) % 8) for r in raw]
-    offsets = np.cumsum([0] + [len(p) for p in padded[:-1]]).astype(np.uint64)
-    return RawBatch(np.frombuffer(b"".join(padded), np.uint8), offsets,
-                    np.array([len(r) for r in raw], np.uint32))
-
-
-def decode(raw: bytes, clock=None):
-    decoder = Decoder(clock)
-    arrays, unknown = decoder.split(batch_of(raw))
-    (record,) = decoder.records(arrays)
-    return record
-
-
-def test_exec_event_decodes_to_a_record():
-    clock = MonotonicClock()
-    record = decode(raw_exec(b"/bin/true"), clock)
-    assert record == {
-        "v": RECORD_SCHEMA_VERSION, "kind": "exec", "ts": 5_000_000_000 + clock.offset, "host": os.uname().nodename,
-        "cgroup_id": 4242, "filename": "/bin/true",
-        "proc": {"pid": 100, "tid": 100, "ppid": 1, "uid": 1000, "gid": 1001, "comm": "true"},
-    }
-
-
-def test_non_utf8_names_survive():
-    record = decode(raw_exec(b"/tmp/\xff\xfe"))
-    assert record["filename"].encode("utf-8", "surrogateescape") == b"/tmp/\xff\xfe"
-
-
-def test_unknown_kinds_are_counted_not_guessed():
-    raw = bytearray(raw_exec(b"/x"))
-    raw[0:2] = (999).to_bytes(2, "little")
-    arrays, unknown = Decoder().split(batch_of(raw_exec(b"/a"), bytes(raw), raw_exec(b"/b")))
-    assert unknown == 1
-    assert [r["filename"] for r in Decoder().records(arrays)] == ["/a", "/b"]
-
-
-def test_short_records_are_zero_filled():
-    full = raw_exec(b"/bin/true")
-    arrays, _ = Decoder().split(batch_of(full[:76]))  # ends 4 bytes into the filename
-    assert arrays["exec"]["filename"][0] == b"/bin"
-
-
-def test_clock_maps_monotonic_to_epoch():
-    import time
-    clock = MonotonicClock()
-    now = clock.to_epoch(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
-    assert abs(now - time.time_ns()) < 50_000_000
+def test_untrusted_bytes_survive_as_msgpack_bin():
+    assert records.untrusted_text(b"/tmp/ok") == "/tmp/ok"
+    assert records.untrusted_text(b"/tmp/\xff\xfe") == b"/tmp/\xff\xfe"
+    record = records.new("event", 1, evt={"name": b"/tmp/\xff\xfe"})
+    packed = records.pack(record)
+    assert list(read_stream(io.BytesIO(packed)))[0]["evt"]["name"] == b"/tmp/\xff\xfe"
+    assert msgpack.unpackb(packed, raw=True)[b"kind"] == b"event"
 
 
 @given(st.lists(st.fixed_dictionaries({
-    "kind": st.sampled_from(["exec", "loss"]), "ts": st.integers(0, 2**63 - 1),
-    "count": st.integers(0, 2**32), "reason": st.text(),
+    "kind": st.sampled_from(["event", "lost"]), "ts": st.integers(0, 2**63 - 1),
+    "count": st.integers(0, 2**32), "reason": st.text(), "raw": st.binary(max_size=64),
 }), max_size=20))
 def test_file_sink_round_trip(tmp_path_factory, items):
     path = tmp_path_factory.mktemp("sink") / "out" / "records.msgpack"
@@ -95,27 +46,64 @@ def test_file_sink_round_trip(tmp_path_factory, items):
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
 
 
+def test_file_sink_rotates_by_size_and_keeps_n(tmp_path):
+    path = tmp_path / "r.msgpack"
+    size = len(records.pack(EXEC))
+    sink = FileSink(str(path), max_bytes=size * 3, keep=2)
+    for _ in range(10):
+        sink.write(EXEC)
+    sink.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["r.msgpack", "r.msgpack.1", "r.msgpack.2"]
+    counts = []
+    for name in files:
+        with open(tmp_path / name, "rb") as f:
+            counts.append(len(list(read_stream(f))))
+    assert counts == [1, 3, 3]  # 10 written: the oldest three were rotated away
+
+
 def test_truncated_file_yields_complete_records_then_fails(tmp_path):
     path = tmp_path / "r.msgpack"
-    good = records.new("loss", 1, count=3, reason="ring buffer full")
-    path.write_bytes(records.pack(good) + records.pack(good)[:-4])
+    path.write_bytes(records.pack(EXEC) + records.pack(EXEC)[:-4])
     seen = []
-    with open(path, "rb") as f, pytest.raises(ValueError):
+    with open(path, "rb") as f, pytest.raises(ValueError, match="truncated record"):
         for record in read_stream(f):
             seen.append(record)
-    assert seen == [good]
+    assert seen == [EXEC]
 
 
-def test_console_lines():
+def test_terminal_lines_escape_control_characters():
     out = io.StringIO()
-    sink = ConsoleSink(out)
-    sink.write(decode(raw_exec(b"/bin/true")))
-    sink.write(records.new("loss", 0, count=7, reason="ring buffer full"))
+    StreamSink(out, lines=True).write(EXEC)
+    hostile = records.new("event", EXEC["ts"], container=EXEC["container"], proc={**EXEC["proc"], "comm": "x\x1b[2J"},
+                          evt={"type": "openat", "res": 3, "name": "/tmp/\n\x07fake line", "raw": b"\xff"})
+    StreamSink(out, lines=True).write(hostile)
     first, second = out.getvalue().splitlines()
-    assert first.endswith("exec    cgroup=4242 pid=100 ppid=1 uid=1000 comm=true /bin/true")
-    assert second.endswith("LOSS    7 events lost (ring buffer full)")
+    assert "execve" in first and "container=abc cgroup=77 pid=5 ppid=1 uid=0 comm=ls" in first
+    assert "argv=['ls', '-l']" in first and first.endswith("filename=/bin/ls argv=['ls', '-l']")
+    assert "\x1b" not in second and "\x07" not in second and "comm=x\\x1b[2J" in second
+    assert "name=/tmp/\\x0a\\x07fake line" in second and "raw=b'\\xff'" in second
 
 
-def test_records_are_msgpack_maps_with_string_keys():
-    packed = records.pack(records.new("exec", 1, cgroup_id=2))
-    assert msgpack.unpackb(packed, raw=True)[b"kind"] == b"exec"
+def test_stream_sink_writes_msgpack_when_not_a_terminal():
+    out = io.TextIOWrapper(io.BytesIO())
+    sink = StreamSink(out)
+    assert not sink.lines
+    sink.write(EXEC)
+    sink.flush()
+    assert list(read_stream(io.BytesIO(out.buffer.getvalue()))) == [EXEC]
+
+
+def test_callback_sink():
+    got = []
+    CallbackSink(got.append).write(EXEC)
+    assert got == [EXEC]
+
+
+def test_sink_specs(tmp_path):
+    assert isinstance(sinks.parse("stdout"), StreamSink) and isinstance(sinks.parse("-"), StreamSink)
+    file_sink = sinks.parse(f"file:{tmp_path}/a/b.msgpack")
+    assert isinstance(file_sink, FileSink) and file_sink.path == f"{tmp_path}/a/b.msgpack"
+    for bad in ("file:", "tcp://x", "stderr"):
+        with pytest.raises(ValueError, match="unknown sink"):
+            sinks.parse(bad)
