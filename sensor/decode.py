@@ -10,6 +10,7 @@ import numpy as np
 
 from sensor import layout, records
 from sensor.cgroups import CgroupTable
+from sensor.processes import ProcessTable
 from sensor.records import Record, untrusted_text
 from sensor.ringbuf import RawBatch, gather
 from sensor.syscalls import EXEC, SyscallTable
@@ -39,10 +40,11 @@ def text(value: bytes) -> str | bytes:
 
 
 class Decoder:
-    def __init__(self, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock | None = None,
-                 events: layout.Layout | None = None):
+    def __init__(self, table: SyscallTable, cgroups: CgroupTable, processes: ProcessTable | None = None,
+                 clock: MonotonicClock | None = None, events: layout.Layout | None = None):
         self.table = table
         self.cgroups = cgroups
+        self.processes = processes or ProcessTable(table)
         self.clock = clock or MonotonicClock()
         self.layout = events or layout.events()
         self.kinds = self.layout.kinds()
@@ -84,11 +86,12 @@ class Decoder:
         return result
 
     def _record(self, header: np.void, evt: dict, **proc) -> Record:
+        pid = int(header["pid"])
         return records.new("event", self.clock.to_epoch(header["ktime_ns"]),
                            container=self.cgroups.container(int(header["cgroup_id"])),
-                           proc={"pid": int(header["pid"]), "tid": int(header["tid"]), "ppid": int(header["ppid"]),
+                           proc={"pid": pid, "tid": int(header["tid"]), "ppid": int(header["ppid"]),
                                  "uid": int(header["uid"]), "gid": int(header["gid"]), "comm": text(header["comm"]),
-                                 **proc},
+                                 **self.processes.get(pid), **proc},
                            evt=evt)
 
     def _syscall(self, event: np.void) -> Record:

@@ -12,6 +12,7 @@ from sensor.bpf_program import ProgramConfig, Programs
 from sensor.cgroups import CgroupTable
 from sensor.decode import OTHER_TYPES, Decoder, MonotonicClock
 from sensor.log import get_logger
+from sensor.processes import ProcessTable
 from sensor.records import Record
 from sensor.reports import KernelReports
 from sensor.ringbuf import RingReader
@@ -84,7 +85,9 @@ class Sensor:
             self.clock = MonotonicClock()
             self.cgroups = CgroupTable(host.cgroup2_root())
             self.cgroups.scan()
-            self.decoder = Decoder(self.table, self.cgroups, self.clock)
+            self.processes = ProcessTable(self.table)
+            self.processes.scan()
+            self.decoder = Decoder(self.table, self.cgroups, self.processes, self.clock)
             self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock)
             ring = self.programs["events"]
             self._ring = RingReader(ring.map_fd, ring.max_entries)
@@ -142,7 +145,9 @@ class Sensor:
         arrays, unknown = self.decoder.split(self._ring.drain())
         self._delivered.update({kind: len(events) for kind, events in arrays.items()})
         self.decoder.apply_cgroups(arrays, removals=False)
+        self.processes.apply(arrays)
         batch = self.decoder.records(arrays, self.emit_types) if self.emit else []
+        self.processes.forget_exited(arrays)
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
             batch += self._reports()

@@ -26,6 +26,8 @@ def test_exit_codes_and_fatal_signals(sensor, rig):
     exits = [r for r in events(records, "procexit") if shell in (r["proc"]["pid"], r["proc"]["ppid"])]
     codes = [(e["evt"]["exit_code"], e["evt"]["signal"]) for e in exits]
     assert codes.count((7, 0)) == N
+    sevens = [e["proc"] for e in exits if e["evt"]["exit_code"] == 7]
+    assert all(p["exe"] == "/bin/sh" and p["cmdline"] == "/bin/sh -c exit 7" for p in sevens)
     assert codes.count((-1, 9)) == N
     assert codes[-1] == (3, 0)  # the container's own shell, last
     assert len(codes) == 2 * N + 1

@@ -34,7 +34,7 @@ def batch_of(*records: bytes) -> RawBatch:
 def decoder(paths=None):
     cgroups = CgroupTable("/nonexistent")
     cgroups.paths.update(paths or {4242: "/mayfly-abc"})
-    return Decoder(TABLE, cgroups, MonotonicClock())
+    return Decoder(TABLE, cgroups, clock=MonotonicClock())
 
 
 def test_split_groups_by_kind_and_counts_unknown_kinds():
@@ -82,6 +82,21 @@ def test_exec_records_name_the_process_exe_and_cmdline():
     arrays, _ = d.split(batch_of(raw("syscall", nr=TABLE.numbers["execve"], result=0, slot_len=[8, 6, 0], data=data)))
     (record,) = d.records(arrays, None)
     assert record["proc"]["exe"] == "/bin/ls" and record["proc"]["cmdline"] == "ls -l"
+
+
+def test_every_record_names_its_process_program_once_known():
+    d = decoder()
+    data = np.zeros(C["MAYFLY_DATA_LEN"], np.uint8)
+    data[:8] = np.frombuffer(b"/bin/ls\0", np.uint8)
+    data[256:262] = np.frombuffer(b"ls\0-l\0", np.uint8)
+    exec_arrays, _ = d.split(batch_of(raw("syscall", nr=TABLE.numbers["execve"], result=0, slot_len=[8, 6, 0],
+                                          data=data)))
+    d.processes.apply(exec_arrays)
+    later, _ = d.split(batch_of(raw("exit", exit_code=0)))
+    (record,) = d.records(later, None)
+    assert (record["proc"]["exe"], record["proc"]["cmdline"]) == ("/bin/ls", "ls -l")
+    d.processes.forget_exited(later)
+    assert d.processes.get(100) == {}
 
 
 def test_tcp_and_cgroup_events():
