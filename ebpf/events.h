@@ -160,7 +160,6 @@ struct mayfly_config {
 struct mayfly_cgroup_state {
     __u64 credit_ns;     /* token bucket */
     __u64 refill_ns;     /* when credit was last added */
-    __u64 emitted;       /* events sent */
     __u64 rate_limited;  /* events the bucket suppressed */
     __u64 ring_lost;     /* events lost to a full ring buffer */
 };

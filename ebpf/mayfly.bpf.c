@@ -36,6 +36,7 @@ BPF_PERCPU_ARRAY(stats, u64, MAYFLY_STAT_COUNT);
 BPF_PERCPU_ARRAY(ring_lost, u64, MAYFLY_RING_LOST_SLOTS);
 BPF_PERCPU_ARRAY(since_wakeup, u32, 1);
 BPF_PERCPU_ARRAY(scratch, struct mayfly_syscall_event, 1);
+BPF_PERCPU_ARRAY(regs_copy, struct pt_regs, 1);
 /* A syscall's event between its enter and its exit, by thread id. */
 BPF_HASH(pending, u32, struct mayfly_syscall_event, MAYFLY_MAX_PENDING);
 BPF_HASH(cgroup_state, u64, struct mayfly_cgroup_state, MAYFLY_MAX_CGROUPS);
@@ -69,13 +70,26 @@ static __always_inline void count_stat(u32 index)
         (*value)++;
 }
 
-static __always_inline void count_ring_lost(u32 slot, u64 cgroup_id)
+static __always_inline struct mayfly_cgroup_state *cgroup_state_of(u64 cgroup_id, struct mayfly_config *cfg)
+{
+    struct mayfly_cgroup_state *state = cgroup_state.lookup(&cgroup_id);
+    if (!state) {
+        struct mayfly_cgroup_state fresh = {};
+        fresh.credit_ns = cfg->burst_ns;
+        fresh.refill_ns = bpf_ktime_get_ns();
+        cgroup_state.insert(&cgroup_id, &fresh);
+        state = cgroup_state.lookup(&cgroup_id); /* NULL when the table is full */
+    }
+    return state;
+}
+
+static __always_inline void count_ring_lost(u32 slot, u64 cgroup_id, struct mayfly_config *cfg)
 {
     u64 *value = ring_lost.lookup(&slot);
     if (value)
         (*value)++;
     count_stat(MAYFLY_STAT_RING_FULL);
-    struct mayfly_cgroup_state *state = cgroup_state.lookup(&cgroup_id);
+    struct mayfly_cgroup_state *state = cgroup_state_of(cgroup_id, cfg);
     if (state)
         __sync_fetch_and_add(&state->ring_lost, 1);
 }
@@ -101,32 +115,24 @@ static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
     u32 *policy = cgroup_policy.lookup(&cgroup_id);
     if (policy && *policy == MAYFLY_POLICY_IGNORE)
         return 0;
+    if (!cfg->cost_ns)
+        return 1;
+    struct mayfly_cgroup_state *state = cgroup_state_of(cgroup_id, cfg);
+    if (!state)
+        return 1; /* table full: trace it, unaccounted per cgroup */
+    /* Races between CPUs can mis-credit a little; the bucket stays bounded. */
     u64 now = bpf_ktime_get_ns();
-    struct mayfly_cgroup_state *state = cgroup_state.lookup(&cgroup_id);
-    if (!state) {
-        struct mayfly_cgroup_state fresh = {};
-        fresh.credit_ns = cfg->burst_ns;
-        fresh.refill_ns = now;
-        cgroup_state.insert(&cgroup_id, &fresh);
-        state = cgroup_state.lookup(&cgroup_id);
-        if (!state)
-            return 1; /* table full: trace it, unaccounted per cgroup */
+    u64 credit = state->credit_ns + (now > state->refill_ns ? now - state->refill_ns : 0);
+    if (credit > cfg->burst_ns)
+        credit = cfg->burst_ns;
+    state->refill_ns = now;
+    if (credit < cfg->cost_ns) {
+        state->credit_ns = credit;
+        __sync_fetch_and_add(&state->rate_limited, 1);
+        count_stat(MAYFLY_STAT_RATE_LIMITED);
+        return 0;
     }
-    if (cfg->cost_ns) {
-        /* Races between CPUs can mis-credit a little; the bucket stays bounded. */
-        u64 credit = state->credit_ns + (now > state->refill_ns ? now - state->refill_ns : 0);
-        if (credit > cfg->burst_ns)
-            credit = cfg->burst_ns;
-        state->refill_ns = now;
-        if (credit < cfg->cost_ns) {
-            state->credit_ns = credit;
-            __sync_fetch_and_add(&state->rate_limited, 1);
-            count_stat(MAYFLY_STAT_RATE_LIMITED);
-            return 0;
-        }
-        state->credit_ns = credit - cfg->cost_ns;
-    }
-    __sync_fetch_and_add(&state->emitted, 1);
+    state->credit_ns = credit - cfg->cost_ns;
     return 1;
 }
 
@@ -258,7 +264,7 @@ static __always_inline void send_syscall(struct mayfly_syscall_event *e, struct 
         size = sizeof(*e);
     e->hdr.size = size;
     if (events.ringbuf_output(e, size, wakeup_flags(cfg, urgent)))
-        count_ring_lost(MAYFLY_KINDS_MAX + (e->nr & (MAYFLY_MAX_SYSCALLS - 1)), e->hdr.cgroup_id);
+        count_ring_lost(MAYFLY_KINDS_MAX + (e->nr & (MAYFLY_MAX_SYSCALLS - 1)), e->hdr.cgroup_id, cfg);
 }
 
 static __always_inline int fd_tracked(u32 tgid, u64 fd)
@@ -267,14 +273,19 @@ static __always_inline int fd_tracked(u32 tgid, u64 fd)
     return tracked_fds.lookup(&key) != NULL;
 }
 
+/* The syscall's argument registers, with one read of the whole frame. */
 static __always_inline void read_args(struct pt_regs *regs, u64 *args)
 {
-    bpf_probe_read_kernel(&args[0], sizeof(u64), &regs->di);
-    bpf_probe_read_kernel(&args[1], sizeof(u64), &regs->si);
-    bpf_probe_read_kernel(&args[2], sizeof(u64), &regs->dx);
-    bpf_probe_read_kernel(&args[3], sizeof(u64), &regs->r10);
-    bpf_probe_read_kernel(&args[4], sizeof(u64), &regs->r8);
-    bpf_probe_read_kernel(&args[5], sizeof(u64), &regs->r9);
+    u32 zero = 0;
+    struct pt_regs *frame = regs_copy.lookup(&zero);
+    if (!frame || bpf_probe_read_kernel(frame, sizeof(*frame), regs))
+        return;
+    args[0] = frame->di;
+    args[1] = frame->si;
+    args[2] = frame->dx;
+    args[3] = frame->r10;
+    args[4] = frame->r8;
+    args[5] = frame->r9;
 }
 
 RAW_TRACEPOINT_PROBE(sys_enter)
@@ -458,7 +469,7 @@ TRACEPOINT_PROBE(task, task_newtask)
         return 0;
     struct mayfly_fork_event *e = events.ringbuf_reserve(sizeof(*e));
     if (!e) {
-        count_ring_lost(MAYFLY_EVENT_FORK, cgroup_id);
+        count_ring_lost(MAYFLY_EVENT_FORK, cgroup_id, cfg);
         return 0;
     }
     fill_header(&e->hdr, MAYFLY_EVENT_FORK, sizeof(*e), pid_tgid, cgroup_id);
@@ -521,7 +532,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
             e->signal = sig;
             events.ringbuf_submit(e, wakeup_flags(cfg, 0));
         } else {
-            count_ring_lost(MAYFLY_EVENT_EXIT, cgroup_id);
+            count_ring_lost(MAYFLY_EVENT_EXIT, cgroup_id, cfg);
         }
     }
     parent_of.delete(&tgid);
@@ -538,7 +549,7 @@ static __always_inline void send_cgroup(u32 op, int root, int level, u64 id, con
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_cgroup_event *e = events.ringbuf_reserve(sizeof(*e));
     if (!e) {
-        count_ring_lost(MAYFLY_EVENT_CGROUP, cgroup_id);
+        count_ring_lost(MAYFLY_EVENT_CGROUP, cgroup_id, cfg);
         return;
     }
     fill_header(&e->hdr, MAYFLY_EVENT_CGROUP, sizeof(*e), bpf_get_current_pid_tgid(), cgroup_id);
@@ -578,7 +589,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     struct mayfly_tcp_event *e = events.ringbuf_reserve(sizeof(*e));
     if (!e) {
-        count_ring_lost(MAYFLY_EVENT_TCP, cgroup_id);
+        count_ring_lost(MAYFLY_EVENT_TCP, cgroup_id, cfg);
         return 0;
     }
     fill_header(&e->hdr, MAYFLY_EVENT_TCP, sizeof(*e), bpf_get_current_pid_tgid(), cgroup_id);

@@ -50,7 +50,7 @@ class ProgramConfig:
     ringbuf_pages: int = 1024     # 4 MiB with 4 KiB pages; a power of two
     cgroup_rate: int = 50_000     # events/s one cgroup may emit on average; 0: no limit
     cgroup_burst: int = 100_000   # events one cgroup may emit at once
-    wakeup_every: int = 64        # wake user space every N records per CPU
+    wakeup_every: int = 512       # wake user space every N records per CPU (and at once for lifecycle)
     flows: bool = True            # per-cgroup flow accounting with cgroup_skb
     max_procs: int = 65536
     max_pending: int = 8192       # threads inside a captured syscall at once

@@ -50,10 +50,15 @@ class Decoder:
         self.kinds = self.layout.kinds()
         self._dtypes = {number: self.layout.structs[f"mayfly_{name}_event"] for number, name in self.kinds.items()}
         self._mkdir = self.layout.constants["MAYFLY_CGROUP_MKDIR"]
+        self._buffers: dict[int, np.ndarray] = {}
 
     def split(self, batch: RawBatch) -> tuple[dict[str, np.ndarray], int]:
         """The batch as one structured array per event kind, and the number of records
-        of kinds this decoder does not know (a kernel/user contract mismatch)."""
+        of kinds this decoder does not know (a kernel/user contract mismatch).
+
+        Rows are as wide as the longest record of their kind in the batch (records come
+        without their unused tail), and live in buffers this decoder reuses: the arrays
+        are valid until the next split."""
         if not len(batch):
             return {}, 0
         starts = batch.offsets.astype(np.intp)
@@ -65,10 +70,18 @@ class Decoder:
             if dtype is None:
                 unknown += int(selected.sum())
                 continue
-            rows = np.zeros((int(selected.sum()), dtype.itemsize), np.uint8)
+            count = int(selected.sum())
+            width = min(dtype.itemsize, (int(batch.lengths[selected].max()) + 7) & ~7)
+            rows = self._rows(int(kind), count * width).reshape(count, width)
             gather(batch.buf, batch.offsets, batch.lengths, selected, rows)
-            arrays[self.kinds[int(kind)]] = rows.view(dtype).reshape(-1)
+            arrays[self.kinds[int(kind)]] = rows.view(layout.truncate(dtype, width)).reshape(-1)
         return arrays, unknown
+
+    def _rows(self, kind: int, size: int) -> np.ndarray:
+        buffer = self._buffers.get(kind)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[kind] = np.empty(max(size, 1 << 16), np.uint8)
+        return buffer[:size]
 
     def records(self, arrays: dict[str, np.ndarray], types: frozenset[str] | None) -> list[Record]:
         """`event` records for the events whose evt.type is in `types` (None: all), in time order."""

@@ -121,6 +121,22 @@ def _array_len(struct: str, count: str, constants: dict[str, int]) -> int:
     return constants[count]
 
 
+def truncate(dtype: np.dtype, width: int) -> np.dtype:
+    """The first `width` bytes of a struct: the fields that fit, and the last array
+    field cut short (records are sent without their unused tail)."""
+    if width >= dtype.itemsize:
+        return dtype
+    names, formats, offsets = [], [], []
+    for name in dtype.names:
+        field, offset = dtype.fields[name][:2]
+        if offset + field.itemsize <= width:
+            names.append(name), formats.append(field), offsets.append(offset)
+        elif offset < width and field.subdtype:
+            base = field.subdtype[0]
+            names.append(name), formats.append((base, ((width - offset) // base.itemsize,))), offsets.append(offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": width})
+
+
 @cache
 def events() -> Layout:
     """The layout of the installed events.h."""

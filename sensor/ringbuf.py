@@ -58,14 +58,15 @@ def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
 
 @numba.njit(cache=True, nogil=True)
 def gather(buf, offsets, lengths, select_mask, out):
-    """Copy the selected records into the rows of `out` (zeroed: shorter records
-    leave their tail zero). Returns how many rows were filled."""
+    """Copy the selected records into the rows of `out`, zero-filling what a shorter
+    record leaves of a row. Returns how many rows were filled."""
     row = 0
     width = out.shape[1]
     for i in range(offsets.size):
         if select_mask[i]:
             size = min(lengths[i], width)
             out[row, :size] = buf[offsets[i]:offsets[i] + size]
+            out[row, size:] = 0
             row += 1
     return row
 
@@ -94,12 +95,15 @@ class RingReader:
         self._producer = np.frombuffer(self._data_map, np.uint64, count=1)
         self._data = np.frombuffer(self._data_map, np.uint8, offset=page)
         self._data32 = self._data.view(np.uint32)
+        self._data[::page].sum()  # map every data page now, not during the first burst
         self._mask = np.uint64(size - 1)
-        self._out = np.empty(batch_bytes, np.uint8)
+        self._out = np.zeros(batch_bytes, np.uint8)
+        self._out.fill(0)  # fault the pages in now, not on the first busy batch
         self._offsets = np.empty(batch_records, np.uint64)
         self._lengths = np.empty(batch_records, np.uint32)
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
+        self.drain()  # load the compiled drain (for these read-only pages) before events wait on it
 
     def wait(self, timeout_s: float) -> None:
         """Sleep until the kernel signals data, or the timeout (the batched-wakeup timer)."""

@@ -186,8 +186,10 @@ class SyscallTable:
         syscall = self.by_nr.get(nr)
         if syscall is None:
             return fields
-        data, lengths = event["data"], event["slot_len"]
-        slot_len = len(data) // len(lengths)
+        # Records come without their unused tail: with no slot in use, there is no data.
+        data = event["data"] if "data" in event.dtype.names else np.zeros(0, np.uint8)
+        lengths = event["slot_len"]
+        slot_len = layout.events().constants["MAYFLY_STR_LEN"]
         slot_of = {index: slot for slot, index, _ in syscall.slots()}
         for index, (name, kind) in enumerate(syscall.args):
             raw = int(event["args"][index])

@@ -136,3 +136,12 @@ def test_cgroup_scan_names_the_root_as_host(tmp_path):
     assert table.container(tmp_path.stat().st_ino)["id"] == "host"
     assert table.paths[(tmp_path / "a" / "b").stat().st_ino] == "/a/b"
     assert table.container((tmp_path / "a" / "b").stat().st_ino)["id"] == "b"
+
+
+def test_a_syscall_sent_without_its_data_area_decodes():
+    d = decoder()
+    full = raw("syscall", nr=TABLE.numbers["close"], result=0, args=[7, 0, 0, 0, 0, 0])
+    data_at = EVENTS.structs["mayfly_syscall_event"].fields["data"][1]
+    arrays, _ = d.split(batch_of(full[:data_at]))
+    assert "data" not in arrays["syscall"].dtype.names
+    assert d.records(arrays, None)[0]["evt"] == {"type": "close", "res": 0, "fd": 7}

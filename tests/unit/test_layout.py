@@ -77,3 +77,12 @@ def test_nested_struct_alignment_is_the_c_one():
     assert [out.fields[f][1] for f in out.names] == [0, 4, 8, 16, 19]
     assert out.itemsize == 24
     assert parsed.structs["in"] == np.dtype({"names": ["a"], "formats": ["<u8"], "offsets": [0], "itemsize": 8})
+
+
+def test_truncate_keeps_whole_fields_and_cuts_the_last_array():
+    full = layout.events().structs["mayfly_syscall_event"]
+    data_at = full.fields["data"][1]
+    assert layout.truncate(full, full.itemsize) == full
+    assert layout.truncate(full, data_at).names == tuple(n for n in full.names if n != "data")
+    cut = layout.truncate(full, data_at + 256)
+    assert cut.fields["data"][0].shape == (256,) and cut.itemsize == data_at + 256
