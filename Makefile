@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 RECORDS ?= /var/log/mayfly/records.msgpack
 PYTEST  ?= -ra
 
-.PHONY: setup system-packages venv host run test clean
+.PHONY: setup system-packages venv host run test bench clean
 
 setup: system-packages venv host
 
@@ -38,6 +38,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST) tests/unit tests/kernel tests/e2e
+
+bench: setup
+	$(BIN)/python benchmarks/ringbuf.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -107,8 +107,7 @@ class Bench:
             if not reader.pending():
                 reader.wait(0.05)
             arrays, _ = self.decoder.split(reader.drain())
-            batch = arrays.get("syscall")
-            if batch is not None:
+            for batch in arrays.get("syscall", ()):
                 delivered += int(np.count_nonzero(batch["nr"] == self.prctl))
             if done and not reader.pending():
                 return delivered
@@ -183,6 +182,8 @@ class Bench:
             seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         finally:
             close(programs)
+        if delivered + lost != n:
+            raise AssertionError(f"{name}: {n} generated, {delivered} delivered, {lost} lost: some unaccounted")
         result = {"consumer": name, "events": delivered, "lost": lost, "seconds": seconds,
                   "rate": delivered / seconds, "cpu_ns_per_event": cpu * 1e9 / max(delivered, 1)}
         print(f"  {name:>6} drained {delivered:,} events in {seconds:.3f} s: {result['rate']:,.0f}/s "

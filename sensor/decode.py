@@ -34,6 +34,12 @@ class MonotonicClock:
         return self.to_epoch(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
 
+def each(arrays: dict[str, list[np.ndarray]], kind: str):
+    """Every event of one kind in a split batch."""
+    for events in arrays.get(kind, ()):
+        yield from events
+
+
 def text(value: bytes) -> str | bytes:
     # The kernel does not zero the tail of a string field: stop at the first NUL.
     return untrusted_text(value.split(b"\0", 1)[0])
@@ -50,51 +56,57 @@ class Decoder:
         self.kinds = self.layout.kinds()
         self._dtypes = {number: self.layout.structs[f"mayfly_{name}_event"] for number, name in self.kinds.items()}
         self._mkdir = self.layout.constants["MAYFLY_CGROUP_MKDIR"]
-        self._buffers: dict[int, np.ndarray] = {}
+        self._buffers: dict[tuple[int, int], np.ndarray] = {}
 
-    def split(self, batch: RawBatch) -> tuple[dict[str, np.ndarray], int]:
-        """The batch as one structured array per event kind, and the number of records
-        of kinds this decoder does not know (a kernel/user contract mismatch).
+    def split(self, batch: RawBatch) -> tuple[dict[str, list[np.ndarray]], int]:
+        """The batch as structured arrays per event kind, and the number of records of
+        kinds this decoder does not know (a kernel/user contract mismatch).
 
-        Rows are as wide as the longest record of their kind in the batch (records come
-        without their unused tail), and live in buffers this decoder reuses: the arrays
+        Records come without their unused tail, so a kind's records are grouped by
+        length: each array's rows are as wide as its records (a syscall with no string
+        costs 136 bytes, not 904). The arrays live in buffers this decoder reuses: they
         are valid until the next split."""
         if not len(batch):
             return {}, 0
         starts = batch.offsets.astype(np.intp)
         kinds = batch.buf[starts].astype(np.uint16) | (batch.buf[starts + 1].astype(np.uint16) << 8)
-        arrays, unknown = {}, 0
-        for kind in np.unique(kinds):
-            selected = kinds == kind
-            dtype = self._dtypes.get(int(kind))
+        widths = (batch.lengths + 7) & ~np.uint32(7)
+        arrays: dict[str, list[np.ndarray]] = {}
+        unknown = 0
+        for kind in np.unique(kinds).tolist():
+            of_kind = kinds == kind
+            dtype = self._dtypes.get(kind)
             if dtype is None:
-                unknown += int(selected.sum())
+                unknown += int(of_kind.sum())
                 continue
-            count = int(selected.sum())
-            width = min(dtype.itemsize, (int(batch.lengths[selected].max()) + 7) & ~7)
-            rows = self._rows(int(kind), count * width).reshape(count, width)
-            gather(batch.buf, batch.offsets, batch.lengths, selected, rows)
-            arrays[self.kinds[int(kind)]] = rows.view(layout.truncate(dtype, width)).reshape(-1)
+            for width in np.unique(widths[of_kind]).tolist():
+                width = min(width, dtype.itemsize)
+                selected = of_kind & (np.minimum(widths, dtype.itemsize) == width)
+                count = int(selected.sum())
+                rows = self._rows((kind, width), count * width).reshape(count, width)
+                gather(batch.buf, batch.offsets, batch.lengths, selected, rows)
+                arrays.setdefault(self.kinds[kind], []).append(rows.view(layout.truncate(dtype, width)).reshape(-1))
         return arrays, unknown
 
-    def _rows(self, kind: int, size: int) -> np.ndarray:
-        buffer = self._buffers.get(kind)
+    def _rows(self, key: tuple[int, int], size: int) -> np.ndarray:
+        buffer = self._buffers.get(key)
         if buffer is None or buffer.size < size:
-            buffer = self._buffers[kind] = np.empty(max(size, 1 << 16), np.uint8)
+            buffer = self._buffers[key] = np.empty(max(size, 1 << 16), np.uint8)
         return buffer[:size]
 
-    def records(self, arrays: dict[str, np.ndarray], types: frozenset[str] | None) -> list[Record]:
+    def records(self, arrays: dict[str, list[np.ndarray]], types: frozenset[str] | None) -> list[Record]:
         """`event` records for the events whose evt.type is in `types` (None: all), in time order."""
+        wanted = None if types is None else [self.table.numbers[t] for t in types if t in self.table.numbers]
         result = []
-        for kind, events in arrays.items():
-            if kind == "syscall" and types is not None:
-                wanted = [self.table.numbers[t] for t in types if t in self.table.numbers]
-                events = events[np.isin(events["nr"], wanted)]
+        for kind, groups in arrays.items():
             build = getattr(self, f"_{kind}")
-            for event in events:
-                record = build(event)
-                if types is None or record["evt"]["type"] in types:
-                    result.append(record)
+            for events in groups:
+                if kind == "syscall" and wanted is not None:
+                    events = events[np.isin(events["nr"], wanted)]
+                for event in events:
+                    record = build(event)
+                    if types is None or record["evt"]["type"] in types:
+                        result.append(record)
         result.sort(key=lambda r: r["ts"])
         return result
 
@@ -138,12 +150,16 @@ class Decoder:
             "family": "inet" if v4 else "inet6", "saddr": address(event["saddr"]), "sport": int(event["sport"]),
             "daddr": address(event["daddr"]), "dport": int(event["dport"]), "sk": int(event["skaddr"])})
 
-    def apply_cgroups(self, arrays: dict[str, np.ndarray], removals: bool) -> None:
+    def apply_cgroups(self, arrays: dict[str, list[np.ndarray]], removals: bool) -> list[int]:
         """Keep the cgroup table current: new cgroups before a batch's records are made,
-        removed ones after, so that the batch's own events still name them."""
-        for event in arrays.get("cgroup", ()):
+        removed ones after, so that the batch's own events still name them. Returns the
+        ids it applied."""
+        applied = []
+        for event in each(arrays, "cgroup"):
             if (event["op"] != self._mkdir) == removals:
+                applied.append(int(event["id"]))
                 if removals:
-                    self.cgroups.removed(int(event["id"]))
+                    self.cgroups.removed(applied[-1])
                 else:
-                    self.cgroups.made(int(event["id"]), text(event["path"]))
+                    self.cgroups.made(applied[-1], text(event["path"]))
+        return applied

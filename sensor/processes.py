@@ -46,20 +46,20 @@ class ProcessTable:
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
 
-    def apply(self, arrays: dict[str, np.ndarray]) -> None:
+    def apply(self, arrays: dict[str, list[np.ndarray]]) -> None:
         """Learn from a batch's successful execs (exits are applied after its records)."""
-        syscalls = arrays.get("syscall")
-        if syscalls is None:
-            return
-        for event in syscalls[np.isin(syscalls["nr"], self._exec_nrs) & (syscalls["result"] == 0)]:
+        for syscalls in arrays.get("syscall", ()):
+            self._learn(syscalls[np.isin(syscalls["nr"], self._exec_nrs) & (syscalls["result"] == 0)])
+
+    def _learn(self, execs: np.ndarray) -> None:
+        for event in execs:
             evt = self._table.decode_args(event)
             argv = evt.get("argv", [])
             self._put(int(event["hdr"]["pid"]), {
                 "exe": evt["filename"], "cmdline": " ".join(a if isinstance(a, str) else repr(a) for a in argv)})
 
-    def forget_exited(self, arrays: dict[str, np.ndarray]) -> None:
-        exits = arrays.get("exit")
-        if exits is not None:
+    def forget_exited(self, arrays: dict[str, list[np.ndarray]]) -> None:
+        for exits in arrays.get("exit", ()):
             for pid in exits["hdr"]["pid"].tolist():
                 self.entries.pop(pid, None)
 

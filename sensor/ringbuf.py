@@ -71,6 +71,15 @@ def gather(buf, offsets, lengths, select_mask, out):
     return row
 
 
+def _load_compiled_drain() -> None:
+    """Have Numba load (or compile) the drain for the argument types a ring's pages
+    have (the producer's are read-only) before events wait on it, without touching a
+    ring: an empty one, in plain memory."""
+    zero, readonly = np.zeros(1, np.uint64), np.frombuffer(bytes(16), np.uint8)
+    _drain(zero, np.frombuffer(bytes(8), np.uint64), readonly.view(np.uint32), readonly, np.uint64(15),
+           np.zeros(8, np.uint8), np.zeros(1, np.uint64), np.zeros(1, np.uint32))
+
+
 @dataclass
 class RawBatch:
     """Records copied out of the ring: record i is buf[offsets[i]:offsets[i] + lengths[i]]."""
@@ -103,7 +112,7 @@ class RingReader:
         self._lengths = np.empty(batch_records, np.uint32)
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
-        self.drain()  # load the compiled drain (for these read-only pages) before events wait on it
+        _load_compiled_drain()
 
     def wait(self, timeout_s: float) -> None:
         """Sleep until the kernel signals data, or the timeout (the batched-wakeup timer)."""

@@ -143,7 +143,7 @@ class Sensor:
         if not self._ring.pending():
             self._ring.wait(timeout_ms / 1000)
         arrays, unknown = self.decoder.split(self._ring.drain())
-        self._delivered.update({kind: len(events) for kind, events in arrays.items()})
+        self._delivered.update({kind: sum(map(len, groups)) for kind, groups in arrays.items()})
         self.decoder.apply_cgroups(arrays, removals=False)
         self.processes.apply(arrays)
         batch = self.decoder.records(arrays, self.emit_types) if self.emit else []
@@ -151,10 +151,8 @@ class Sensor:
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
             batch += self._reports()
-        self.decoder.apply_cgroups(arrays, removals=True)
-        for cgroup in arrays.get("cgroup", ()):
-            if cgroup["op"] != self.decoder.layout.constants["MAYFLY_CGROUP_MKDIR"]:
-                self.reports.forget_cgroup(int(cgroup["id"]))
+        for cgroup_id in self.decoder.apply_cgroups(arrays, removals=True):
+            self.reports.forget_cgroup(cgroup_id)
         self._dispatch(batch)
         return batch
 

@@ -43,7 +43,8 @@ def test_split_groups_by_kind_and_counts_unknown_kinds():
     arrays, unknown = decoder().split(batch_of(raw("fork", child_pid=7), bytes(bogus), raw("fork", child_pid=8),
                                                raw("exit", exit_code=3)))
     assert unknown == 1
-    assert arrays["fork"]["child_pid"].tolist() == [7, 8] and arrays["exit"]["exit_code"].tolist() == [3]
+    assert [a["child_pid"].tolist() for a in arrays["fork"]] == [[7, 8]]
+    assert [a["exit_code"].tolist() for a in arrays["exit"]] == [[3]]
 
 
 def test_syscall_records_are_cut_to_their_slots_and_zero_filled():
@@ -143,5 +144,15 @@ def test_a_syscall_sent_without_its_data_area_decodes():
     full = raw("syscall", nr=TABLE.numbers["close"], result=0, args=[7, 0, 0, 0, 0, 0])
     data_at = EVENTS.structs["mayfly_syscall_event"].fields["data"][1]
     arrays, _ = d.split(batch_of(full[:data_at]))
-    assert "data" not in arrays["syscall"].dtype.names
+    assert "data" not in arrays["syscall"][0].dtype.names
     assert d.records(arrays, None)[0]["evt"] == {"type": "close", "res": 0, "fd": 7}
+
+
+def test_records_of_one_kind_are_grouped_by_length():
+    d = decoder()
+    data_at = EVENTS.structs["mayfly_syscall_event"].fields["data"][1]
+    short = raw("syscall", nr=TABLE.numbers["close"], result=0)[:data_at]
+    long = raw("syscall", nr=TABLE.numbers["unlink"], result=0, slot_len=[4, 0, 0])[:data_at + 256]
+    arrays, _ = d.split(batch_of(short, long, short))
+    assert sorted((len(a), a.dtype.itemsize) for a in arrays["syscall"]) == [(1, data_at + 256), (2, data_at)]
+    assert sorted(r["evt"]["type"] for r in d.records(arrays, None)) == ["close", "close", "unlink"]

@@ -95,3 +95,8 @@ def test_gather_zero_fills_short_records(impl):
     out = np.zeros((2, 8), np.uint8)
     assert fn(buf, offsets, lengths, np.array([False, True, True]), out) == 2
     assert out.tolist() == [[9, 10, 11, 12, 0, 0, 0, 0], list(range(17, 25))]
+
+
+def test_loading_the_compiled_drain_touches_no_ring():
+    ringbuf._load_compiled_drain()
+    assert any(not sig[1].mutable for sig in ringbuf._drain.signatures)  # the read-only pages' variant
