@@ -104,8 +104,7 @@ class Bench:
         delivered = 0
         while True:
             done = load.poll() is not None
-            if not reader.pending():
-                reader.wait(0.05)
+            reader.wait(0.0 if done else 0.05)
             arrays, _ = self.decoder.split(reader.drain())
             for batch in arrays.get("syscall", ()):
                 delivered += int(np.count_nonzero(batch["nr"] == self.prctl))

@@ -121,6 +121,7 @@ def _array_len(struct: str, count: str, constants: dict[str, int]) -> int:
     return constants[count]
 
 
+@cache
 def truncate(dtype: np.dtype, width: int) -> np.dtype:
     """The first `width` bytes of a struct: the fields that fit, and the last array
     field cut short (records are sent without their unused tail)."""

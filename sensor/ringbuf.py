@@ -27,7 +27,8 @@ _ALIGN = np.uint64(7)
 
 @numba.njit(cache=True, nogil=True)
 def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
-    """Copy committed records into out[used:], record i at offsets[i]. Returns (count, used).
+    """Copy committed records into out, record i at offsets[i]. Returns (count, bytes
+    used, whether it stopped because `out` or `offsets` was full).
 
     Stops at the producer position read on entry, at a record still being written,
     or when `out` or `offsets` is full; the consumer position covers exactly what was
@@ -37,7 +38,9 @@ def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
     prod = producer[0]
     n = 0
     used = np.uint64(0)
-    while cons < prod and n < offsets.size:
+    while cons < prod:
+        if n == offsets.size:
+            return n, used, True
         pos = cons & mask
         header = data32[pos >> np.uint64(2)]
         if header & _BUSY:
@@ -45,7 +48,7 @@ def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
         size = np.uint64(header & _LEN_MASK)
         if not header & _DISCARD:
             if used + size > out.size:
-                break
+                return n, used, True
             out[used:used + size] = data[pos + _HEADER:pos + _HEADER + size]
             offsets[n] = used
             lengths[n] = size
@@ -53,7 +56,7 @@ def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
             used += (size + _ALIGN) & ~_ALIGN
         cons += (size + _HEADER + _ALIGN) & ~_ALIGN
         consumer[0] = cons
-    return n, used
+    return n, used, False
 
 
 @numba.njit(cache=True, nogil=True)
@@ -110,13 +113,19 @@ class RingReader:
         self._out.fill(0)  # fault the pages in now, not on the first busy batch
         self._offsets = np.empty(batch_records, np.uint64)
         self._lengths = np.empty(batch_records, np.uint32)
+        # Edge-triggered: a wait returns on the kernel's next wake-up (every N records,
+        # or at once for urgent ones), not whenever one record is there, so that
+        # batches stay large under load instead of a busy loop of small drains.
         self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
+        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
+        self.full = False
         _load_compiled_drain()
 
     def wait(self, timeout_s: float) -> None:
-        """Sleep until the kernel signals data, or the timeout (the batched-wakeup timer)."""
-        self._epoll.poll(timeout_s)
+        """Sleep until the kernel's next wake-up, or the timeout (the batching timer);
+        not at all when the last drain stopped at a full batch."""
+        if not self.full:
+            self._epoll.poll(timeout_s)
 
     def pending(self) -> int:
         """Bytes committed or being written that the consumer has not read yet."""
@@ -125,8 +134,8 @@ class RingReader:
     def drain(self) -> RawBatch:
         """Everything committed now, up to one batch. The batch's arrays are reused by
         the next drain: copy what must outlive it."""
-        n, used = _drain(self._consumer, self._producer, self._data32, self._data, self._mask,
-                         self._out, self._offsets, self._lengths)
+        n, used, self.full = _drain(self._consumer, self._producer, self._data32, self._data, self._mask,
+                                    self._out, self._offsets, self._lengths)
         return RawBatch(self._out[:used], self._offsets[:n], self._lengths[:n])
 
     def close(self) -> None:

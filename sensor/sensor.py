@@ -140,8 +140,7 @@ class Sensor:
         """Wait up to `timeout_ms` for events; return (and dispatch) the records."""
         if self._ring is None:
             raise RuntimeError("the sensor is not running: use it as a context manager or call start()")
-        if not self._ring.pending():
-            self._ring.wait(timeout_ms / 1000)
+        self._ring.wait(timeout_ms / 1000)
         arrays, unknown = self.decoder.split(self._ring.drain())
         self._delivered.update({kind: sum(map(len, groups)) for kind, groups in arrays.items()})
         self.decoder.apply_cgroups(arrays, removals=False)
@@ -174,7 +173,10 @@ class Sensor:
         self._stopped = True
         if self._ring is None:
             return
-        self.poll(0)  # what is still in the ring buffer
+        for _ in range(1024):  # what is still in the ring buffer (bounded: a stuck record stays)
+            self.poll(0)
+            if not self._ring.pending():
+                break
         final = self._reports()
         final.append(records.new("sensor", self.clock.now(), state="stopped",
                                  uptime_s=round(time.monotonic() - self._started, 3),

@@ -30,7 +30,7 @@ class Ring:
         out = np.zeros(out_bytes, np.uint8)
         offsets = np.zeros(max_records, np.uint64)
         lengths = np.zeros(max_records, np.uint32)
-        n, used = fn(self.consumer, self.producer, self.data.view(np.uint32), self.data, np.uint64(SIZE - 1),
+        n, used, self.full = fn(self.consumer, self.producer, self.data.view(np.uint32), self.data, np.uint64(SIZE - 1),
                      out, offsets, lengths)
         return [bytes(out[int(o):int(o) + int(l)]) for o, l in zip(offsets[:n], lengths[:n])]
 
@@ -80,9 +80,9 @@ def test_a_full_batch_leaves_the_rest_for_the_next(drain):
     ring = Ring()
     for i in range(5):
         ring.put(bytes([i]) * 24)
-    assert len(ring.drain(drain, out_bytes=50)) == 2  # 24 + 24 fit, the third does not
-    assert len(ring.drain(drain, max_records=2)) == 2
-    assert len(ring.drain(drain)) == 1
+    assert len(ring.drain(drain, out_bytes=50)) == 2 and ring.full  # 24 + 24 fit, the third does not
+    assert len(ring.drain(drain, max_records=2)) == 2 and ring.full
+    assert len(ring.drain(drain)) == 1 and not ring.full
     assert ring.consumer[0] == ring.producer[0]
 
 
