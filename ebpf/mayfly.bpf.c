@@ -19,7 +19,7 @@
 
 #if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_MAX_PROCS) || !defined(MAYFLY_MAX_PENDING) || \
     !defined(MAYFLY_MAX_CGROUPS) || !defined(MAYFLY_MAX_FDS) || !defined(MAYFLY_MAX_FLOWS) || \
-    !defined(MAYFLY_MAX_COUNTS)
+    !defined(MAYFLY_MAX_COUNTS) || !defined(MAYFLY_COUNT_SYSCALLS)
 #error "the loader's cflags must set every MAYFLY_* size"
 #endif
 #if MAYFLY_EXPECTED_SCHEMA != MAYFLY_SCHEMA_VERSION
@@ -48,6 +48,15 @@ BPF_TABLE("lru_hash", struct mayfly_flow_key, struct mayfly_flow_value, flows, M
 /* tgid -> parent tgid, learnt at fork and seeded from /proc at start, because
  * task_struct's layout is not a stable interface. */
 BPF_TABLE("lru_hash", u32, u32, parent_of, MAYFLY_MAX_PROCS);
+
+/* Internal: the last syscall entered on this CPU, and whether an event is held for it,
+ * so that the exit of an uninteresting syscall costs one per-CPU lookup. A thread that
+ * slept or moved finds another thread's entry and takes the full path. */
+struct last_enter {
+    u32 tid;
+    u32 held;
+};
+BPF_PERCPU_ARRAY(last_enter, struct last_enter, 1);
 
 /* Internal: how a process ends, gathered from exit_group and signal delivery. */
 struct exit_info {
@@ -292,7 +301,15 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u64 nr = ctx->args[1];
     u64 cgroup_id = bpf_get_current_cgroup_id();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 zero = 0;
+    struct last_enter *last = last_enter.lookup(&zero);
+    if (!last)
+        return 0;
+    last->tid = pid_tgid;
+    last->held = 0;
 
+#if MAYFLY_COUNT_SYSCALLS
     /* Every syscall of every cgroup is counted: the baselines' raw material. */
     struct mayfly_count_key count_key = {.cgroup_id = cgroup_id, .nr = nr};
     u64 *count = syscall_counts.lookup(&count_key);
@@ -302,13 +319,13 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         u64 one = 1;
         syscall_counts.update(&count_key, &one);
     }
+#endif
 
     u32 index = nr;
     struct mayfly_syscall_spec *spec = syscall_specs.lookup(&index);
     if (!spec || !(spec->flags & (MAYFLY_SPEC_EMIT | MAYFLY_SPEC_EXIT_CODE)))
         return 0; /* what nobody asked for stops here */
 
-    u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
     struct mayfly_config *cfg = get_config();
     if (!cfg || tgid == cfg->self_tgid)
@@ -342,7 +359,6 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     if (!admit(cgroup_id, cfg))
         return 0;
 
-    u32 zero = 0;
     struct mayfly_syscall_event *e = scratch.lookup(&zero);
     if (!e)
         return 0;
@@ -361,11 +377,20 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     u32 tid = pid_tgid;
     if (pending.update(&tid, e))
         count_stat(MAYFLY_STAT_PENDING_FULL);
+    else
+        last->held = 1;
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sys_exit)
 {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = pid_tgid, zero = 0;
+    /* The common case: this thread's syscall entered on this CPU and nothing was held. */
+    struct last_enter *last = last_enter.lookup(&zero);
+    if (last && last->tid == tid && !last->held)
+        return 0;
+
     struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
     u64 nr = 0;
     bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
@@ -374,8 +399,6 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     if (!spec || !(spec->flags & MAYFLY_SPEC_EMIT))
         return 0;
 
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tid = pid_tgid;
     struct mayfly_syscall_event *e = pending.lookup(&tid);
     struct mayfly_config *cfg = get_config();
     if (!e || !cfg)

@@ -52,6 +52,7 @@ class ProgramConfig:
     cgroup_burst: int = 100_000   # events one cgroup may emit at once
     wakeup_every: int = 512       # wake user space every N records per CPU (and at once for lifecycle)
     flows: bool = True            # per-cgroup flow accounting with cgroup_skb
+    count_syscalls: bool = True   # count every syscall per cgroup (syscall_counts records)
     max_procs: int = 65536
     max_pending: int = 8192       # threads inside a captured syscall at once
     max_cgroups: int = 16384
@@ -70,7 +71,8 @@ class ProgramConfig:
     def cflags(self, tracepoint_defines: list[str] = ()) -> list[str]:
         sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending,
                  "MAX_CGROUPS": self.max_cgroups, "MAX_FDS": self.max_fds, "MAX_FLOWS": self.max_flows,
-                 "MAX_COUNTS": self.max_counts, "EXPECTED_SCHEMA": EXPECTED_SCHEMA}
+                 "MAX_COUNTS": self.max_counts, "COUNT_SYSCALLS": int(self.count_syscalls),
+                 "EXPECTED_SCHEMA": EXPECTED_SCHEMA}
         return ([f"-I{resources.ebpf_dir()}"] + [f"-DMAYFLY_{k}={v}" for k, v in sizes.items()]
                 + [f"-D{d}" for d in sorted(set(tracepoint_defines))])
 

@@ -164,7 +164,7 @@ class Sensor:
     def _reports(self) -> list[Record]:
         interval = time.monotonic() - self._last_report
         self._last_report = time.monotonic()
-        result = self.reports.syscall_counts(interval)
+        result = self.reports.syscall_counts(interval) if self.config.count_syscalls else []
         if self.config.flows:
             result += self.reports.flows(interval)
         return result

@@ -1,0 +1,26 @@
+"""The benchmarks' quick mode runs, so the harness cannot rot (speed is judged in
+benchmarks/RESULTS.md, never here)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ringbuf_benchmark_quick_mode(tmp_path):
+    output = tmp_path / "RESULTS.md"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ringbuf.py"), "--quick", "--output", str(output)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = output.read_text()
+    assert "<!-- ringbuf: begin -->" in report and "<!-- ringbuf: end -->" in report
+    assert "Command: `benchmarks/ringbuf.py --quick`" in report
+    steps = re.findall(r"^\| (numba|bcc) \| ([\d,]+) \| [\d,]+ \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \|", report, re.M)
+    assert {s[0] for s in steps} == {"numba", "bcc"}
+    for _, _, generated, delivered, lost in steps:
+        # every event is delivered or counted lost
+        assert int(delivered.replace(",", "")) + int(lost.replace(",", "")) == int(generated.replace(",", ""))
+    for mode in ("nothing attached", "bare BCC raw tracepoint", "Mayfly attached", "Mayfly emitting"):
+        assert re.search(rf"\| {mode}[^|]*\| \w+ \| [\d.]+ \|", report), mode
