@@ -118,6 +118,9 @@ class Programs:
 
     def __init__(self, config: ProgramConfig):
         bcc = import_bcc()
+        if not host.can_load_bpf():
+            raise host.HostError("loading BPF programs needs root, or CAP_BPF with CAP_PERFMON: run Mayfly "
+                                 "with sudo (`mayfly doctor` shows what this host lacks)")
         host.prepare()
         kernel_headers.resolve(link=True)
         self.defines = tracepoint_defines(host.tracefs_root())

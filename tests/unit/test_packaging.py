@@ -55,3 +55,16 @@ def test_no_pypi_bcc_dependency():
     names = {Requirement(r).name.lower() for r in requires("mayfly")}
     assert {"numba", "msgpack", "structlog", "pyroute2"} <= names
     assert "bcc" not in names  # the PyPI project of that name is an unrelated library
+
+
+def test_without_privileges_the_error_says_so(tmp_path):
+    # Mocked: the check reads the capabilities in /proc/self/status, and this suite
+    # runs as root, so the probe makes it see none.
+    probe = ("import sensor, sensor.host as h\n"
+             "h.effective_capabilities = lambda status='': set()\n"
+             "try:\n"
+             "    sensor.Sensor(rules=[]).start()\n"
+             "except h.HostError as e:\n"
+             "    print('needs root' in str(e) and 'CAP_BPF' in str(e))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.split() == ["True"], result.stderr
