@@ -15,7 +15,7 @@
 #ifndef MAYFLY_EVENTS_H
 #define MAYFLY_EVENTS_H
 
-#define MAYFLY_SCHEMA_VERSION 2
+#define MAYFLY_SCHEMA_VERSION 3
 
 #define MAYFLY_COMM_LEN 16
 #define MAYFLY_STR_LEN 256          /* one data slot of a syscall event */
@@ -42,6 +42,9 @@
 #define MAYFLY_READ_ARGV 5          /* the strings of the array at args[arg], NUL-separated;
                                      * only in slot 1, and fills slots 1 and 2 */
 
+/* mayfly_syscall_event.flags */
+#define MAYFLY_SYSCALL_COMPAT 1     /* exec of a 32-bit (ia32) image */
+
 /* mayfly_syscall_spec.flags */
 #define MAYFLY_SPEC_EMIT 1          /* capture this syscall */
 #define MAYFLY_SPEC_TRACK_RESULT 2  /* a result >= 0 is a new fd: track it */
@@ -63,7 +66,8 @@
 #define MAYFLY_STAT_RING_FULL 0     /* no room in the ring buffer */
 #define MAYFLY_STAT_PENDING_FULL 1  /* no room to hold a syscall between enter and exit */
 #define MAYFLY_STAT_RATE_LIMITED 2  /* a cgroup's token bucket was empty */
-#define MAYFLY_STAT_COUNT 3
+#define MAYFLY_STAT_COMPAT 3        /* an ia32 syscall whose number a captured one shares: not decoded */
+#define MAYFLY_STAT_COUNT 4
 /* The `ring_lost` per-CPU array: ring-full losses by kind, and by syscall number for
  * syscall events at MAYFLY_KINDS_MAX + nr. */
 #define MAYFLY_RING_LOST_SLOTS 520  /* MAYFLY_KINDS_MAX + MAYFLY_MAX_SYSCALLS */
@@ -88,7 +92,7 @@ struct mayfly_syscall_event {
     struct mayfly_event_header hdr;
     __u32 nr;
     __u16 truncated;     /* bit i: slot i's data was cut to fit */
-    __u16 _pad0;
+    __u16 flags;         /* MAYFLY_SYSCALL_* */
     __u16 slot_len[MAYFLY_STR_SLOTS];  /* bytes read into each slot */
     __u16 _pad1;
     __s64 result;        /* return value; -errno on failure */

@@ -180,33 +180,32 @@ static __always_inline u64 pick(u64 *args, u8 index)
     }
 }
 
-static __always_inline void read_argv(struct mayfly_syscall_event *e, const char *const *argv)
+#define USER32_CS 0x23 /* the code segment of ia32 (compat) tasks on x86_64 */
+
+/* The strings of a user array of `ptr_size`-byte pointers (8, or 4 for an ia32 image). */
+static __always_inline void read_argv(struct mayfly_syscall_event *e, u64 argv, u32 ptr_size)
 {
     /* Arguments start within slot 1 and may run on into slot 2: the verifier can
      * then bound every write by a constant. */
     char *area = SLOT(e, 1);
     u32 used = 0;
-    for (int i = 0; i < MAYFLY_ARGV_MAX; i++) {
-        const char *arg = NULL;
-        if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) || !arg)
-            goto done;
-        if (used >= MAYFLY_STR_LEN) {
+    for (int i = 0; i < MAYFLY_ARGV_MAX + 1; i++) {
+        u64 arg = 0;
+        int err = ptr_size == 4 ? bpf_probe_read_user(&arg, 4, (const void *)(argv + i * 4))
+                                : bpf_probe_read_user(&arg, 8, (const void *)(argv + i * 8));
+        if (err || !arg)
+            break;
+        if (i == MAYFLY_ARGV_MAX || used >= MAYFLY_STR_LEN) {
             e->truncated |= 1 << 1;
-            goto done;
+            break;
         }
-        int n = bpf_probe_read_user_str(area + (used & (MAYFLY_STR_LEN - 1)), MAYFLY_STR_LEN, arg);
+        int n = bpf_probe_read_user_str(area + (used & (MAYFLY_STR_LEN - 1)), MAYFLY_STR_LEN, (const void *)arg);
         if (n <= 0)
-            goto done;
+            break;
         if (n == MAYFLY_STR_LEN)
             e->truncated |= 1 << 1;
         used += n;
     }
-    {
-        const char *more = NULL;
-        if (!bpf_probe_read_user(&more, sizeof(more), &argv[MAYFLY_ARGV_MAX]) && more)
-            e->truncated |= 1 << 1;
-    }
-done:
     e->slot_len[1] = used;
 }
 
@@ -252,7 +251,7 @@ static __always_inline void read_slot(struct mayfly_syscall_event *e, struct may
         break;
     case MAYFLY_READ_ARGV:
         if (slot == 1)
-            read_argv(e, (const char *const *)src);
+            read_argv(e, (u64)src, 8);
         return;
     default:
         return;
@@ -282,13 +281,18 @@ static __always_inline int fd_tracked(u32 tgid, u64 fd)
     return tracked_fds.lookup(&key) != NULL;
 }
 
-/* The syscall's argument registers, with one read of the whole frame. */
-static __always_inline void read_args(struct pt_regs *regs, u64 *args)
+/* The syscall's register frame, with one read. */
+static __always_inline struct pt_regs *read_frame(struct pt_regs *regs)
 {
     u32 zero = 0;
     struct pt_regs *frame = regs_copy.lookup(&zero);
     if (!frame || bpf_probe_read_kernel(frame, sizeof(*frame), regs))
-        return;
+        return NULL;
+    return frame;
+}
+
+static __always_inline void read_args(struct pt_regs *frame, u64 *args)
+{
     args[0] = frame->di;
     args[1] = frame->si;
     args[2] = frame->dx;
@@ -330,8 +334,17 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     struct mayfly_config *cfg = get_config();
     if (!cfg || tgid == cfg->self_tgid)
         return 0;
+    struct pt_regs *frame = read_frame((struct pt_regs *)ctx->args[0]);
+    if (!frame)
+        return 0;
+    if (frame->cs == USER32_CS) {
+        /* An ia32 syscall: its number means another syscall here, and its arguments
+         * sit in other registers. Counted, not decoded. */
+        count_stat(MAYFLY_STAT_COMPAT);
+        return 0;
+    }
     u64 args[6] = {};
-    read_args((struct pt_regs *)ctx->args[0], args);
+    read_args(frame, args);
 
     if (spec->flags & MAYFLY_SPEC_EXIT_CODE) {
         struct exit_info fresh = {};
@@ -365,7 +378,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     fill_header(&e->hdr, MAYFLY_EVENT_SYSCALL, 0, pid_tgid, cgroup_id);
     e->nr = nr;
     e->truncated = 0;
-    e->_pad0 = 0;
+    e->flags = 0;
     e->_pad1 = 0;
     e->result = 0;
     for (int i = 0; i < 6; i++)
@@ -391,39 +404,42 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     if (last && last->tid == tid && !last->held)
         return 0;
 
-    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-    u64 nr = 0;
-    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    struct pt_regs *frame = read_frame((struct pt_regs *)ctx->args[0]);
+    struct mayfly_config *cfg = get_config();
+    if (!frame || !cfg)
+        return 0;
+    u64 nr = frame->orig_ax;
     u32 index = nr;
     struct mayfly_syscall_spec *spec = syscall_specs.lookup(&index);
-    if (!spec || !(spec->flags & MAYFLY_SPEC_EMIT))
+    int held = last && last->tid == tid && last->held;
+    if ((!spec || !(spec->flags & MAYFLY_SPEC_EMIT)) && !held)
         return 0;
-
     struct mayfly_syscall_event *e = pending.lookup(&tid);
-    struct mayfly_config *cfg = get_config();
-    if (!e || !cfg)
+    if (!e)
         return 0;
     long ret = ctx->args[1];
-    /* After a successful execveat the exit reports execve's number. */
-    int exec = ret == 0 && (nr == __NR_execve || nr == __NR_execveat) &&
-               (e->nr == __NR_execve || e->nr == __NR_execveat);
-    if (e->nr == nr || exec) {
+    /* An exec's exit may report another number (execveat reports execve's; an ia32
+     * caller's is ia32's), so an exec is known by what was held for it. */
+    int exec = ret == 0 && (e->nr == __NR_execve || e->nr == __NR_execveat);
+    if (exec) {
+        /* The new image's stack: argc at sp, then the argument pointers. */
+        int compat = frame->cs == USER32_CS;
+        e->result = 0;
+        e->truncated &= ~(1 << 1);
+        if (compat)
+            e->flags |= MAYFLY_SYSCALL_COMPAT;
+        read_argv(e, frame->sp + (compat ? 4 : 8), compat ? 4 : 8);
+        send_syscall(e, cfg, 1);
+    } else if (spec && e->nr == nr) {
         e->result = ret;
         for (int i = 0; i < MAYFLY_STR_SLOTS; i++)
             read_slot(e, &spec->slot[i], e->args, i, 1);
-        if (exec) {
-            /* The new image's stack: argc at sp, then the argument pointers. */
-            u64 sp = 0;
-            bpf_probe_read_kernel(&sp, sizeof(sp), &regs->sp);
-            e->truncated &= ~(1 << 1);
-            read_argv(e, (const char *const *)(sp + 8));
-        }
         if (ret >= 0 && (spec->flags & MAYFLY_SPEC_TRACK_RESULT)) {
             struct mayfly_fd_key key = {.tgid = pid_tgid >> 32, .fd = ret};
             u8 yes = 1;
             tracked_fds.update(&key, &yes);
         }
-        send_syscall(e, cfg, exec);
+        send_syscall(e, cfg, 0);
     }
     pending.delete(&tid);
     return 0;
@@ -449,7 +465,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
             goto out;
         e->nr = __NR_execve;
         e->truncated = 0;
-        e->_pad0 = 0;
+        e->flags = 0;
         e->_pad1 = 0;
         for (int i = 0; i < 6; i++)
             e->args[i] = 0;
@@ -467,8 +483,16 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     u32 tgid = pid_tgid >> 32;
     exit_info.delete(&tgid);
     /* A non-leader thread's exec takes over the leader's id. */
-    if (pending.update(&tid, e))
+    if (pending.update(&tid, e)) {
         count_stat(MAYFLY_STAT_PENDING_FULL);
+    } else {
+        u32 zero = 0;
+        struct last_enter *last = last_enter.lookup(&zero);
+        if (last) {
+            last->tid = tid;
+            last->held = 1; /* the exit must look, whatever its number */
+        }
+    }
 out:
     if (old_tid != tid || !e)
         pending.delete(&old_tid);

@@ -17,7 +17,7 @@ from sensor import distro, host, kernel_headers, layout, resources
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
 # The schema version of events.h that sensor/decode.py and sensor/syscalls.py read.
-EXPECTED_SCHEMA = 2
+EXPECTED_SCHEMA = 3
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
 REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_exit", "task/task_newtask",

@@ -39,7 +39,9 @@ class Distro:
     def runtime_packages(self) -> list[str]:
         """What `make setup` installs: BCC, the container runtime and the test tools."""
         if self.family == "debian":
-            return [self.bcc_package, "runc", "gcc", "libc6-dev", "make", "python3-venv", "ruby"]
+            # gcc-multilib: the tests build an ia32 helper to check 32-bit processes are seen.
+            multilib = ["gcc-multilib"] if platform.machine() == "x86_64" else []
+            return [self.bcc_package, "runc", "gcc", "libc6-dev", *multilib, "make", "python3-venv", "ruby"]
         if self.family == "fedora":
             return [self.bcc_package, "runc", "gcc", "glibc-static", "make", "ruby"]
         return []

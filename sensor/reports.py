@@ -18,7 +18,7 @@ U32, U64 = np.dtype("<u4"), np.dtype("<u8")
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 # Why events were lost, by `stats` index, as lost records name it.
 LOSS_REASONS = {"MAYFLY_STAT_RING_FULL": "ring_full", "MAYFLY_STAT_PENDING_FULL": "pending_full",
-                "MAYFLY_STAT_RATE_LIMITED": "rate_limited"}
+                "MAYFLY_STAT_RATE_LIMITED": "rate_limited", "MAYFLY_STAT_COMPAT": "compat_syscall"}
 
 
 class KernelReports:

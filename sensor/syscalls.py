@@ -28,6 +28,7 @@ import numpy as np
 from sensor import layout
 from sensor.records import untrusted_text
 
+_COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
 _SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata"}
 _FIXED_LEN = {"open_how": 24, "capdata": 24}
 
@@ -37,7 +38,7 @@ _FIXED_LEN = {"open_how": 24, "capdata": 24}
 TABLE: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
 
 
-_RESERVED = {"type", "res", "truncated"}  # evt fields of their own
+_RESERVED = {"type", "res", "truncated", "compat"}  # evt fields of their own
 
 
 def _define(names: str, args: str, flags: str = "") -> None:
@@ -204,6 +205,8 @@ class SyscallTable:
                 fields[name] = raw
         if event["truncated"]:
             fields["truncated"] = True
+        if event["flags"] & _COMPAT:
+            fields["compat"] = True
         return fields
 
 

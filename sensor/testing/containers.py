@@ -218,9 +218,10 @@ class ContainerRig:
         finally:
             container.delete()
 
-    def compile_static(self, name: str, c_source: str) -> str:
-        """A static binary from C source (cached by content), to put in a container with `files`."""
-        digest = hashlib.sha256(c_source.encode()).hexdigest()[:16]
+    def compile_static(self, name: str, c_source: str, flags: tuple[str, ...] = ()) -> str:
+        """A static binary from C source (cached by content and flags, such as "-m32"),
+        to put in a container with `files`."""
+        digest = hashlib.sha256(" ".join((c_source, *flags)).encode()).hexdigest()[:16]
         out_dir = os.path.join(self.workdir, "helpers", digest)
         binary = os.path.join(out_dir, name)
         if not os.path.exists(binary):
@@ -228,7 +229,7 @@ class ContainerRig:
             source = os.path.join(out_dir, f"{name}.c")
             with open(source, "w") as f:
                 f.write(c_source)
-            _run("gcc", "-static", "-O2", "-o", f"{binary}.tmp", source)
+            _run("gcc", "-static", "-O2", *flags, "-o", f"{binary}.tmp", source)
             os.rename(f"{binary}.tmp", binary)
         return binary
 
