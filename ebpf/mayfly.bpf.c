@@ -19,7 +19,7 @@
 
 #if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_MAX_PROCS) || !defined(MAYFLY_MAX_PENDING) || \
     !defined(MAYFLY_MAX_CGROUPS) || !defined(MAYFLY_MAX_FDS) || !defined(MAYFLY_MAX_FLOWS) || \
-    !defined(MAYFLY_MAX_COUNTS) || !defined(MAYFLY_COUNT_SYSCALLS)
+    !defined(MAYFLY_MAX_COUNTS) || !defined(MAYFLY_COUNT_SYSCALLS) || !defined(MAYFLY_PENDING_SLOTS)
 #error "the loader's cflags must set every MAYFLY_* size"
 #endif
 #if MAYFLY_EXPECTED_SCHEMA != MAYFLY_SCHEMA_VERSION
@@ -37,7 +37,14 @@ BPF_PERCPU_ARRAY(ring_lost, u64, MAYFLY_RING_LOST_SLOTS);
 BPF_PERCPU_ARRAY(since_wakeup, u32, 1);
 BPF_PERCPU_ARRAY(scratch, struct mayfly_syscall_event, 1);
 BPF_PERCPU_ARRAY(regs_copy, struct pt_regs, 1);
-/* A syscall's event between its enter and its exit, by thread id. */
+/* A syscall's event between its enter and its exit: in its thread's slot (thread id
+ * modulo MAYFLY_PENDING_SLOTS, claimed atomically), or in the hash when two threads
+ * inside captured syscalls share a slot. */
+struct pending_slot {
+    u64 owner; /* thread id + 1; 0 when free */
+    struct mayfly_syscall_event event;
+};
+BPF_ARRAY(pending_slots, struct pending_slot, MAYFLY_PENDING_SLOTS);
 BPF_HASH(pending, u32, struct mayfly_syscall_event, MAYFLY_MAX_PENDING);
 BPF_HASH(cgroup_state, u64, struct mayfly_cgroup_state, MAYFLY_MAX_CGROUPS);
 /* Written by user space only: cgroups whose events are dropped (MAYFLY_POLICY_*). */
@@ -77,6 +84,58 @@ static __always_inline void count_stat(u32 index)
     u64 *value = stats.lookup(&index);
     if (value)
         (*value)++;
+}
+
+static __always_inline struct pending_slot *slot_of(u32 tid)
+{
+    u32 index = tid & (MAYFLY_PENDING_SLOTS - 1);
+    return pending_slots.lookup(&index);
+}
+
+/* Where to build a new held event: the thread's slot if it can be had, else the
+ * per-CPU scratch (which hold() copies into the hash). */
+static __always_inline struct mayfly_syscall_event *claim(u32 tid, int *in_slot)
+{
+    u32 zero = 0;
+    struct pending_slot *slot = slot_of(tid);
+    if (slot && (slot->owner == tid + 1 || __sync_val_compare_and_swap(&slot->owner, 0, tid + 1) == 0)) {
+        *in_slot = 1;
+        return &slot->event;
+    }
+    *in_slot = 0;
+    return scratch.lookup(&zero);
+}
+
+/* Keep a built event until its exit. 0 when kept. */
+static __always_inline int hold(u32 tid, struct mayfly_syscall_event *e, int in_slot)
+{
+    if (in_slot)
+        return 0;
+    if (pending.update(&tid, e)) {
+        count_stat(MAYFLY_STAT_PENDING_FULL);
+        return -1;
+    }
+    return 0;
+}
+
+static __always_inline struct mayfly_syscall_event *held_event(u32 tid, int *in_slot)
+{
+    struct pending_slot *slot = slot_of(tid);
+    if (slot && slot->owner == tid + 1) {
+        *in_slot = 1;
+        return &slot->event;
+    }
+    *in_slot = 0;
+    return pending.lookup(&tid);
+}
+
+static __always_inline void release(u32 tid, int in_slot)
+{
+    struct pending_slot *slot = in_slot ? slot_of(tid) : NULL;
+    if (slot)
+        slot->owner = 0;
+    else if (!in_slot)
+        pending.delete(&tid);
 }
 
 static __always_inline struct mayfly_cgroup_state *cgroup_state_of(u64 cgroup_id, struct mayfly_config *cfg)
@@ -372,7 +431,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     if (!admit(cgroup_id, cfg))
         return 0;
 
-    struct mayfly_syscall_event *e = scratch.lookup(&zero);
+    u32 tid = pid_tgid;
+    int in_slot;
+    struct mayfly_syscall_event *e = claim(tid, &in_slot);
     if (!e)
         return 0;
     fill_header(&e->hdr, MAYFLY_EVENT_SYSCALL, 0, pid_tgid, cgroup_id);
@@ -387,10 +448,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         e->slot_len[i] = 0;
         read_slot(e, &spec->slot[i], args, i, 0);
     }
-    u32 tid = pid_tgid;
-    if (pending.update(&tid, e))
-        count_stat(MAYFLY_STAT_PENDING_FULL);
-    else
+    if (!hold(tid, e, in_slot))
         last->held = 1;
     return 0;
 }
@@ -414,7 +472,8 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     int held = last && last->tid == tid && last->held;
     if ((!spec || !(spec->flags & MAYFLY_SPEC_EMIT)) && !held)
         return 0;
-    struct mayfly_syscall_event *e = pending.lookup(&tid);
+    int in_slot;
+    struct mayfly_syscall_event *e = held_event(tid, &in_slot);
     if (!e)
         return 0;
     long ret = ctx->args[1];
@@ -441,7 +500,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
         }
         send_syscall(e, cfg, 0);
     }
-    pending.delete(&tid);
+    release(tid, in_slot);
     return 0;
 }
 
@@ -454,14 +513,15 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_config *cfg = get_config();
     u32 old_tid = args->old_pid, tid = pid_tgid;
-    struct mayfly_syscall_event *e = pending.lookup(&old_tid);
+    int in_slot = 0;
+    struct mayfly_syscall_event *e = held_event(old_tid, &in_slot);
+    int from_enter = e != NULL;
 
     if (!cfg || (u32)(pid_tgid >> 32) == cfg->self_tgid)
         goto out;
     if (!e) {
         /* The enter was not seen (sensor started mid-exec, or no room to hold it). */
-        u32 zero = 0;
-        if (!admit(cgroup_id, cfg) || !(e = scratch.lookup(&zero)))
+        if (!admit(cgroup_id, cfg) || !(e = claim(tid, &in_slot)))
             goto out;
         e->nr = __NR_execve;
         e->truncated = 0;
@@ -482,10 +542,17 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     /* exec SIGKILLs the other threads; the process itself lives on. */
     u32 tgid = pid_tgid >> 32;
     exit_info.delete(&tgid);
-    /* A non-leader thread's exec takes over the leader's id. */
-    if (pending.update(&tid, e)) {
-        count_stat(MAYFLY_STAT_PENDING_FULL);
+    int kept;
+    if (from_enter && old_tid != tid) {
+        /* A non-leader thread's exec takes over the leader's id: move the event there. */
+        kept = pending.update(&tid, e) == 0;
+        if (!kept)
+            count_stat(MAYFLY_STAT_PENDING_FULL);
+        release(old_tid, in_slot);
     } else {
+        kept = hold(tid, e, in_slot) == 0;
+    }
+    if (kept) {
         u32 zero = 0;
         struct last_enter *last = last_enter.lookup(&zero);
         if (last) {
@@ -493,9 +560,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
             last->held = 1; /* the exit must look, whatever its number */
         }
     }
+    return 0;
 out:
-    if (old_tid != tid || !e)
-        pending.delete(&old_tid);
+    if (from_enter)
+        release(old_tid, in_slot);
     return 0;
 }
 
@@ -554,7 +622,10 @@ TRACEPOINT_PROBE(signal, signal_deliver)
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32;
+    u32 tgid = pid_tgid >> 32, tid = pid_tgid;
+    int in_slot;
+    if (held_event(tid, &in_slot)) /* a thread that died inside a captured syscall */
+        release(tid, in_slot);
 #ifdef MAYFLY_TP_EXIT_GROUP_DEAD
     if (!args->group_dead)
         return 0;

@@ -54,15 +54,18 @@ class ProgramConfig:
     flows: bool = True            # per-cgroup flow accounting with cgroup_skb
     count_syscalls: bool = True   # count every syscall per cgroup (syscall_counts records)
     max_procs: int = 65536
-    max_pending: int = 8192       # threads inside a captured syscall at once
+    pending_slots: int = 4096     # per-thread slots for syscalls between enter and exit (a power of two)
+    max_pending: int = 8192       # ...and the hash behind them, for threads that share a slot
     max_cgroups: int = 16384
     max_fds: int = 262144
     max_flows: int = 65536
     max_counts: int = 65536       # (cgroup, syscall) counters
 
     def __post_init__(self):
-        if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
-            raise ValueError(f"ringbuf_pages must be a power of two, not {self.ringbuf_pages}")
+        for name in ("ringbuf_pages", "pending_slots"):
+            value = getattr(self, name)
+            if value <= 0 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, not {value}")
         for name in ("cgroup_rate", "cgroup_burst", "wakeup_every", "max_procs", "max_pending", "max_cgroups",
                      "max_fds", "max_flows", "max_counts"):
             if getattr(self, name) < (0 if name == "cgroup_rate" else 1):
@@ -70,6 +73,7 @@ class ProgramConfig:
 
     def cflags(self, tracepoint_defines: list[str] = ()) -> list[str]:
         sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending,
+                 "PENDING_SLOTS": self.pending_slots,
                  "MAX_CGROUPS": self.max_cgroups, "MAX_FDS": self.max_fds, "MAX_FLOWS": self.max_flows,
                  "MAX_COUNTS": self.max_counts, "COUNT_SYSCALLS": int(self.count_syscalls),
                  "EXPECTED_SCHEMA": EXPECTED_SCHEMA}

@@ -104,3 +104,33 @@ def test_a_full_ring_buffer_loses_nothing_unaccounted(fire):
     assert 0 < len(delivered) < N * 10
     assert len(delivered) + lost_here == 1 + N * 10 + 1  # exec, the opens, exit
     assert lost and all(r["types"] for r in lost)
+
+
+THREADS_SCRIPT = """
+import socket, threading
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
+accepted = []
+waiter = threading.Thread(target=lambda: accepted.append(server.accept()))
+waiter.start()
+for _ in range(%d):
+    open("/etc/hostname").close()
+socket.create_connection(server.getsockname()).close()
+waiter.join()
+""" % N
+
+
+def test_threads_sharing_a_pending_slot_lose_nothing(tmp_path):
+    """With one slot, a thread blocked in accept holds it while another thread's
+    opens go through the hash: every event arrives whole."""
+    import sys
+    seen = []
+    with Sensor(config=ProgramConfig(pending_slots=1, cgroup_rate=0, flows=False),
+                emit_events=["accept", "accept4", "openat"], on_record=seen.append) as small:
+        with own_cgroup() as (path, cgroup_id):
+            assert run_in_cgroup(path, [sys.executable, "-c", THREADS_SCRIPT]).returncode == 0
+            drain(small)
+    mine = [r["evt"] for r in events(seen) if r["container"]["cgroup_id"] == cgroup_id]
+    accepts = [e for e in mine if e["type"] in ("accept", "accept4")]
+    assert len(accepts) == 1 and accepts[0]["res"] >= 3 and accepts[0]["addr"]["addr"] == "127.0.0.1"
+    assert len([e for e in mine if e["type"] == "openat" and e["name"] == "/etc/hostname"]) == N
+    assert not [r for r in seen if r["kind"] == "lost"]
