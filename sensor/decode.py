@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 
 import numpy as np
@@ -38,6 +39,17 @@ def each(arrays: dict[str, list[np.ndarray]], kind: str):
     """Every event of one kind in a split batch."""
     for events in arrays.get(kind, ()):
         yield from events
+
+
+def family_name(family: int) -> str:
+    return "inet" if family == socket.AF_INET else "inet6"
+
+
+def ip_text(family: int, raw: np.ndarray) -> str:
+    """An address from a 16-byte field (AF_INET in its first 4 bytes)."""
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    return str(ipaddress.IPv6Address(bytes(raw)))
 
 
 def text(value: bytes) -> str | bytes:
@@ -141,14 +153,12 @@ class Decoder:
                                            "level": int(event["level"])})
 
     def _tcp(self, event: np.void) -> Record:
-        v4 = int(event["family"]) == 2
-        address = (lambda raw: str(ipaddress.IPv4Address(bytes(raw[:4])))) if v4 else \
-            (lambda raw: str(ipaddress.IPv6Address(bytes(raw))))
+        family = int(event["family"])
         return self._record(event["hdr"], {
             "type": "tcp_state", "old": TCP_STATES.get(int(event["oldstate"]), int(event["oldstate"])),
             "new": TCP_STATES.get(int(event["newstate"]), int(event["newstate"])),
-            "family": "inet" if v4 else "inet6", "saddr": address(event["saddr"]), "sport": int(event["sport"]),
-            "daddr": address(event["daddr"]), "dport": int(event["dport"]), "sk": int(event["skaddr"])})
+            "family": family_name(family), "saddr": ip_text(family, event["saddr"]), "sport": int(event["sport"]),
+            "daddr": ip_text(family, event["daddr"]), "dport": int(event["dport"]), "sk": int(event["skaddr"])})
 
     def apply_cgroups(self, arrays: dict[str, list[np.ndarray]], removals: bool) -> list[int]:
         """Keep the cgroup table current: new cgroups before a batch's records are made,

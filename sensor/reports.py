@@ -3,19 +3,20 @@ flows per cgroup, and syscall counts per cgroup."""
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections import Counter
 
 import numpy as np
 
 from sensor import layout, maps, records
 from sensor.cgroups import CgroupTable
-from sensor.decode import MonotonicClock
+from sensor.decode import MonotonicClock, family_name, ip_text
 from sensor.records import Record
 from sensor.syscalls import SyscallTable
 
 U32, U64 = np.dtype("<u4"), np.dtype("<u8")
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+PROTOCOLS = {socket.IPPROTO_ICMP: "icmp", socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",
+             socket.IPPROTO_ICMPV6: "icmpv6"}
 # Why events were lost, by `stats` index, as lost records name it.
 LOSS_REASONS = {"MAYFLY_STAT_RING_FULL": "ring_full", "MAYFLY_STAT_PENDING_FULL": "pending_full",
                 "MAYFLY_STAT_RATE_LIMITED": "rate_limited", "MAYFLY_STAT_COMPAT": "compat_syscall"}
@@ -95,14 +96,13 @@ class KernelReports:
         now = self.clock.now()
         result = []
         for key, value in zip(keys, values):
-            v4 = int(key["family"]) == 2
-            remote = bytes(key["remote"][:4] if v4 else key["remote"])
-            address = ipaddress.IPv4Address(remote) if v4 else ipaddress.IPv6Address(remote)
+            family = int(key["family"])
             result.append(records.new("flow", now, container=self.cgroups.container(int(key["cgroup_id"])),
                                       interval_s=interval_s, flow={
-                                          "family": "inet" if v4 else "inet6",
+                                          "family": family_name(family),
                                           "protocol": PROTOCOLS.get(int(key["protocol"]), int(key["protocol"])),
-                                          "remote": str(address), "remote_port": int(key["remote_port"]),
+                                          "remote": ip_text(family, key["remote"]),
+                                          "remote_port": int(key["remote_port"]),
                                           "local_port": int(key["local_port"]),
                                           **{f: int(value[f]) for f in value.dtype.names}}))
         return result

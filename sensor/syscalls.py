@@ -20,6 +20,7 @@ import glob
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass
 from functools import cache
 
@@ -236,13 +237,13 @@ def _decode_slot(kind: str, value: bytes):
 def sockaddr(raw: bytes) -> dict:
     """A struct sockaddr as the kernel saw it."""
     family = int.from_bytes(raw[:2], "little") if len(raw) >= 2 else 0
-    if family == 2 and len(raw) >= 8:  # AF_INET
+    if family == socket.AF_INET and len(raw) >= 8:
         return {"family": "inet", "addr": str(ipaddress.IPv4Address(raw[4:8])),
                 "port": int.from_bytes(raw[2:4], "big")}
-    if family == 10 and len(raw) >= 24:  # AF_INET6
+    if family == socket.AF_INET6 and len(raw) >= 24:
         return {"family": "inet6", "addr": str(ipaddress.IPv6Address(raw[8:24])),
                 "port": int.from_bytes(raw[2:4], "big")}
-    if family == 1:  # AF_UNIX: a path, or an abstract name after a NUL
+    if family == socket.AF_UNIX:  # a path, or an abstract name after a NUL
         path = raw[2:]
         name = "@" + path[1:].split(b"\0", 1)[0].decode(errors="replace") if path[:1] == b"\0" else None
         return {"family": "unix", "path": name if name is not None else untrusted_text(path.split(b"\0", 1)[0])}
