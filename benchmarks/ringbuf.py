@@ -87,7 +87,8 @@ class Bench:
         """One full batch of syscall records through the decoder, so that its compiled
         code and its buffers exist before anything is timed (a running sensor's do)."""
         constants = event_layout().constants
-        size, count = 136, (8 << 20) // 136
+        size = event_layout().structs["mayfly_syscall_event"].fields["data"][1]  # a record with no string
+        count = (8 << 20) // size
         buf = np.zeros(size * count, np.uint8)
         buf.reshape(count, size)[:, 0] = constants["MAYFLY_EVENT_SYSCALL"]
         self.decoder.split(RawBatch(buf, np.arange(count, dtype=np.uint64) * size, np.full(count, size, np.uint32)))
@@ -174,7 +175,8 @@ class Bench:
         programs = Programs(config)
         try:
             self.configure(programs, config, {"prctl", *syscalls.EXEC})
-            n = pages * 4096 // 160  # records of 136 bytes and their 8-byte headers, with room to spare
+            # prctl records have no string: header and arguments, an 8-byte ring header, room to spare
+            n = pages * 4096 // (event_layout().structs["mayfly_syscall_event"].fields["data"][1] + 24)
             load = start_load(self.load, "prctl", n)
             load.communicate()
             lost = self.lost_prctl(programs)

@@ -12,7 +12,7 @@ import numpy as np
 from sensor import layout, records
 from sensor.cgroups import CgroupTable
 from sensor.processes import ProcessTable
-from sensor.records import Record, untrusted_text
+from sensor.records import Record, c_string, cmdline
 from sensor.ringbuf import RawBatch, gather
 from sensor.syscalls import EXEC, SyscallTable
 
@@ -50,11 +50,6 @@ def ip_text(family: int, raw: np.ndarray) -> str:
     if family == socket.AF_INET:
         return str(ipaddress.IPv4Address(bytes(raw[:4])))
     return str(ipaddress.IPv6Address(bytes(raw)))
-
-
-def text(value: bytes) -> str | bytes:
-    # The kernel does not zero the tail of a string field: stop at the first NUL.
-    return untrusted_text(value.split(b"\0", 1)[0])
 
 
 class Decoder:
@@ -127,7 +122,7 @@ class Decoder:
         return records.new("event", self.clock.to_epoch(header["ktime_ns"]),
                            container=self.cgroups.container(int(header["cgroup_id"])),
                            proc={"pid": pid, "tid": int(header["tid"]), "ppid": int(header["ppid"]),
-                                 "uid": int(header["uid"]), "gid": int(header["gid"]), "comm": text(header["comm"]),
+                                 "uid": int(header["uid"]), "gid": int(header["gid"]), "comm": c_string(header["comm"]),
                                  **self.processes.get(pid), **proc},
                            evt=evt)
 
@@ -136,7 +131,7 @@ class Decoder:
         if evt["type"] in EXEC and evt["res"] == 0:
             argv = evt.get("argv", [])
             return self._record(event["hdr"], evt, exe=evt["filename"],
-                                cmdline=" ".join(a if isinstance(a, str) else repr(a) for a in argv))
+                                cmdline=cmdline(argv))
         return self._record(event["hdr"], evt)
 
     def _fork(self, event: np.void) -> Record:
@@ -149,7 +144,7 @@ class Decoder:
 
     def _cgroup(self, event: np.void) -> Record:
         op = "cgroup_mkdir" if event["op"] == self._mkdir else "cgroup_rmdir"
-        return self._record(event["hdr"], {"type": op, "id": int(event["id"]), "path": text(event["path"]),
+        return self._record(event["hdr"], {"type": op, "id": int(event["id"]), "path": c_string(event["path"]),
                                            "level": int(event["level"])})
 
     def _tcp(self, event: np.void) -> Record:
@@ -171,5 +166,5 @@ class Decoder:
                 if removals:
                     self.cgroups.removed(applied[-1])
                 else:
-                    self.cgroups.made(applied[-1], text(event["path"]))
+                    self.cgroups.made(applied[-1], c_string(event["path"]))
         return applied

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from sensor.records import untrusted_text
+from sensor.records import cmdline, untrusted_text
 from sensor.syscalls import EXEC, SyscallTable
 
 
@@ -23,7 +23,7 @@ def _read_proc(pid: str) -> dict | None:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return None  # a kernel thread, or gone already
-    return {"exe": exe, "cmdline": " ".join(str(untrusted_text(a)) for a in argv if a)}
+    return {"exe": exe, "cmdline": cmdline([untrusted_text(a) for a in argv if a])}
 
 
 class ProcessTable:
@@ -56,7 +56,7 @@ class ProcessTable:
             evt = self._table.decode_args(event)
             argv = evt.get("argv", [])
             self._put(int(event["hdr"]["pid"]), {
-                "exe": evt["filename"], "cmdline": " ".join(a if isinstance(a, str) else repr(a) for a in argv)})
+                "exe": evt["filename"], "cmdline": cmdline(argv)})
 
     def forget_exited(self, arrays: dict[str, list[np.ndarray]]) -> None:
         for exits in arrays.get("exit", ()):

@@ -35,6 +35,16 @@ def untrusted_text(raw: bytes) -> str | bytes:
         return raw
 
 
+def c_string(raw: bytes) -> str | bytes:
+    """A NUL-terminated string from the kernel (whatever follows the NUL is stale)."""
+    return untrusted_text(raw.split(b"\0", 1)[0])
+
+
+def cmdline(argv: list[str | bytes]) -> str:
+    """Arguments joined as Falco's proc.cmdline; raw-bytes arguments shown as literals."""
+    return " ".join(a if isinstance(a, str) else repr(a) for a in argv)
+
+
 def pack(record: Record) -> bytes:
     return msgpack.packb(record, use_bin_type=True)
 

@@ -27,7 +27,7 @@ from functools import cache
 import numpy as np
 
 from sensor import layout
-from sensor.records import untrusted_text
+from sensor.records import c_string, untrusted_text
 
 _COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
 _SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata"}
@@ -218,7 +218,7 @@ def _signed32(value: int) -> int:
 
 def _decode_slot(kind: str, value: bytes):
     if kind in ("path", "str"):
-        return untrusted_text(value.split(b"\0", 1)[0])
+        return c_string(value)
     if kind == "argv":  # NUL-terminated strings one after another; a cut last one has no NUL
         value = value[:-1] if value.endswith(b"\0") else value
         return [untrusted_text(a) for a in value.split(b"\0")] if value else []
@@ -246,7 +246,7 @@ def sockaddr(raw: bytes) -> dict:
     if family == socket.AF_UNIX:  # a path, or an abstract name after a NUL
         path = raw[2:]
         name = "@" + path[1:].split(b"\0", 1)[0].decode(errors="replace") if path[:1] == b"\0" else None
-        return {"family": "unix", "path": name if name is not None else untrusted_text(path.split(b"\0", 1)[0])}
+        return {"family": "unix", "path": name if name is not None else c_string(path)}
     return {"family": family}
 
 

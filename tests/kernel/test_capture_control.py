@@ -2,6 +2,7 @@
 token buckets, loss accounting, and the per-cgroup syscall counters."""
 
 import os
+import subprocess
 
 from capture import collect, drain, events, own_cgroup, run_in_cgroup
 
@@ -33,8 +34,13 @@ def test_uninteresting_syscalls_are_not_captured(sensor, fire):
 def test_the_sensor_never_sees_itself(sensor):
     with open("/etc/hostname"):
         pass
+    child = subprocess.run(["/bin/cat", "/etc/hostname"], capture_output=True)
     drain(sensor)
-    assert not [r for r in sensor.seen if r["kind"] == "event" and r["proc"]["pid"] == os.getpid()]
+    opened = [r for r in events(sensor.seen, "openat") if r["evt"]["name"] == "/etc/hostname"]
+    sensor.seen.clear()
+    assert child.returncode == 0
+    assert [r["proc"]["comm"] for r in opened] == ["cat"]  # the child's open is seen, the sensor's own is not
+    assert os.getpid() not in {r["proc"]["pid"] for r in opened}
 
 
 def test_an_ignored_cgroup_sends_nothing_but_is_still_counted(sensor, fire):
