@@ -1,7 +1,8 @@
 /* Load generator for the benchmarks: makes one syscall in a loop and prints the
  * nanoseconds each iteration took on average.
  *   load SYSCALL ITERATIONS [RATE]
- * SYSCALL: getppid (never captured) or prctl (captured when asked: PR_GET_DUMPABLE).
+ * SYSCALL: getppid (never captured) or prctl (captured when asked: PR_GET_DUMPABLE,
+ * with the caller's pid as argument, which marks it for burst.bpf.c).
  * RATE: calls per second to pace at (0 or absent: as fast as possible). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ int main(int argc, char **argv)
     int use_prctl = !strcmp(argv[1], "prctl");
     long n = atol(argv[2]);
     double rate = argc > 3 ? atof(argv[3]) : 0;
+    long pid = getpid();
     long long start = now_ns();
     for (long i = 0; i < n; i++) {
         if (rate > 0 && (i & 255) == 0) {
@@ -35,7 +37,7 @@ int main(int argc, char **argv)
                 ;
         }
         if (use_prctl)
-            syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0);
+            syscall(SYS_prctl, PR_GET_DUMPABLE, pid, 0, 0, 0);
         else
             syscall(SYS_getppid);
     }

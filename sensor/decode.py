@@ -13,7 +13,7 @@ from sensor import layout, records
 from sensor.cgroups import CgroupTable
 from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
-from sensor.ringbuf import RawBatch, gather
+from sensor.ringbuf import RawBatch, group, scatter
 from sensor.syscalls import EXEC, SyscallTable
 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -63,7 +63,15 @@ class Decoder:
         self.kinds = self.layout.kinds()
         self._dtypes = {number: self.layout.structs[f"mayfly_{name}_event"] for number, name in self.kinds.items()}
         self._mkdir = self.layout.constants["MAYFLY_CGROUP_MKDIR"]
-        self._buffers: dict[tuple[int, int], np.ndarray] = {}
+        # Buffers reused by every split (its arrays are views of them): grouping keys,
+        # group counts (kind x row width in 8-byte units) and the grouped rows.
+        self._itemsizes = np.zeros(max(self.kinds) + 1, np.int64)
+        for number, dtype in self._dtypes.items():
+            self._itemsizes[number] = dtype.itemsize
+        self._counts = np.zeros((self._itemsizes.size, int(self._itemsizes.max()) // 8 + 1), np.int64)
+        self._row_widths = np.arange(self._counts.shape[1], dtype=np.int64)[None, :] * 8
+        self._keys = np.empty(0, np.int64)
+        self._rows = np.empty(0, np.uint8)
 
     def split(self, batch: RawBatch) -> tuple[dict[str, list[np.ndarray]], int]:
         """The batch as structured arrays per event kind, and the number of records of
@@ -75,31 +83,27 @@ class Decoder:
         are valid until the next split."""
         if not len(batch):
             return {}, 0
-        starts = batch.offsets.astype(np.intp)
-        kinds = batch.buf[starts].astype(np.uint16) | (batch.buf[starts + 1].astype(np.uint16) << 8)
-        widths = (batch.lengths + 7) & ~np.uint32(7)
+        n = len(batch)
+        if self._keys.size < n:
+            self._keys = np.empty(n, np.int64)
+        keys = self._keys[:n]
+        group(batch.buf, batch.offsets, batch.lengths, self._itemsizes, keys, self._counts)
+        sizes = self._counts * self._row_widths
+        cursor = np.zeros_like(sizes)
+        cursor.reshape(-1)[1:] = np.cumsum(sizes.reshape(-1))[:-1]
+        total = int(sizes.sum())
+        if self._rows.size < total:
+            self._rows = np.empty(total, np.uint8)
+        starts = cursor.copy()
+        scatter(batch.buf, batch.offsets, batch.lengths, keys, cursor, self._rows)
         arrays: dict[str, list[np.ndarray]] = {}
-        unknown = 0
-        for kind in np.unique(kinds).tolist():
-            of_kind = kinds == kind
-            dtype = self._dtypes.get(kind)
-            if dtype is None:
-                unknown += int(of_kind.sum())
-                continue
-            for width in np.unique(widths[of_kind]).tolist():
-                width = min(width, dtype.itemsize)
-                selected = of_kind & (np.minimum(widths, dtype.itemsize) == width)
-                count = int(selected.sum())
-                rows = self._rows((kind, width), count * width).reshape(count, width)
-                gather(batch.buf, batch.offsets, batch.lengths, selected, rows)
-                arrays.setdefault(self.kinds[kind], []).append(rows.view(layout.truncate(dtype, width)).reshape(-1))
-        return arrays, unknown
-
-    def _rows(self, key: tuple[int, int], size: int) -> np.ndarray:
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.size < size:
-            buffer = self._buffers[key] = np.empty(max(size, 1 << 16), np.uint8)
-        return buffer[:size]
+        for kind, slot in zip(*np.nonzero(self._counts)):
+            width = int(self._row_widths[0, slot])
+            start = int(starts[kind, slot])
+            rows = self._rows[start:start + int(sizes[kind, slot])]
+            dtype = layout.truncate(self._dtypes[int(kind)], width)
+            arrays.setdefault(self.kinds[int(kind)], []).append(rows.view(dtype))
+        return arrays, int(np.count_nonzero(keys < 0))
 
     def records(self, arrays: dict[str, list[np.ndarray]], types: frozenset[str] | None) -> list[Record]:
         """`event` records for the events whose evt.type is in `types` (None: all), in time order."""

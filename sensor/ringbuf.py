@@ -31,16 +31,20 @@ def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
     used, whether it stopped because `out` or `offsets` was full).
 
     Stops at the producer position read on entry, at a record still being written,
-    or when `out` or `offsets` is full; the consumer position covers exactly what was
-    copied (or discarded), so nothing is skipped or read twice."""
+    or when `out` or `offsets` is full; the consumer position then covers exactly what
+    was copied (or discarded), so nothing is skipped or read twice. It is written once
+    per call: the producer reads it from another CPU, and a store per record would
+    bounce its cache line between the two."""
     # Positions are u64 throughout: mixing in signed ints would make Numba use floats.
     cons = consumer[0]
     prod = producer[0]
     n = 0
     used = np.uint64(0)
+    full = False
     while cons < prod:
         if n == offsets.size:
-            return n, used, True
+            full = True
+            break
         pos = cons & mask
         header = data32[pos >> np.uint64(2)]
         if header & _BUSY:
@@ -48,30 +52,62 @@ def _drain(consumer, producer, data32, data, mask, out, offsets, lengths):
         size = np.uint64(header & _LEN_MASK)
         if not header & _DISCARD:
             if used + size > out.size:
-                return n, used, True
-            out[used:used + size] = data[pos + _HEADER:pos + _HEADER + size]
+                full = True
+                break
+            start = pos + _HEADER
+            for i in range(size):
+                out[used + i] = data[start + i]
             offsets[n] = used
             lengths[n] = size
             n += 1
             used += (size + _ALIGN) & ~_ALIGN
         cons += (size + _HEADER + _ALIGN) & ~_ALIGN
-        consumer[0] = cons
-    return n, used, False
+    consumer[0] = cons
+    return n, used, full
 
 
 @numba.njit(cache=True, nogil=True)
-def gather(buf, offsets, lengths, select_mask, out):
-    """Copy the selected records into the rows of `out`, zero-filling what a shorter
-    record leaves of a row. Returns how many rows were filled."""
-    row = 0
-    width = out.shape[1]
+def group(buf, offsets, lengths, itemsizes, keys, counts):
+    """Sort records into groups of one kind and one row width, in one pass and no sort.
+
+    keys[i] gets kind * W + width // 8, where W = counts.shape[1], or -1 for a kind
+    with no itemsize (or a record too short to name one); counts[kind, width // 8] how many records each group has. A
+    record's row width is its length rounded up to 8 bytes, at most its kind's itemsize
+    (itemsizes are multiples of 8)."""
+    counts[:] = 0
+    per_kind = counts.shape[1]
     for i in range(offsets.size):
-        if select_mask[i]:
-            size = min(lengths[i], width)
-            out[row, :size] = buf[offsets[i]:offsets[i] + size]
-            out[row, size:] = 0
-            row += 1
-    return row
+        at = np.int64(offsets[i])
+        kind = np.int64(buf[at]) | (np.int64(buf[at + 1]) << 8) if lengths[i] >= 2 else itemsizes.size
+        if kind >= itemsizes.size or itemsizes[kind] == 0:
+            keys[i] = -1
+            continue
+        width = min((np.int64(lengths[i]) + 7) & ~7, itemsizes[kind])
+        keys[i] = kind * per_kind + width // 8
+        counts[kind, width // 8] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def scatter(buf, offsets, lengths, keys, cursor, out):
+    """Copy each grouped record to its group's next row of `out`: cursor (shaped as
+    group's counts) holds where that row starts, and the row is (key % W) * 8 bytes
+    wide. What a shorter record leaves of its row is zero-filled."""
+    per_kind = cursor.shape[1]
+    flat = cursor.reshape(-1)
+    for i in range(offsets.size):
+        key = keys[i]
+        if key < 0:
+            continue
+        # Unsigned indices: signed ones make Numba check each for wrap-around.
+        width = np.uint64((key % per_kind) * 8)
+        row = np.uint64(flat[key])
+        flat[key] = row + width
+        size = min(np.uint64(lengths[i]), width)
+        at = offsets[i]
+        for j in range(size):
+            out[row + j] = buf[at + j]
+        for j in range(size, width):
+            out[row + j] = 0
 
 
 def _load_compiled_drain() -> None:

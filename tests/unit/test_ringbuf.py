@@ -87,14 +87,28 @@ def test_a_full_batch_leaves_the_rest_for_the_next(drain):
 
 
 @pytest.mark.parametrize("impl", ["numba", "python"])
-def test_gather_zero_fills_short_records(impl):
-    fn = ringbuf.gather if impl == "numba" else ringbuf.gather.py_func
-    buf = np.arange(1, 33, dtype=np.uint8)
-    offsets = np.array([0, 8, 16], np.uint64)
-    lengths = np.array([8, 4, 16], np.uint32)
-    out = np.zeros((2, 8), np.uint8)
-    assert fn(buf, offsets, lengths, np.array([False, True, True]), out) == 2
-    assert out.tolist() == [[9, 10, 11, 12, 0, 0, 0, 0], list(range(17, 25))]
+def test_group_and_scatter_rows_by_kind_and_width(impl):
+    group, scatter = (ringbuf.group, ringbuf.scatter) if impl == "numba" else \
+        (ringbuf.group.py_func, ringbuf.scatter.py_func)
+    # Kind 1 rows are at most 16 bytes wide, kind 2 is unknown (itemsize 0).
+    records = [bytes([1, 0, 7, 7, 7]), bytes([1, 0]) + bytes(range(3, 20)), bytes([2, 0, 9]), bytes([1, 0, 5]), b"\1"]
+    buf = np.zeros(64, np.uint8)
+    offsets, lengths, at = [], [], 0
+    for record in records:
+        buf[at:at + len(record)] = list(record)
+        offsets.append(at), lengths.append(len(record))
+        at += (len(record) + 7) & ~7
+    offsets, lengths = np.array(offsets, np.uint64), np.array(lengths, np.uint32)
+    keys, counts = np.empty(len(records), np.int64), np.full((3, 3), 99, np.int64)
+    group(buf, offsets, lengths, np.array([0, 16, 0], np.int64), keys, counts)
+    assert keys.tolist() == [1 * 3 + 1, 1 * 3 + 2, -1, 1 * 3 + 1, -1]  # too long: cut to 16; too short: unknown
+    assert counts.tolist() == [[0, 0, 0], [0, 2, 1], [0, 0, 0]]
+    cursor = np.array([[0, 0, 0], [0, 0, 16]], np.int64)  # two 8-byte rows, then one 16-byte row
+    out = np.full(32, 0xFF, np.uint8)
+    scatter(buf, offsets, lengths, keys, cursor, out)
+    assert out[:8].tolist() == [1, 0, 7, 7, 7, 0, 0, 0] and out[8:16].tolist() == [1, 0, 5, 0, 0, 0, 0, 0]
+    assert bytes(out[16:32]) == records[1][:16]
+    assert cursor.tolist() == [[0, 0, 0], [0, 16, 32]]
 
 
 def test_loading_the_compiled_drain_touches_no_ring():
