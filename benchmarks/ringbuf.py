@@ -365,9 +365,10 @@ def lossless(steps: list[dict], load: str, consumer: str) -> float:
 
 
 def bound_note(steps: list[dict], load: str) -> str:
-    """Why the Numba drain's search stopped: loss, or a load that could go no faster."""
-    last = [s for s in steps if s["load"] == load and s["consumer"] == "numba"][-1]
-    return " (no loss at the fastest the load could go: producer-bound)" if last["lossless"] else ""
+    """Whether the Numba drain's search ended without any loss: then the load, not the
+    drain, was the limit."""
+    numba = [s for s in steps if s["load"] == load and s["consumer"] == "numba"]
+    return " (no loss at the fastest the load could go: producer-bound)" if all(s["lossless"] for s in numba) else ""
 
 
 def report(results: dict, command: str) -> str:
