@@ -1,54 +1,188 @@
-"""cgroup2 ids to paths, and the container a cgroup stands for.
+"""cgroup2 ids to the containers they stand for, and each container's lifecycle.
 
 An id is the inode of the cgroup's directory. The table is filled by a scan of the
-cgroup2 mount at start and kept by the kernel's cgroup_mkdir/rmdir events. Until
-container resolution lands (runtimes, images, labels), a container is named by its
-cgroup path's last component, and the root cgroup is the host.
+cgroup2 mount at start and kept by the kernel's cgroup_mkdir/rmdir events; identities
+come from sensor.runtimes, resolved when the cgroup appears, off the hot path.
+
+A cgroup whose identity is not known yet (its runtime has not written its state) is
+pending: its records are held, up to `hold_max`, and released enriched once the state
+is readable, or after `deadline_s` with what is known and `resolved: false`. A
+container's entry outlives its cgroup by `grace_s`, for late records.
 """
 
 from __future__ import annotations
 
 import os
-
+import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
+import numpy as np
+
+from sensor import records
 from sensor.log import get_logger
+from sensor.records import Record
+from sensor.runtimes import Identity, Resolver
 
 log = get_logger("cgroups")
 
-HOST = "host"
-# Removed cgroups keep their name this long (in removals), for records that come late.
-REMEMBER_REMOVED = 4096
+
+@dataclass
+class Entry:
+    path: str
+    identity: Identity
+    container: dict                       # the `container` map records carry
+    first_seen_ns: int
+    pending_until: float | None = None    # monotonic deadline while the identity is pending
+    held: list[Record] = field(default_factory=list)
+    removed_ns: int | None = None
+    removed_at: float | None = None       # monotonic
+    events: int = 0
+    processes: int = 0                    # processes that exited in it
 
 
 class CgroupTable:
-    def __init__(self, root: str):
+    def __init__(self, root: str, resolver: Resolver | None = None, deadline_s: float = 1.0, grace_s: float = 300.0,
+                 hold_max: int = 4096, max_removed: int = 65536):
         self.root = root
-        self.paths: dict[int, str] = {}
-        self._removed: OrderedDict[int, str] = OrderedDict()
+        self.resolver = resolver or Resolver()
+        self.deadline_s = deadline_s
+        self.grace_s = grace_s
+        self.hold_max = hold_max
+        self.max_removed = max_removed
+        self.entries: dict[int, Entry] = {}
+        self._removed: OrderedDict[int, None] = OrderedDict()  # in removal order, for the grace period
+        self._out: list[Record] = []                           # lifecycle records not yet taken
+        self._pending: set[int] = set()                         # cgroups whose records are held
 
-    def scan(self) -> None:
-        """Record every cgroup that exists now (those made later come as events)."""
+    # ---- keeping the table ----
+
+    def scan(self, now_ns: int) -> None:
+        """Every cgroup that exists now (later ones come as events). Containers found get
+        `start` records with existing=True."""
         for directory, _, _ in os.walk(self.root, onerror=lambda e: log.warning("cannot scan", error=str(e))):
             relative = os.path.relpath(directory, self.root)
             try:
-                self.paths[os.stat(directory).st_ino] = "/" if relative == "." else "/" + relative
+                cgroup_id = os.stat(directory).st_ino
             except OSError:
                 continue  # removed while we walked
+            self.made(cgroup_id, "/" if relative == "." else "/" + relative, now_ns, existing=True)
 
-    def made(self, cgroup_id: int, path: str) -> None:
-        self.paths[cgroup_id] = path
+    def made(self, cgroup_id: int, path: str, now_ns: int, existing: bool = False) -> None:
+        known = self.entries.get(cgroup_id)
+        if known is not None and known.removed_ns is None:
+            return  # seen by both the start-up scan and an event
+        identity = self.resolver.resolve(path)
+        entry = Entry(path, identity, self._container_map(cgroup_id, identity), now_ns)
+        self.entries[cgroup_id] = entry
+        if not identity.resolved:
+            entry.pending_until = time.monotonic() + self.deadline_s
+            self._pending.add(cgroup_id)
+        elif identity.is_container:
+            self._started(entry, existing)
 
-    def removed(self, cgroup_id: int) -> None:
-        path = self.paths.pop(cgroup_id, None)
-        if path is not None:
-            self._removed[cgroup_id] = path
-            while len(self._removed) > REMEMBER_REMOVED:
-                self._removed.popitem(last=False)
+    def removed(self, cgroup_id: int, now_ns: int, losses: dict[str, int]) -> None:
+        """The cgroup is gone: an `exit` record for a container (after anything held for
+        it), with `losses` (rate_limited, ring_full) counted in the kernel for it."""
+        entry = self.entries.get(cgroup_id)
+        if entry is None or entry.removed_ns is not None:
+            return
+        if entry.pending_until is not None:
+            self._resolve(cgroup_id, entry, final=True)
+        entry.removed_ns, entry.removed_at = now_ns, time.monotonic()
+        self._removed[cgroup_id] = None
+        if entry.identity.is_container:
+            lost = sum(losses.values())
+            self._out.append(records.new(
+                "container", now_ns, container=entry.container, state="exit",
+                lifetime_s=round((now_ns - entry.first_seen_ns) / 1e9, 6), processes=entry.processes,
+                events=entry.events, lost=dict(losses), complete=lost == 0))
+        while len(self._removed) > self.max_removed:
+            self.entries.pop(self._removed.popitem(last=False)[0], None)
+
+    def account(self, arrays: dict[str, list[np.ndarray]]) -> None:
+        """Count a batch's events per cgroup, and the processes that exited in each."""
+        for kind, groups in arrays.items():
+            for events in groups:
+                ids, counts = np.unique(events["hdr"]["cgroup_id"], return_counts=True)
+                for cgroup_id, count in zip(ids.tolist(), counts.tolist()):
+                    entry = self.entries.get(cgroup_id)
+                    if entry is not None:
+                        entry.events += count
+                        if kind == "exit":
+                            entry.processes += count
+
+    # ---- records ----
 
     def container(self, cgroup_id: int) -> dict:
-        path = self.paths.get(cgroup_id) or self._removed.get(cgroup_id)
-        if path is None:
-            return {"id": f"cgroup-{cgroup_id}", "cgroup_id": cgroup_id}
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        return {"id": name or HOST, "cgroup_id": cgroup_id}
+        entry = self.entries.get(cgroup_id)
+        if entry is None:
+            return {"id": f"cgroup-{cgroup_id}", "cgroup_id": cgroup_id, "resolved": False}
+        return entry.container
+
+    def hold(self, record: Record) -> bool:
+        """Keep a record of a pending cgroup until its identity is known. False when the
+        record can go now."""
+        container = record.get("container")
+        entry = self.entries.get(container["cgroup_id"]) if container else None
+        if entry is None or entry.pending_until is None:
+            return False
+        entry.held.append(record)
+        if len(entry.held) >= self.hold_max:
+            self._resolve(container["cgroup_id"], entry, final=True)
+        return True
+
+    def tick(self) -> list[Record]:
+        """Retry pending identities, release what is due, drop containers past their
+        grace period. Returns the lifecycle and released records, in order."""
+        now = time.monotonic()
+        for cgroup_id in list(self._pending):
+            entry = self.entries[cgroup_id]
+            self._resolve(cgroup_id, entry, final=now >= entry.pending_until)
+        while self._removed:
+            cgroup_id = next(iter(self._removed))
+            entry = self.entries.get(cgroup_id)
+            if entry is not None and now - entry.removed_at < self.grace_s:
+                break
+            self._removed.popitem(last=False)
+            self.entries.pop(cgroup_id, None)
+        return self.take()
+
+    def flush(self) -> list[Record]:
+        """At stop: release everything held, with what is known."""
+        for cgroup_id in list(self._pending):
+            self._resolve(cgroup_id, self.entries[cgroup_id], final=True)
+        return self.take()
+
+    def take(self) -> list[Record]:
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def pending(self) -> int:
+        """How many cgroups have records held (safe to read from another thread)."""
+        return len(self._pending)
+
+    # ---- internals ----
+
+    def _resolve(self, cgroup_id: int, entry: Entry, final: bool) -> None:
+        identity = self.resolver.resolve(entry.path)
+        if not identity.resolved and not final:
+            return
+        entry.identity = identity
+        entry.container.clear()  # records already made share this map
+        entry.container.update(self._container_map(cgroup_id, identity))
+        entry.pending_until = None
+        self._pending.discard(cgroup_id)
+        if identity.is_container:
+            self._started(entry, existing=False)
+        self._out.extend(entry.held)
+        entry.held = []
+
+    def _started(self, entry: Entry, existing: bool) -> None:
+        self._out.append(records.new("container", entry.first_seen_ns, container=entry.container, state="start",
+                                     existing=existing, cgroup=entry.path))
+
+    @staticmethod
+    def _container_map(cgroup_id: int, identity: Identity) -> dict:
+        return {**identity.as_record(), "cgroup_id": cgroup_id}

@@ -159,16 +159,15 @@ class Decoder:
             "family": family_name(family), "saddr": ip_text(family, event["saddr"]), "sport": int(event["sport"]),
             "daddr": ip_text(family, event["daddr"]), "dport": int(event["dport"]), "sk": int(event["skaddr"])})
 
-    def apply_cgroups(self, arrays: dict[str, list[np.ndarray]], removals: bool) -> list[int]:
-        """Keep the cgroup table current: new cgroups before a batch's records are made,
-        removed ones after, so that the batch's own events still name them. Returns the
-        ids it applied."""
+    def apply_cgroups(self, arrays: dict[str, list[np.ndarray]], removals: bool) -> list[tuple[int, int]]:
+        """Keep the cgroup table current: new cgroups are added before a batch's records
+        are made; removed ones are handed back as (id, wall-clock ns) after, so that the
+        batch's own events still name them and the caller can close their books."""
         applied = []
         for event in each(arrays, "cgroup"):
             if (event["op"] != self._mkdir) == removals:
-                applied.append(int(event["id"]))
-                if removals:
-                    self.cgroups.removed(applied[-1])
-                else:
-                    self.cgroups.made(applied[-1], c_string(event["path"]))
+                cgroup_id, ts = int(event["id"]), self.clock.to_epoch(event["hdr"]["ktime_ns"])
+                if not removals:
+                    self.cgroups.made(cgroup_id, c_string(event["path"]), ts)
+                applied.append((cgroup_id, ts))
         return applied

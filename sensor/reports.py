@@ -118,6 +118,16 @@ class KernelReports:
                             interval_s=interval_s, counts=dict(counts))
                 for cgroup_id, counts in per_cgroup.items()]
 
+    def cgroup_losses(self, cgroup_id: int) -> dict[str, int]:
+        """What the kernel suppressed (rate_limited) and could not send (ring_full) for
+        one cgroup since it first had either."""
+        state = self.programs["cgroup_state"]
+        try:
+            value = state[state.Key(cgroup_id)]
+        except KeyError:
+            return {"rate_limited": 0, "ring_full": 0}
+        return {"rate_limited": int(value.rate_limited), "ring_full": int(value.ring_lost)}
+
     def forget_cgroup(self, cgroup_id: int) -> None:
         """After a cgroup is gone and reported: drop its kernel state."""
         self._cgroup_seen.pop(cgroup_id, None)

@@ -65,6 +65,16 @@ _POD = re.compile(r"(?:kubepods(?:-\w+)?-)?pod(?P<uid>[0-9a-f]{8}[-_][0-9a-f]{4}
                   r"[-_][0-9a-f]{12})(?:\.slice)?")
 
 
+_SYSTEMD_UNIT = re.compile(r".+\.(service|slice|scope|mount|socket|swap|target|device|automount|path|timer)")
+
+
+def is_host_cgroup(path: str) -> bool:
+    """The root, and systemd units that no container pattern matched: never a container."""
+    parts = [p for p in path.split("/") if p and p != "container"]
+    return not parts or parts[-1] in (".", "..") or bool(_SYSTEMD_UNIT.fullmatch(parts[-1])) \
+        and parse_cgroup_path(path) is None
+
+
 @dataclass
 class Identity:
     """What a cgroup is. `id` is the container id, or "host"."""
@@ -215,13 +225,16 @@ class Resolver:
             return None
 
     def resolve(self, cgroup_path: str) -> Identity:
-        """The identity of a cgroup: host when nothing names a container; a container
-        with resolved=False when its path names one whose state is not readable yet."""
-        match = parse_cgroup_path(cgroup_path)
+        """The identity of a cgroup. Host for the root and systemd units that name no
+        container; a container with resolved=False when its runtime's state is not
+        readable (yet): one whose path names it by pattern, or any other cgroup, which
+        may be a runc container (runc's default cgroup is /<id>)."""
         last = cgroup_path.rstrip("/").rsplit("/", 1)[-1]
+        match = parse_cgroup_path(cgroup_path)
         if match is None:
-            runc = self._runc(last, cgroup_path)
-            return runc if runc else Identity()
+            if is_host_cgroup(cgroup_path):
+                return Identity()
+            return self._runc(last, cgroup_path) or Identity(id=last, resolved=False)
         readers = {"docker": self._docker, "containerd": self._containerd, "cri-o": self._crio,
                    "podman": self._podman, "runc": lambda cid: self._runc(cid, None)}
         order = [match.runtime] if match.runtime else ["containerd", "cri-o", "docker"]

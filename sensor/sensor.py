@@ -34,6 +34,9 @@ class Sensor:
     events become `event` records: None (none), "all", or evt.type names such as
     "execve", "openat", "fork", "procexit". `on_record` is called with every record,
     after the sinks. `report_interval`: seconds between flow and syscall-count records.
+    `identity_deadline`: seconds a new cgroup's records wait for its runtime's state
+    before they go out marked `resolved: false`. `container_grace`: seconds a removed
+    container's identity is kept for late records.
 
     One thread polls (iterates); `stop()` may be called from any thread or a signal
     handler. Needs root (CAP_BPF and CAP_PERFMON).
@@ -41,7 +44,8 @@ class Sensor:
 
     def __init__(self, rules: Iterable[str | os.PathLike] | None = None, sinks: Iterable[Sink] = (),
                  on_record: Callable[[Record], None] | None = None, config: ProgramConfig | None = None,
-                 emit_events: str | Iterable[str] | None = None, report_interval: float = 10.0):
+                 emit_events: str | Iterable[str] | None = None, report_interval: float = 10.0,
+                 identity_deadline: float = 1.0, container_grace: float = 300.0):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
@@ -50,6 +54,8 @@ class Sensor:
         self.emit_types = None if emit_events in (None, ALL) else frozenset(emit_events)
         self.emit = emit_events is not None
         self.report_interval = report_interval
+        self.identity_deadline = identity_deadline
+        self.container_grace = container_grace
         self.ruleset: rule_loader.RuleSet | None = None
         self.programs: Programs | None = None
         self._ring: RingReader | None = None
@@ -83,8 +89,9 @@ class Sensor:
             self.set_capture(capture)
             self._seed_parents()
             self.clock = MonotonicClock()
-            self.cgroups = CgroupTable(host.cgroup2_root())
-            self.cgroups.scan()
+            self.cgroups = CgroupTable(host.cgroup2_root(), deadline_s=self.identity_deadline,
+                                       grace_s=self.container_grace)
+            self.cgroups.scan(self.clock.now())
             self.processes = ProcessTable(self.table)
             self.processes.scan()
             self.decoder = Decoder(self.table, self.cgroups, self.processes, self.clock)
@@ -97,7 +104,8 @@ class Sensor:
         self._started = self._last_report = time.monotonic()
         log.info("sensor started", pid=os.getpid(), programs=len(self.programs.attached))
         self._dispatch([records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
-                                    programs=self.programs.attached, captured=self.captured)])
+                                    programs=self.programs.attached, captured=self.captured)]
+                       + self.cgroups.take())  # the containers already running
 
     def _check_types(self, types: Iterable[str]) -> None:
         known = set(self.table.syscalls) | set(OTHER_TYPES)
@@ -132,6 +140,13 @@ class Sensor:
     def stopped(self) -> bool:
         return self._stopped
 
+    @property
+    def idle(self) -> bool:
+        """Nothing unread in the ring buffer and no records held for a container's
+        identity: everything the kernel committed so far has been dispatched (once the
+        poll under way, if any, returns). Safe to read from any thread."""
+        return self._ring is not None and not self._ring.pending() and not self.cgroups.pending
+
     def stop(self) -> None:
         """Ask a `for record in sensor` loop to end after the current poll."""
         self._stopped = True
@@ -144,14 +159,20 @@ class Sensor:
         arrays, unknown = self.decoder.split(self._ring.drain())
         self._delivered.update({kind: sum(map(len, groups)) for kind, groups in arrays.items()})
         self.decoder.apply_cgroups(arrays, removals=False)
+        self.cgroups.account(arrays)
         self.processes.apply(arrays)
-        batch = self.decoder.records(arrays, self.emit_types) if self.emit else []
+        events = self.decoder.records(arrays, self.emit_types) if self.emit else []
         self.processes.forget_exited(arrays)
+        batch = self.cgroups.take()  # containers that started in this batch, before their events
+        batch += [record for record in events if not self.cgroups.hold(record)]
+        batch += self.cgroups.tick()
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
             batch += self._reports()
-        for cgroup_id in self.decoder.apply_cgroups(arrays, removals=True):
+        for cgroup_id, ts in self.decoder.apply_cgroups(arrays, removals=True):
+            self.cgroups.removed(cgroup_id, ts, self.reports.cgroup_losses(cgroup_id))
             self.reports.forget_cgroup(cgroup_id)
+        batch += self.cgroups.take()
         self._dispatch(batch)
         return batch
 
@@ -177,7 +198,7 @@ class Sensor:
             self.poll(0)
             if not self._ring.pending():
                 break
-        final = self._reports()
+        final = self.cgroups.flush() + self._reports()
         final.append(records.new("sensor", self.clock.now(), state="stopped",
                                  uptime_s=round(time.monotonic() - self._started, 3),
                                  events=dict(self._delivered), records=self._emitted + 1,

@@ -17,10 +17,13 @@ def test_ringbuf_benchmark_quick_mode(tmp_path):
     report = output.read_text()
     assert "<!-- ringbuf: begin -->" in report and "<!-- ringbuf: end -->" in report
     assert "Command: `benchmarks/ringbuf.py --quick`" in report
-    steps = re.findall(r"^\| (numba|bcc) \| ([\d,]+) \| [\d,]+ \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \|", report, re.M)
-    assert {s[0] for s in steps} == {"numba", "bcc"}
-    for _, _, generated, delivered, lost in steps:
+    steps = re.findall(r"^\| (transport|captured) \| (numba|bcc) \| ([\d,]+) \| [\d,]+ \| ([\d,]+) \| ([\d,]+) \| "
+                       r"([\d,]+) \|", report, re.M)
+    assert {s[:2] for s in steps} == {(load, consumer) for load in ("transport", "captured")
+                                      for consumer in ("numba", "bcc")}
+    for _, _, _, generated, delivered, lost in steps:
         # every event is delivered or counted lost
         assert int(delivered.replace(",", "")) + int(lost.replace(",", "")) == int(generated.replace(",", ""))
-    for mode in ("nothing attached", "bare BCC raw tracepoint", "Mayfly attached", "Mayfly emitting"):
+    for mode in ("nothing attached", "bare BCC raw tracepoint", "the same plus an empty raw sys_exit", "Mayfly attached",
+                 "Mayfly emitting"):
         assert re.search(rf"\| {mode}[^|]*\| \w+ \| [\d.]+ \|", report), mode

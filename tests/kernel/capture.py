@@ -3,16 +3,24 @@ cgroup of their own (no container runtime's events mixed in)."""
 
 import os
 import subprocess
+import time
 import uuid
 from contextlib import contextmanager
 
 from sensor import host
 
 
-def drain(sensor):
-    """Everything the kernel has committed (a finished container's events are all in)."""
-    while sensor.poll(0):
-        pass
+def drain(sensor, timeout=10.0):
+    """Wait until everything the kernel has committed has been dispatched (a finished
+    container's events are all in): by the session sensor's poller, or here for a
+    sensor of the test's own."""
+    if hasattr(sensor, "poller"):
+        sensor.poller.sync(timeout)
+        return
+    deadline = time.monotonic() + timeout
+    while sensor.poll(0) or not sensor.idle:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the sensor did not catch up within {timeout}s")
 
 
 def collect(sensor, cgroup_id):

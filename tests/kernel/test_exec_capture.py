@@ -26,7 +26,8 @@ def test_every_exec_in_a_container_carries_its_cgroup_id(sensor, rig):
 
     entrypoint, *children = execs(collect(sensor, cgroup_id))
     assert entrypoint["evt"]["filename"] == "/bin/sh" and entrypoint["proc"]["comm"] == "sh"
-    assert entrypoint["container"] == {"id": container.id, "cgroup_id": cgroup_id}
+    assert entrypoint["container"] == {"id": container.id, "runtime": "runc", "cgroup_id": cgroup_id,
+                                       "created": entrypoint["container"]["created"]}
     assert [r["evt"]["argv"] for r in children] == [["/bin/true", f"x{i}"] for i in range(RUNS)]
     assert [r["proc"]["cmdline"] for r in children] == [f"/bin/true x{i}" for i in range(RUNS)]
     assert all(r["evt"]["filename"] == "/bin/true" == r["proc"]["exe"] for r in children)

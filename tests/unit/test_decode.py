@@ -6,6 +6,7 @@ from sensor import layout
 from sensor.cgroups import CgroupTable
 from sensor.decode import Decoder, MonotonicClock
 from sensor.ringbuf import RawBatch
+from sensor.runtimes import Resolver
 from sensor.syscalls import SyscallTable
 
 EVENTS = layout.events()
@@ -32,8 +33,9 @@ def batch_of(*records: bytes) -> RawBatch:
 
 
 def decoder(paths=None):
-    cgroups = CgroupTable("/nonexistent")
-    cgroups.paths.update(paths or {4242: "/mayfly-abc"})
+    cgroups = CgroupTable("/nonexistent", Resolver("/nonexistent"))  # no runtime state anywhere
+    for cgroup_id, path in (paths or {4242: "/mayfly-abc"}).items():
+        cgroups.made(cgroup_id, path, 0)
     return Decoder(TABLE, cgroups, clock=MonotonicClock())
 
 
@@ -61,7 +63,7 @@ def test_event_records_carry_container_proc_and_evt():
     arrays, _ = d.split(batch_of(raw("fork", child_pid=7, clone_flags=17)))
     (record,) = d.records(arrays, None)
     assert record["kind"] == "event" and record["ts"] == 5_000_000_000 + d.clock.offset
-    assert record["container"] == {"id": "mayfly-abc", "cgroup_id": 4242}
+    assert record["container"] == {"id": "mayfly-abc", "resolved": False, "cgroup_id": 4242}
     assert record["proc"] == {"pid": 100, "tid": 100, "ppid": 1, "uid": 0, "gid": 0, "comm": "sh"}
     assert record["evt"] == {"type": "fork", "child_pid": 7, "clone_flags": 17}
 
@@ -114,45 +116,18 @@ def test_tcp_and_cgroup_events():
     assert tcp["evt"] == {"type": "tcp_state", "old": "CLOSE", "new": "SYN_SENT", "family": "inet",
                           "saddr": "127.0.0.1", "sport": 0, "daddr": "127.0.0.1", "dport": 80, "sk": 0}
     assert cgroup["evt"] == {"type": "cgroup_mkdir", "id": 555, "path": "/kubepods/pod1", "level": 1}
-    assert d.cgroups.container(555) == {"id": "pod1", "cgroup_id": 555}
+    assert d.cgroups.container(555) == {"id": "pod1", "resolved": False, "cgroup_id": 555}
 
 
 def test_removed_cgroups_still_name_their_last_events():
     d = decoder()
     rmdir = raw("cgroup", id=4242, op=C["MAYFLY_CGROUP_RMDIR"], level=1, path=b"/mayfly-abc".ljust(256, b"\0"))
     arrays, _ = d.split(batch_of(raw("exit", exit_code=0), rmdir))
-    d.apply_cgroups(arrays, removals=False)
+    assert d.apply_cgroups(arrays, removals=False) == []
     exit_record = d.records(arrays, frozenset({"procexit"}))[0]
-    d.apply_cgroups(arrays, removals=True)
+    (removed,) = d.apply_cgroups(arrays, removals=True)
+    assert removed == (4242, d.clock.to_epoch(5_000_000_000))
+    d.cgroups.removed(*removed, losses={})
     assert exit_record["container"]["id"] == "mayfly-abc"
-    assert 4242 not in d.cgroups.paths
-    assert d.cgroups.container(4242) == {"id": "mayfly-abc", "cgroup_id": 4242}  # late records still name it
-    assert d.cgroups.container(31337) == {"id": "cgroup-31337", "cgroup_id": 31337}
-
-
-def test_cgroup_scan_names_the_root_as_host(tmp_path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    table = CgroupTable(str(tmp_path))
-    table.scan()
-    assert table.container(tmp_path.stat().st_ino)["id"] == "host"
-    assert table.paths[(tmp_path / "a" / "b").stat().st_ino] == "/a/b"
-    assert table.container((tmp_path / "a" / "b").stat().st_ino)["id"] == "b"
-
-
-def test_a_syscall_sent_without_its_data_area_decodes():
-    d = decoder()
-    full = raw("syscall", nr=TABLE.numbers["close"], result=0, args=[7, 0, 0, 0, 0, 0])
-    data_at = EVENTS.structs["mayfly_syscall_event"].fields["data"][1]
-    arrays, _ = d.split(batch_of(full[:data_at]))
-    assert "data" not in arrays["syscall"][0].dtype.names
-    assert d.records(arrays, None)[0]["evt"] == {"type": "close", "res": 0, "fd": 7}
-
-
-def test_records_of_one_kind_are_grouped_by_length():
-    d = decoder()
-    data_at = EVENTS.structs["mayfly_syscall_event"].fields["data"][1]
-    short = raw("syscall", nr=TABLE.numbers["close"], result=0)[:data_at]
-    long = raw("syscall", nr=TABLE.numbers["unlink"], result=0, slot_len=[4, 0, 0])[:data_at + 256]
-    arrays, _ = d.split(batch_of(short, long, short))
-    assert sorted((len(a), a.dtype.itemsize) for a in arrays["syscall"]) == [(1, data_at + 256), (2, data_at)]
-    assert sorted(r["evt"]["type"] for r in d.records(arrays, None)) == ["close", "close", "unlink"]
+    assert d.cgroups.container(4242)["id"] == "mayfly-abc"  # late records still name it
+    assert d.cgroups.container(31337) == {"id": "cgroup-31337", "cgroup_id": 31337, "resolved": False}
