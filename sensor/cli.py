@@ -45,8 +45,13 @@ def _sink(ctx, param, values):
 @click.option("--cgroup-rate", default=ProgramConfig.cgroup_rate, show_default=True,
               help="Events per second one cgroup may emit on average (0: no limit).")
 @click.option("--report-interval", default=10.0, show_default=True, help="Seconds between flow and count records.")
+@click.option("--identity-deadline", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a new cgroup's records wait for its runtime's state before going out unresolved.")
+@click.option("--container-grace", default=300.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a removed container's identity is kept for late records.")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
-def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, report_interval, print_ebpf) -> None:
+def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, report_interval, identity_deadline,
+        container_grace, print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
 
@@ -64,7 +69,8 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
         return
     types = None if emit_events in (None, "all") else [t.strip() for t in emit_events.split(",") if t.strip()]
     sensor = Sensor(rules=rule_paths or None, sinks=outputs or [sinks.StreamSink()], config=config,
-                    emit_events=types if types is not None else emit_events, report_interval=report_interval)
+                    emit_events=types if types is not None else emit_events, report_interval=report_interval,
+                    identity_deadline=identity_deadline, container_grace=container_grace)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sensor.stop())
     deadline = time.monotonic() + duration if duration is not None else None

@@ -159,13 +159,14 @@ class Sensor:
         arrays, unknown = self.decoder.split(self._ring.drain())
         self._delivered.update({kind: sum(map(len, groups)) for kind, groups in arrays.items()})
         self.decoder.apply_cgroups(arrays, removals=False)
+        # Identities before anything else: a short-lived container's runtime state may
+        # be gone a few milliseconds after its exec woke us up.
+        batch = self.cgroups.tick()
         self.cgroups.account(arrays)
         self.processes.apply(arrays)
         events = self.decoder.records(arrays, self.emit_types) if self.emit else []
         self.processes.forget_exited(arrays)
-        batch = self.cgroups.take()  # containers that started in this batch, before their events
         batch += [record for record in events if not self.cgroups.hold(record)]
-        batch += self.cgroups.tick()
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
             batch += self._reports()
@@ -202,7 +203,9 @@ class Sensor:
         final.append(records.new("sensor", self.clock.now(), state="stopped",
                                  uptime_s=round(time.monotonic() - self._started, 3),
                                  events=dict(self._delivered), records=self._emitted + 1,
-                                 lost=dict(self.reports.lost_totals)))
+                                 lost=dict(self.reports.lost_totals),
+                                 tables={"cgroups": len(self.cgroups.entries),
+                                         "processes": len(self.processes.entries)}))
         self._dispatch(final)
         self._ring.close()
         self._ring = None
