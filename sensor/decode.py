@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from sensor import layout, records
+from sensor.batches import each
 from sensor.cgroups import CgroupTable
 from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
@@ -35,12 +36,6 @@ class MonotonicClock:
         return self.to_epoch(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
 
-def each(arrays: dict[str, list[np.ndarray]], kind: str):
-    """Every event of one kind in a split batch."""
-    for events in arrays.get(kind, ()):
-        yield from events
-
-
 def family_name(family: int) -> str:
     return "inet" if family == socket.AF_INET else "inet6"
 
@@ -63,6 +58,7 @@ class Decoder:
         self.kinds = self.layout.kinds()
         self._dtypes = {number: self.layout.structs[f"mayfly_{name}_event"] for number, name in self.kinds.items()}
         self._mkdir = self.layout.constants["MAYFLY_CGROUP_MKDIR"]
+        self._fd_notes: dict[tuple[int, int], dict] = {}
         # Buffers reused by every split (its arrays are views of them): grouping keys,
         # group counts (kind x row width in 8-byte units) and the grouped rows.
         self._itemsizes = np.zeros(max(self.kinds) + 1, np.int64)
@@ -105,8 +101,11 @@ class Decoder:
             arrays.setdefault(self.kinds[int(kind)], []).append(rows.view(dtype))
         return arrays, int(np.count_nonzero(keys < 0))
 
-    def records(self, arrays: dict[str, list[np.ndarray]], types: frozenset[str] | None) -> list[Record]:
-        """`event` records for the events whose evt.type is in `types` (None: all), in time order."""
+    def records(self, arrays: dict[str, list[np.ndarray]], types: frozenset[str] | None,
+                fds: dict[tuple[int, int], dict] | None = None) -> list[Record]:
+        """`event` records for the events whose evt.type is in `types` (None: all), in time
+        order. `fds`: what the fd an event names was then, by (tid, kernel time)."""
+        self._fd_notes = fds or {}
         wanted = None if types is None else [self.table.numbers[t] for t in types if t in self.table.numbers]
         result = []
         for kind, groups in arrays.items():
@@ -132,6 +131,9 @@ class Decoder:
 
     def _syscall(self, event: np.void) -> Record:
         evt = self.table.decode_args(event)
+        fd = self._fd_notes.get((int(event["hdr"]["tid"]), int(event["hdr"]["ktime_ns"])))
+        if fd is not None:
+            evt["fd"] = fd
         if evt["type"] in EXEC and evt["res"] == 0:
             argv = evt.get("argv", [])
             return self._record(event["hdr"], evt, exe=evt["filename"],

@@ -11,6 +11,7 @@ from sensor import host, layout, maps, records, resources, rule_loader, syscalls
 from sensor.bpf_program import ProgramConfig, Programs
 from sensor.cgroups import CgroupTable
 from sensor.decode import OTHER_TYPES, Decoder, MonotonicClock
+from sensor.fds import FdTable
 from sensor.log import get_logger
 from sensor.processes import ProcessTable
 from sensor.records import Record
@@ -87,13 +88,14 @@ class Sensor:
         try:
             self.set_rate_limit(self.config.cgroup_rate, self.config.cgroup_burst)
             self.set_capture(capture)
+            self.processes = ProcessTable(self.table)
+            self.processes.scan()
+            self.fds = FdTable(self.table)
             self._seed_parents()
             self.clock = MonotonicClock()
             self.cgroups = CgroupTable(host.cgroup2_root(), deadline_s=self.identity_deadline,
                                        grace_s=self.container_grace)
             self.cgroups.scan(self.clock.now())
-            self.processes = ProcessTable(self.table)
-            self.processes.scan()
             self.decoder = Decoder(self.table, self.cgroups, self.processes, self.clock)
             self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock)
             ring = self.programs["events"]
@@ -164,8 +166,8 @@ class Sensor:
         batch = self.cgroups.tick()
         self.cgroups.account(arrays)
         self.processes.apply(arrays)
-        events = self.decoder.records(arrays, self.emit_types) if self.emit else []
-        self.processes.forget_exited(arrays)
+        fd_notes = self.fds.apply(arrays)
+        events = self.decoder.records(arrays, self.emit_types, fd_notes) if self.emit else []
         batch += [record for record in events if not self.cgroups.hold(record)]
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
@@ -205,7 +207,8 @@ class Sensor:
                                  events=dict(self._delivered), records=self._emitted + 1,
                                  lost=dict(self.reports.lost_totals),
                                  tables={"cgroups": len(self.cgroups.entries),
-                                         "processes": len(self.processes.entries)}))
+                                         "processes": len(self.processes.entries),
+                                         "fd_tables": len(self.fds.processes)}))
         self._dispatch(final)
         self._ring.close()
         self._ring = None
@@ -226,18 +229,5 @@ class Sensor:
     def _seed_parents(self) -> None:
         """Fill the kernel's parent_of map for processes that forked before we started."""
         parent_of = self.programs["parent_of"]
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                ppid = _read_ppid(entry.path)
-                if ppid is not None:
-                    parent_of[parent_of.Key(int(entry.name))] = parent_of.Leaf(ppid)
-
-
-def _read_ppid(proc_dir: str) -> int | None:
-    try:
-        with open(os.path.join(proc_dir, "stat"), "rb") as f:
-            # comm may hold spaces and parentheses: fields resume after the last ')'.
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None  # the process exited while we looked
-
+        for pid, ppid in self.processes.parents().items():
+            parent_of[parent_of.Key(pid)] = parent_of.Leaf(ppid)

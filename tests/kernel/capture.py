@@ -56,3 +56,13 @@ def run_in_cgroup(cgroup_dir, argv):
 
 def events(records, evt_type=None):
     return [r for r in records if r["kind"] == "event" and evt_type in (None, r["evt"]["type"])]
+
+
+def run_fire(sensor, rig, fire, *args, **options):
+    """Run fire in a container; the events it made (not runc's before it), and the run."""
+    result = rig.run(["/usr/local/bin/fire", *map(str, args)], files={"/usr/local/bin/fire": fire}, **options)
+    assert result.exit_code == 0, result.stderr
+    records = [r for r in collect(sensor, result.cgroup_id) if r["kind"] == "event"]
+    (start,) = [i for i, r in enumerate(records) if r["evt"].get("filename") == "/usr/local/bin/fire"]
+    # runc's init runs as the same pid before it execs fire: keep what follows the exec.
+    return records[start + 1:], result

@@ -1,3 +1,4 @@
+import socket
 import threading
 import time
 from pathlib import Path
@@ -56,3 +57,11 @@ def fire(rig):
     """tests/kernel/fire.c, built static for the containers."""
     return rig.compile_static("fire", (Path(__file__).parent / "fire.c").read_text())
 
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield server
+    server.close()

@@ -167,6 +167,14 @@ static void fire(const char *action, int port)
         dup2(fd, 0);
         dup3(fd, 0, 0);
         close(fd);
+    } else if (!strcmp(action, "redirect_stdio")) {
+        /* What a reverse shell does: stdin and stdout onto a TCP connection. */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in addr = loopback(port);
+        connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+        dup2(fd, 0);
+        dup2(fd, 1);
+        close(fd);
     } else if (!strcmp(action, "dup")) {
         int fd = openat(AT_FDCWD, "/tmp/f-dup", O_CREAT | O_RDWR, 0600);
         int copy = dup(fd);

@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from capture import collect
+from capture import run_fire
 
 N = 5  # prime: doubled or missed events show
 
@@ -79,16 +79,6 @@ CASES = {
 }
 
 
-def run_fire(sensor, rig, fire, *args, **options):
-    """Run fire in a container; the events it made (not runc's before it), and the run."""
-    result = rig.run(["/usr/local/bin/fire", *map(str, args)], files={"/usr/local/bin/fire": fire}, **options)
-    assert result.exit_code == 0, result.stderr
-    records = [r for r in collect(sensor, result.cgroup_id) if r["kind"] == "event"]
-    (start,) = [i for i, r in enumerate(records) if r["evt"].get("filename") == "/usr/local/bin/fire"]
-    # runc's init runs as the same pid before it execs fire: keep what follows the exec.
-    return records[start + 1:], result
-
-
 @pytest.mark.parametrize("action", sorted(CASES))
 def test_syscall_event(sensor, rig, fire, action):
     events, _ = run_fire(sensor, rig, fire, action, N)
@@ -120,15 +110,6 @@ def test_execveat(sensor, rig, fire):
         assert event["evt"]["res"] == 0 and event["evt"]["dirfd"] == AT_FDCWD
         assert event["evt"]["filename"] == "/bin/true" and event["evt"]["argv"] == ["true", "from-execveat"]
         assert event["proc"]["comm"] == "true"
-
-
-@pytest.fixture
-def listener():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    yield server
-    server.close()
 
 
 def test_connect_bind_listen_accept_on_loopback(sensor, rig, fire, listener):

@@ -1,0 +1,184 @@
+"""Per-process fd tables: fd -> what it is (file, directory, ipv4, ipv6, unix, memfd, ...),
+its name and addresses, so that an event that carries only an fd number can say what
+the fd is (Falco's fd.* fields: "Redirect STDOUT/STDIN to Network Connection").
+
+Kept from the fd syscalls the kernel captures (open*, creat, socket, bind, connect,
+listen, accept*, memfd_create, dup*, fcntl(F_DUPFD*), close), inherited at fork as the
+kernel does, trimmed of close-on-exec fds at exec, dropped at exit. Bounded: at most
+`max_processes` tables (least recently used go first) of at most `max_fds` fds each
+(more are not kept, and counted in `overflow`). pipe, socketpair and the fds a process
+had before the sensor started are not known.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from sensor.batches import in_time_order
+from sensor.syscalls import EXEC, SyscallTable
+
+_OPENS = {"open", "openat", "openat2", "creat"}
+_DUPS = {"dup", "dup2", "dup3", "fcntl"}
+FD_SYSCALLS = _OPENS | _DUPS | {"socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create", "close"}
+_F_DUPFD, _F_DUPFD_CLOEXEC = 0, 1030
+_MFD_CLOEXEC = 1
+_SOCK_CLOEXEC = os.O_CLOEXEC  # SOCK_CLOEXEC has O_CLOEXEC's value on Linux
+_DOMAINS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix", socket.AF_NETLINK: "netlink"}
+_L4 = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}
+
+
+@dataclass(frozen=True)
+class Fd:
+    type: str                                  # file, directory, ipv4, ipv6, unix, netlink, socket, memfd
+    name: str | bytes = ""                     # path, memfd:<name>, or local->remote for sockets
+    l4proto: str | None = None
+    local: dict | None = None                  # decoded sockaddr
+    remote: dict | None = None
+    role: str | None = None                    # client (connected) or server (listening, accepted)
+    cloexec: bool = False
+
+    def as_record(self, num: int) -> dict:
+        fields = {"num": num, "type": self.type, "name": self.name or _endpoints(self.local, self.remote)}
+        for key in ("l4proto", "local", "remote", "role"):
+            if getattr(self, key) is not None:
+                fields[key] = getattr(self, key)
+        return fields
+
+
+def _endpoint(address: dict | None) -> str:
+    if not address:
+        return ""
+    if "path" in address:
+        return str(address["path"])
+    host = address.get("addr", "")
+    return f"[{host}]:{address.get('port', 0)}" if ":" in host else f"{host}:{address.get('port', 0)}"
+
+
+def _endpoints(local: dict | None, remote: dict | None) -> str:
+    return f"{_endpoint(local)}->{_endpoint(remote)}" if remote else _endpoint(local)
+
+
+class FdTable:
+    def __init__(self, table: SyscallTable, max_processes: int = 16384, max_fds: int = 1024):
+        self.table = table
+        self.max_processes = max_processes
+        self.max_fds = max_fds
+        self.processes: OrderedDict[int, dict[int, Fd]] = OrderedDict()
+        self.overflow = 0
+        self._nrs = [table.numbers[n] for n in FD_SYSCALLS | set(EXEC) if n in table.numbers]
+
+    def get(self, pid: int, fd: int) -> Fd | None:
+        return self.processes.get(pid, {}).get(fd)
+
+    def apply(self, arrays: dict[str, list[np.ndarray]]) -> dict[tuple[int, int], dict]:
+        """Learn a batch's fd events in the order they happened. Returns, for each event
+        that names an fd, what that fd was at the time, keyed by (tid, kernel time)."""
+        groups = [g for g in arrays.get("fork", ())] + [g for g in arrays.get("exit", ())]
+        groups += [g[np.isin(g["nr"], self._nrs)] for g in arrays.get("syscall", ())]
+        notes: dict[tuple[int, int], dict] = {}
+        for event in in_time_order(groups):
+            header = event["hdr"]
+            pid = int(header["pid"])
+            names = event.dtype.names
+            if "child_pid" in names:
+                self._fork(pid, int(event["child_pid"]))
+            elif "exit_code" in names:
+                self.processes.pop(pid, None)
+            else:
+                note = self._syscall(pid, self.table.decode_args(event))
+                if note is not None:
+                    notes[int(header["tid"]), int(header["ktime_ns"])] = note
+        return notes
+
+    def _fork(self, parent: int, child: int) -> None:
+        fds = self.processes.get(parent)
+        if fds:
+            self._table_of(child).update(fds)
+
+    def _table_of(self, pid: int) -> dict[int, Fd]:
+        fds = self.processes.get(pid)
+        if fds is None:
+            fds = self.processes[pid] = {}
+            while len(self.processes) > self.max_processes:
+                self.processes.popitem(last=False)
+        self.processes.move_to_end(pid)
+        return fds
+
+    def _put(self, pid: int, num: int, fd: Fd) -> None:
+        fds = self._table_of(pid)
+        if num not in fds and len(fds) >= self.max_fds:
+            self.overflow += 1
+            return
+        fds[num] = fd
+
+    def _syscall(self, pid: int, evt: dict) -> dict | None:
+        """Apply one fd syscall; the `fd` note for its record, if it names one."""
+        kind, res = evt["type"], evt["res"]
+        fds = self.processes.get(pid, {})
+        if kind in EXEC:
+            if res == 0 and fds:
+                self.processes[pid] = {n: fd for n, fd in fds.items() if not fd.cloexec}
+            return None
+        if kind in _OPENS:
+            if res >= 0:
+                flags = evt.get("flags", evt.get("how", {}).get("flags", 0)) if kind != "creat" else 0
+                self._put(pid, res, Fd("directory" if flags & os.O_DIRECTORY else "file",
+                                       self._path(fds, evt.get("dirfd"), evt["name"]),
+                                       cloexec=bool(flags & os.O_CLOEXEC)))
+            return None
+        if kind == "socket":
+            if res >= 0:
+                socktype = evt["socktype"]
+                domain = _DOMAINS.get(evt["domain"], "socket")
+                self._put(pid, res, Fd(domain, l4proto=_L4.get(socktype & 0xF) if domain.startswith("ipv") else None,
+                                       cloexec=bool(socktype & _SOCK_CLOEXEC)))
+            return None
+        if kind == "memfd_create":
+            if res >= 0:
+                self._put(pid, res, Fd("memfd", f"memfd:{evt['name']}", cloexec=bool(evt["flags"] & _MFD_CLOEXEC)))
+            return None
+        number = evt.get("fd", evt.get("oldfd"))
+        current = fds.get(number)
+        if kind == "close":
+            if res != -errno.EBADF:  # close releases the fd even when it fails otherwise
+                fds.pop(number, None)
+            return current.as_record(number) if current else None
+        if kind in _DUPS:
+            if res >= 0 and current is not None:
+                cloexec = (kind == "dup3" and evt["flags"] & os.O_CLOEXEC) or \
+                    (kind == "fcntl" and evt["cmd"] == _F_DUPFD_CLOEXEC)
+                self._put(pid, res, replace(current, cloexec=bool(cloexec)))
+                return replace(current, cloexec=bool(cloexec)).as_record(res)
+            return current.as_record(number) if current else None
+        if kind in ("accept", "accept4"):
+            if res >= 0 and current is not None:
+                accepted = replace(current, name="", remote=evt.get("addr"), role="server",
+                                   cloexec=bool(evt.get("flags", 0) & _SOCK_CLOEXEC))
+                self._put(pid, res, accepted)
+                return accepted.as_record(res)
+            return current.as_record(number) if current else None
+        if current is not None and (res == 0 or (kind == "connect" and res == -errno.EINPROGRESS)):
+            if kind == "bind":
+                current = replace(current, local=evt.get("addr"))
+            elif kind == "connect":
+                current = replace(current, remote=evt.get("addr"), role="client")
+            elif kind == "listen":
+                current = replace(current, role="server")
+            fds[number] = current
+        return current.as_record(number) if current else None
+
+    @staticmethod
+    def _path(fds: dict[int, Fd], dirfd: int | None, name) -> str | bytes:
+        """A path as given, or joined to its dirfd's directory when relative and known."""
+        base = fds.get(dirfd) if dirfd is not None else None
+        if base is None or base.type != "directory" or isinstance(name, bytes) or name.startswith("/") \
+                or isinstance(base.name, bytes):
+            return name
+        return os.path.join(base.name, name)
+

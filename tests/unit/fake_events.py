@@ -1,0 +1,63 @@
+"""Raw kernel records for unit tests, laid out by events.h as the ring delivers them."""
+
+import numpy as np
+
+from sensor import layout
+from sensor.cgroups import CgroupTable
+from sensor.decode import Decoder, MonotonicClock
+from sensor.ringbuf import RawBatch
+from sensor.runtimes import Resolver
+from sensor.syscalls import SyscallTable
+
+EVENTS = layout.events()
+C = EVENTS.constants
+TABLE = SyscallTable.from_headers(None)
+
+
+def raw(kind: str, cgroup_id=4242, pid=100, ktime=5_000_000_000, **fields) -> bytes:
+    event = np.zeros(1, EVENTS.structs[f"mayfly_{kind}_event"])
+    hdr = event["hdr"]
+    hdr["kind"] = C[f"MAYFLY_EVENT_{kind.upper()}"]
+    hdr["size"], hdr["ktime_ns"] = event.dtype.itemsize, ktime
+    hdr["cgroup_id"], hdr["pid"], hdr["tid"], hdr["ppid"], hdr["uid"], hdr["comm"] = cgroup_id, pid, pid, 1, 0, b"sh"
+    for name, value in fields.items():
+        event[name] = value
+    return event.tobytes()
+
+
+def batch_of(*records: bytes) -> RawBatch:
+    """Records as the ring drain lays them out: 8-byte aligned, one after another."""
+    padded = [r + bytes(-len(r) % 8) for r in records]
+    offsets = np.cumsum([0] + [len(p) for p in padded[:-1]]).astype(np.uint64)
+    return RawBatch(np.frombuffer(b"".join(padded), np.uint8), offsets, np.array([len(r) for r in records], np.uint32))
+
+
+def decoder(paths=None):
+    cgroups = CgroupTable("/nonexistent", Resolver("/nonexistent"))  # no runtime state anywhere
+    for cgroup_id, path in (paths or {4242: "/mayfly-abc"}).items():
+        cgroups.made(cgroup_id, path, 0)
+    return Decoder(TABLE, cgroups, clock=MonotonicClock())
+
+
+def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_000_000_000, **values) -> bytes:
+    """A syscall record as the kernel sends it: registers in args, strings and sockaddrs
+    (str or bytes values) in their slots."""
+    spec = TABLE.syscalls[syscall_name]
+    args, slot_len = [0] * 6, [0, 0, 0]
+    data = np.zeros(C["MAYFLY_DATA_LEN"], np.uint8)
+    slot_of = {index: slot for slot, index, _ in spec.slots()}
+    for index, (arg, _) in enumerate(spec.args):
+        value = values.get(arg, 0)
+        if index in slot_of:
+            content = value.encode() + b"\0" if isinstance(value, str) else bytes(value)
+            start = slot_of[index] * C["MAYFLY_STR_LEN"]
+            data[start:start + len(content)] = np.frombuffer(content, np.uint8)
+            slot_len[slot_of[index]] = len(content)
+        else:
+            args[index] = value & (2 ** 64 - 1)
+    return raw("syscall", pid=pid, ktime=ktime, nr=spec.nr, result=result, args=args, slot_len=slot_len, data=data)
+
+
+def inet(addr: str, port: int) -> bytes:
+    """A struct sockaddr_in."""
+    return (2).to_bytes(2, "little") + port.to_bytes(2, "big") + bytes(int(x) for x in addr.split(".")) + bytes(8)

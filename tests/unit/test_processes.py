@@ -1,0 +1,63 @@
+"""The process table: lineage from fork and exec events, seeded from /proc, bounded."""
+
+import os
+import sys
+
+from fake_events import TABLE, batch_of, decoder, raw, syscall
+
+from sensor.processes import Process, ProcessTable, read_proc
+
+
+def test_lineage_from_forks_and_execs_in_time_order():
+    d = decoder()
+    table = d.processes
+    table.entries[10] = Process("containerd-shim", "/usr/bin/containerd-shim", "containerd-shim -id x", 1)
+    # Out of time order in the batch: the table applies them by kernel time.
+    arrays, _ = d.split(batch_of(
+        syscall("execve", pid=12, ktime=40, filename="/usr/bin/curl", argv=b"curl\0-s\0evil\0"),
+        raw("fork", pid=10, ktime=10, child_pid=11),
+        syscall("execve", pid=11, ktime=20, filename="/bin/sh", argv=b"sh\0-c\0curl -s evil\0"),
+        raw("fork", pid=11, ktime=30, child_pid=12)))
+    table.apply(arrays)
+    assert table.get(11) == {"exe": "/bin/sh", "cmdline": "sh -c curl -s evil", "pname": "containerd-shim",
+                             "pexe": "/usr/bin/containerd-shim", "pcmdline": "containerd-shim -id x",
+                             "anames": ["containerd-shim"]}
+    curl = table.get(12)
+    assert (curl["exe"], curl["cmdline"], curl["pname"], curl["pexe"]) == ("/usr/bin/curl", "curl -s evil", "sh",
+                                                                          "/bin/sh")
+    assert curl["anames"] == ["sh", "containerd-shim"]  # parent, grandparent; pid 1 is not known here
+
+
+def test_a_child_is_its_parent_until_it_execs_and_ancestors_are_bounded():
+    table = ProcessTable(TABLE, ancestors=2)
+    for pid in range(1, 6):
+        table.entries[pid] = Process(f"p{pid}", f"/bin/p{pid}", f"p{pid}", pid - 1)
+    assert table.get(5)["anames"] == ["p4", "p3"]
+    d = decoder()
+    d.processes = table
+    arrays, _ = d.split(batch_of(raw("fork", pid=5, child_pid=6)))
+    table.apply(arrays)
+    assert table.entries[6] == Process("p5", "/bin/p5", "p5", 5)
+
+
+def test_loops_in_parent_links_end():
+    table = ProcessTable(TABLE)
+    table.entries[7] = Process("a", "/a", "a", 8)
+    table.entries[8] = Process("b", "/b", "b", 7)
+    assert table.get(7)["anames"] == ["b"]
+
+
+def test_the_table_is_bounded():
+    d = decoder()
+    d.processes = table = ProcessTable(TABLE, capacity=100)
+    for pid in range(1000, 1500):
+        arrays, _ = d.split(batch_of(raw("fork", pid=1, child_pid=pid)))
+        table.apply(arrays)
+    assert len(table.entries) == 100 and min(table.entries) == 1400
+
+
+def test_seed_from_proc():
+    me = read_proc(os.getpid())
+    assert me.exe == os.path.realpath(sys.executable) and me.ppid == os.getppid()
+    assert me.cmdline.startswith(sys.executable) or me.cmdline.split()[0].endswith("python")
+    assert read_proc(2 ** 22 + 1) is None
