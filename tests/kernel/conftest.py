@@ -36,7 +36,7 @@ class Poller(threading.Thread):
         raise AssertionError(f"the sensor did not catch up within {timeout}s") from self.error
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # this directory: stopped before the e2e tier runs
 def sensor():
     """One Sensor for the tier, emitting every event, without rate limits (tests fire
     bursts), polled by a thread of its own. Tests take their records with `collect`,
