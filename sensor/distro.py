@@ -40,10 +40,11 @@ class Distro:
         """What `make setup` installs: BCC, the container runtime and the test tools."""
         if self.family == "debian":
             # gcc-multilib: the tests build an ia32 helper to check 32-bit processes are seen.
+            # podman: the tests check that its containers are named from its state.
             multilib = ["gcc-multilib"] if platform.machine() == "x86_64" else []
-            return [self.bcc_package, "runc", "gcc", "libc6-dev", *multilib, "make", "python3-venv", "ruby"]
+            return [self.bcc_package, "runc", "podman", "gcc", "libc6-dev", *multilib, "make", "python3-venv", "ruby"]
         if self.family == "fedora":
-            return [self.bcc_package, "runc", "gcc", "glibc-static", "make", "ruby"]
+            return [self.bcc_package, "runc", "podman", "gcc", "glibc-static", "make", "ruby"]
         return []
 
 

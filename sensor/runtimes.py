@@ -310,8 +310,8 @@ class Resolver:
             spec = self._read(storage, "overlay-containers", container_id, "userdata", "config.json")
             if isinstance(spec, dict):
                 annotations = _bounded(spec.get("annotations"))
-                if not any(k.startswith("io.kubernetes.cri-o.") for k in annotations):
-                    continue  # podman keeps its containers in the same storage
+                if annotations.get("io.container.manager") == "libpod":
+                    continue  # podman keeps its containers in the same storage (with some cri-o keys)
                 identity = Identity(id=container_id, runtime="cri-o", labels=annotations)
                 _apply_annotations(identity, annotations)
                 return identity

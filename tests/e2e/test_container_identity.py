@@ -1,6 +1,8 @@
 """Issue 4's acceptance: `mayfly run` names the runc container behind every record, even
 for containers that live well under a second, across churn and a sensor restart."""
 
+import os
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,3 +145,29 @@ def test_churn_keeps_the_tables_and_memory_flat(rig, tmp_path):
     assert rss_after - rss_before < 8 * 1024, (rss_before, rss_after)
     print(f"churn: 2000 containers, {len(unresolved)} unresolved, RSS {rss_before} -> {rss_after} KiB, "
           f"tables at stop {stopped['tables']}")
+
+
+def test_a_podman_container_is_named_from_podmans_state(rig, tmp_path):
+    """Podman (from Debian) with the rig's busybox image imported. The ulimits are
+    explicit because this VM's root lacks CAP_SYS_RESOURCE, which podman's defaults need."""
+    image = "localhost/mayfly-busybox:test"
+    if subprocess.run(["podman", "image", "exists", image]).returncode:
+        archive = tmp_path / "image.tar"
+        subprocess.run(["tar", "-C", rig.image, "-cf", str(archive), "."], check=True)
+        subprocess.run(["podman", "import", "-q", str(archive), image], check=True, capture_output=True)
+    name = f"mayfly-podman-{os.getpid()}"
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--emit-events=execve", "--output", f"file:{output}")
+    try:
+        run = subprocess.run(["podman", "run", "--rm", "--name", name, "--network=none", "--ulimit", "nofile=1024:1024",
+                              "--ulimit", "nproc=1024:1024", image, "/bin/true", "from-podman"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+    finally:
+        sensor.stop()
+    (exec_record,) = [r for r in read_records(output) if r["kind"] == "event"
+                      and r["evt"].get("argv") == ["/bin/true", "from-podman"]]
+    container = exec_record["container"]
+    assert (container["runtime"], container["name"]) == ("podman", name) and len(container["id"]) == 64
+    assert container["image"]["name"] == image and container["image"]["tag"] == "test"
+    assert container["image"]["id"] and container["labels"]["io.container.manager"] == "libpod"

@@ -131,12 +131,13 @@ def test_podman_from_containers_storage(tmp_path):
     write(tmp_path, "var/lib/containers/storage/overlay-images/images.json", [
         {"id": image_id, "names": ["docker.io/library/postgres:16"], "digest": "sha256:beef"}])
     write(tmp_path, f"var/lib/containers/storage/overlay-containers/{ID}/userdata/config.json",
-          {"annotations": {"io.container.manager": "libpod"}})
+          {"annotations": {"io.container.manager": "libpod", "io.kubernetes.cri-o.TTY": "false"}})
+    assert Resolver(str(tmp_path)).resolve(f"/kubepods/pod{UID}/crio-{ID}").resolved is False  # not CRI-O's
     record = Resolver(str(tmp_path)).resolve(f"/machine.slice/libpod-{ID}.scope/container").as_record()
     assert record == {"id": ID, "runtime": "podman", "name": "db", "created": "2026-11-23T08:00:00Z",
                       "image": {"name": "docker.io/library/postgres:16", "repository": "docker.io/library/postgres",
                                 "tag": "16", "id": image_id, "digest": "sha256:beef"},
-                      "labels": {"io.container.manager": "libpod"}}
+                      "labels": {"io.container.manager": "libpod", "io.kubernetes.cri-o.TTY": "false"}}
 
 
 def test_a_container_path_without_state_yet_is_unresolved_and_host_paths_are_host(tmp_path):
