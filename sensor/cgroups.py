@@ -8,11 +8,17 @@ A cgroup whose identity is not known yet (its runtime has not written its state)
 pending: its records are held, up to `hold_max`, and released enriched once the state
 is readable, or after `deadline_s` with what is known and `resolved: false`. A
 container's entry outlives its cgroup by `grace_s`, for late records.
+
+A container may live for 20 ms, and its runtime removes its state when it ends. The
+poll loop can be held up longer than that (a report, a large batch, a collection), so
+`start_watching()` runs a thread that looks at pending cgroups' state every few
+milliseconds on its own; the poll loop takes what it found.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,6 +31,44 @@ from sensor.records import Record
 from sensor.runtimes import Identity, Resolver
 
 log = get_logger("cgroups")
+
+
+class _Watcher(threading.Thread):
+    """Resolves pending cgroups apart from the poll loop; thread-safe hand-over."""
+
+    def __init__(self, resolver: Resolver, interval_s: float):
+        super().__init__(name="mayfly-identity", daemon=True)
+        self.resolver = resolver
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._paths: dict[int, str] = {}
+        self._found: dict[int, Identity] = {}
+        self._stopping = threading.Event()
+
+    def watch(self, cgroup_id: int, path: str) -> None:
+        with self._lock:
+            self._paths[cgroup_id] = path
+
+    def take(self, cgroup_id: int) -> Identity | None:
+        """What was found for the cgroup, if anything; it is no longer watched."""
+        with self._lock:
+            self._paths.pop(cgroup_id, None)
+            return self._found.pop(cgroup_id, None)
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            with self._lock:
+                paths = list(self._paths.items())
+            for cgroup_id, path in paths:
+                identity = self.resolver.resolve(path)
+                if identity.resolved:
+                    with self._lock:
+                        if self._paths.pop(cgroup_id, None) is not None:
+                            self._found[cgroup_id] = identity
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
 
 
 @dataclass
@@ -54,6 +98,19 @@ class CgroupTable:
         self._removed: OrderedDict[int, None] = OrderedDict()  # in removal order, for the grace period
         self._out: list[Record] = []                           # lifecycle records not yet taken
         self._pending: set[int] = set()                         # cgroups whose records are held
+        self._watcher: _Watcher | None = None
+
+    def start_watching(self, interval_s: float = 0.002) -> None:
+        """Look at pending cgroups every `interval_s` from a thread of its own."""
+        self._watcher = _Watcher(self.resolver, interval_s)
+        for cgroup_id in self._pending:
+            self._watcher.watch(cgroup_id, self.entries[cgroup_id].path)
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
 
     # ---- keeping the table ----
 
@@ -78,6 +135,8 @@ class CgroupTable:
         if not identity.resolved:
             entry.pending_until = time.monotonic() + self.deadline_s
             self._pending.add(cgroup_id)
+            if self._watcher is not None:
+                self._watcher.watch(cgroup_id, path)
         elif identity.is_container:
             self._started(entry, existing)
 
@@ -166,8 +225,11 @@ class CgroupTable:
     # ---- internals ----
 
     def _resolve(self, cgroup_id: int, entry: Entry, final: bool) -> None:
-        identity = self.resolver.resolve(entry.path)
+        found = self._watcher.take(cgroup_id) if self._watcher is not None else None
+        identity = found or self.resolver.resolve(entry.path)
         if not identity.resolved and not final:
+            if self._watcher is not None:
+                self._watcher.watch(cgroup_id, entry.path)
             return
         entry.identity = identity
         entry.container.clear()  # records already made share this map

@@ -32,6 +32,7 @@ import json
 import os
 import re
 import stat
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sensor.log import get_logger
@@ -68,11 +69,20 @@ _POD = re.compile(r"(?:kubepods(?:-\w+)?-)?pod(?P<uid>[0-9a-f]{8}[-_][0-9a-f]{4}
 _SYSTEMD_UNIT = re.compile(r".+\.(service|slice|scope|mount|socket|swap|target|device|automount|path|timer)")
 
 
+# Cgroups runtimes make to hold their containers (the containers are below them).
+_RUNTIME_PARENTS = {"docker", "libpod_parent", "kubepods", "besteffort", "burstable", "guaranteed", "machine",
+                    "lxc", "podruntime", "runtime"}
+
+
 def is_host_cgroup(path: str) -> bool:
-    """The root, and systemd units that no container pattern matched: never a container."""
+    """The root, systemd units and runtimes' parent cgroups (a Kubernetes pod's too)
+    that no container pattern matched: never a container."""
     parts = [p for p in path.split("/") if p and p != "container"]
-    return not parts or parts[-1] in (".", "..") or bool(_SYSTEMD_UNIT.fullmatch(parts[-1])) \
-        and parse_cgroup_path(path) is None
+    if not parts or parts[-1] in (".", ".."):
+        return True
+    last = parts[-1]
+    return parse_cgroup_path(path) is None and (
+        bool(_SYSTEMD_UNIT.fullmatch(last)) or last in _RUNTIME_PARENTS or bool(_POD.fullmatch(last)))
 
 
 @dataclass
@@ -205,6 +215,7 @@ class Resolver:
 
     def __init__(self, root: str = "/"):
         self.root = root
+        self._warned: OrderedDict[str, None] = OrderedDict()  # said once, not at every retry
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -221,7 +232,11 @@ class Resolver:
                 raise StateError(f"{path}: resolves outside {base}")
             return read_json(path)
         except StateError as e:
-            log.warning("unusable runtime state", error=str(e))
+            if str(e) not in self._warned:
+                log.warning("unusable runtime state", error=str(e))
+                self._warned[str(e)] = None
+                if len(self._warned) > 1024:
+                    self._warned.popitem(last=False)
             return None
 
     def resolve(self, cgroup_path: str) -> Identity:

@@ -22,6 +22,7 @@ from sensor.sinks import CallbackSink, Sink
 log = get_logger("sensor")
 
 ALL = "all"
+PENDING_RETRY_MS = 5  # how often a cgroup whose identity is pending is looked at again
 
 
 class Sensor:
@@ -96,11 +97,14 @@ class Sensor:
             self.cgroups = CgroupTable(host.cgroup2_root(), deadline_s=self.identity_deadline,
                                        grace_s=self.container_grace)
             self.cgroups.scan(self.clock.now())
+            self.cgroups.start_watching()
             self.decoder = Decoder(self.table, self.cgroups, self.processes, self.clock)
             self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock)
             ring = self.programs["events"]
             self._ring = RingReader(ring.map_fd, ring.max_entries)
         except BaseException:
+            if getattr(self, "cgroups", None) is not None:
+                self.cgroups.stop_watching()
             self.programs.close()
             raise
         self._started = self._last_report = time.monotonic()
@@ -157,6 +161,10 @@ class Sensor:
         """Wait up to `timeout_ms` for events; return (and dispatch) the records."""
         if self._ring is None:
             raise RuntimeError("the sensor is not running: use it as a context manager or call start()")
+        if self.cgroups.pending:
+            # A new container's runtime writes its state a few ms after its cgroup, and may
+            # remove it a few ms after its exec: look again soon, not at the next event.
+            timeout_ms = min(timeout_ms, PENDING_RETRY_MS)
         self._ring.wait(timeout_ms / 1000)
         arrays, unknown = self.decoder.split(self._ring.drain())
         self._delivered.update({kind: sum(map(len, groups)) for kind, groups in arrays.items()})
@@ -210,6 +218,7 @@ class Sensor:
                                          "processes": len(self.processes.entries),
                                          "fd_tables": len(self.fds.processes)}))
         self._dispatch(final)
+        self.cgroups.stop_watching()
         self._ring.close()
         self._ring = None
         self.programs.close()

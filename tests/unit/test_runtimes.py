@@ -145,7 +145,9 @@ def test_a_container_path_without_state_yet_is_unresolved_and_host_paths_are_hos
     assert identity.as_record() == {"id": ID, "runtime": "cri-o", "k8s": {"pod": {"uid": UID}}, "resolved": False}
     # a plain cgroup may be a runc container whose state is not written yet
     assert Resolver(str(tmp_path)).resolve("/web-2").as_record() == {"id": "web-2", "resolved": False}
-    for host in ("/", "/system.slice/cron.service", "/user.slice/user-1000.slice/session-2.scope", "/init.scope"):
+    for host in ("/", "/system.slice/cron.service", "/user.slice/user-1000.slice/session-2.scope", "/init.scope",
+                 "/libpod_parent", "/docker", "/kubepods", "/kubepods/burstable", f"/kubepods/burstable/pod{UID}",
+                 f"/kubepods.slice/kubepods-pod{ESCAPED_UID}.slice"):
         assert Resolver(str(tmp_path)).resolve(host).as_record() == {"id": "host"}
 
 
