@@ -50,9 +50,11 @@ def _sink(ctx, param, values):
               help="Seconds a new cgroup's records wait for its runtime's state before going out unresolved.")
 @click.option("--container-grace", default=300.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a removed container's identity is kept for late records.")
+@click.option("--ancestors", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Generations of ancestors' names records carry (proc.anames).")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
 def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, report_interval, identity_deadline,
-        container_grace, print_ebpf) -> None:
+        container_grace, ancestors, print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
 
@@ -71,7 +73,7 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
     types = None if emit_events in (None, "all") else [t.strip() for t in emit_events.split(",") if t.strip()]
     sensor = Sensor(rules=rule_paths or None, sinks=outputs or [sinks.StreamSink()], config=config,
                     emit_events=types if types is not None else emit_events, report_interval=report_interval,
-                    identity_deadline=identity_deadline, container_grace=container_grace)
+                    identity_deadline=identity_deadline, container_grace=container_grace, ancestors=ancestors)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sensor.stop())
     deadline = time.monotonic() + duration if duration is not None else None

@@ -38,7 +38,8 @@ class Sensor:
     after the sinks. `report_interval`: seconds between flow and syscall-count records.
     `identity_deadline`: seconds a new cgroup's records wait for its runtime's state
     before they go out marked `resolved: false`. `container_grace`: seconds a removed
-    container's identity is kept for late records.
+    container's identity is kept for late records. `ancestors`: how many generations
+    of process names records carry (`proc.anames`).
 
     One thread polls (iterates); `stop()` may be called from any thread or a signal
     handler. Needs root (CAP_BPF and CAP_PERFMON).
@@ -47,7 +48,7 @@ class Sensor:
     def __init__(self, rules: Iterable[str | os.PathLike] | None = None, sinks: Iterable[Sink] = (),
                  on_record: Callable[[Record], None] | None = None, config: ProgramConfig | None = None,
                  emit_events: str | Iterable[str] | None = None, report_interval: float = 10.0,
-                 identity_deadline: float = 1.0, container_grace: float = 300.0):
+                 identity_deadline: float = 1.0, container_grace: float = 300.0, ancestors: int = 5):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
@@ -58,6 +59,7 @@ class Sensor:
         self.report_interval = report_interval
         self.identity_deadline = identity_deadline
         self.container_grace = container_grace
+        self.ancestors = ancestors
         self.ruleset: rule_loader.RuleSet | None = None
         self.programs: Programs | None = None
         self._ring: RingReader | None = None
@@ -89,7 +91,7 @@ class Sensor:
         try:
             self.set_rate_limit(self.config.cgroup_rate, self.config.cgroup_burst)
             self.set_capture(capture)
-            self.processes = ProcessTable(self.table)
+            self.processes = ProcessTable(self.table, ancestors=self.ancestors)
             self.processes.scan()
             self.fds = FdTable(self.table)
             self._seed_parents()
