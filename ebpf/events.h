@@ -15,7 +15,7 @@
 #ifndef MAYFLY_EVENTS_H
 #define MAYFLY_EVENTS_H
 
-#define MAYFLY_SCHEMA_VERSION 3
+#define MAYFLY_SCHEMA_VERSION 4
 
 #define MAYFLY_COMM_LEN 16
 #define MAYFLY_STR_LEN 256          /* one data slot of a syscall event */
@@ -168,11 +168,14 @@ struct mayfly_cgroup_state {
     __u64 ring_lost;     /* events lost to a full ring buffer */
 };
 
-/* `syscall_counts` per-CPU hash: every syscall made, per cgroup. */
-struct mayfly_count_key {
-    __u64 cgroup_id;
-    __u32 nr;
-    __u32 _pad0;
+/* `syscall_counts` per-CPU array: one row of counters per counted cgroup, every syscall
+ * it makes. A cgroup's row (its slot, in `count_slots`) is handed out by the kernel from
+ * the `free_count_slots` queue and given back by user space once the cgroup is gone and
+ * reported. Slot 0 counts cgroups that found no free slot. The counters wrap at 2^32:
+ * user space reads them far more often than that. */
+#define MAYFLY_COUNT_OVERFLOW_SLOT 0
+struct mayfly_count_row {
+    __u32 n[MAYFLY_MAX_SYSCALLS];
 };
 
 /* `tracked_fds` hash: the fds user space keeps a table of. */

@@ -19,7 +19,7 @@
 
 #if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_MAX_PROCS) || !defined(MAYFLY_MAX_PENDING) || \
     !defined(MAYFLY_MAX_CGROUPS) || !defined(MAYFLY_MAX_FDS) || !defined(MAYFLY_MAX_FLOWS) || \
-    !defined(MAYFLY_MAX_COUNTS) || !defined(MAYFLY_COUNT_SYSCALLS) || !defined(MAYFLY_PENDING_SLOTS)
+    !defined(MAYFLY_COUNT_SLOTS) || !defined(MAYFLY_COUNT_SYSCALLS) || !defined(MAYFLY_PENDING_SLOTS)
 #error "the loader's cflags must set every MAYFLY_* size"
 #endif
 #if MAYFLY_EXPECTED_SCHEMA != MAYFLY_SCHEMA_VERSION
@@ -49,7 +49,19 @@ BPF_HASH(pending, u32, struct mayfly_syscall_event, MAYFLY_MAX_PENDING);
 BPF_HASH(cgroup_state, u64, struct mayfly_cgroup_state, MAYFLY_MAX_CGROUPS);
 /* Written by user space only: cgroups whose events are dropped (MAYFLY_POLICY_*). */
 BPF_HASH(cgroup_policy, u64, u32, MAYFLY_MAX_CGROUPS);
-BPF_TABLE("lru_percpu_hash", struct mayfly_count_key, u64, syscall_counts, MAYFLY_MAX_COUNTS);
+#if MAYFLY_COUNT_SYSCALLS
+BPF_PERCPU_ARRAY(syscall_counts, struct mayfly_count_row, MAYFLY_COUNT_SLOTS);
+BPF_HASH(count_slots, u64, u32, MAYFLY_COUNT_SLOTS);
+BPF_QUEUE(free_count_slots, u32, MAYFLY_COUNT_SLOTS);
+/* Internal: the cgroup this CPU counted last and its slot, so that a run of syscalls
+ * from one cgroup costs array lookups only, no hash. */
+struct count_cache {
+    u64 cgroup_id;
+    u32 slot;
+    u32 _pad;
+};
+BPF_PERCPU_ARRAY(count_cache, struct count_cache, 1);
+#endif
 BPF_TABLE("lru_hash", struct mayfly_fd_key, u8, tracked_fds, MAYFLY_MAX_FDS);
 BPF_TABLE("lru_hash", struct mayfly_flow_key, struct mayfly_flow_value, flows, MAYFLY_MAX_FLOWS);
 /* tgid -> parent tgid, learnt at fork and seeded from /proc at start, because
@@ -72,6 +84,37 @@ struct exit_info {
     u32 has_code;
 };
 BPF_TABLE("lru_hash", u32, struct exit_info, exit_info, MAYFLY_MAX_PROCS);
+
+#if MAYFLY_COUNT_SYSCALLS
+/* The cgroup's counter row: the one it has, else a free one (MAYFLY_COUNT_OVERFLOW_SLOT
+ * when none is left). */
+static __always_inline u32 count_slot(u64 cgroup_id)
+{
+    u32 zero = 0;
+    struct count_cache *cache = count_cache.lookup(&zero);
+    if (!cache)
+        return MAYFLY_COUNT_OVERFLOW_SLOT;
+    if (cache->cgroup_id == cgroup_id)
+        return cache->slot;
+    u32 slot;
+    u32 *known = count_slots.lookup(&cgroup_id);
+    if (known) {
+        slot = *known;
+    } else if (free_count_slots.pop(&slot) == 0) {
+        if (count_slots.insert(&cgroup_id, &slot)) {
+            /* Another CPU gave this cgroup a slot first: give ours back. */
+            free_count_slots.push(&slot, 0);
+            known = count_slots.lookup(&cgroup_id);
+            slot = known ? *known : MAYFLY_COUNT_OVERFLOW_SLOT;
+        }
+    } else {
+        return MAYFLY_COUNT_OVERFLOW_SLOT; /* not cached: the next syscall looks for a free row again */
+    }
+    cache->cgroup_id = cgroup_id;
+    cache->slot = slot;
+    return slot;
+}
+#endif
 
 static __always_inline struct mayfly_config *get_config(void)
 {
@@ -374,14 +417,10 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 
 #if MAYFLY_COUNT_SYSCALLS
     /* Every syscall of every cgroup is counted: the baselines' raw material. */
-    struct mayfly_count_key count_key = {.cgroup_id = cgroup_id, .nr = nr};
-    u64 *count = syscall_counts.lookup(&count_key);
-    if (count) {
-        (*count)++;
-    } else {
-        u64 one = 1;
-        syscall_counts.update(&count_key, &one);
-    }
+    u32 slot = count_slot(cgroup_id);
+    struct mayfly_count_row *row = syscall_counts.lookup(&slot);
+    if (row && nr < MAYFLY_MAX_SYSCALLS)
+        row->n[nr]++;
 #endif
 
     u32 index = nr;

@@ -17,7 +17,7 @@ from sensor import distro, host, kernel_headers, layout, resources
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
 # The schema version of events.h that sensor/decode.py and sensor/syscalls.py read.
-EXPECTED_SCHEMA = 3
+EXPECTED_SCHEMA = 4
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
 REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_exit", "task/task_newtask",
@@ -59,7 +59,7 @@ class ProgramConfig:
     max_cgroups: int = 16384
     max_fds: int = 262144
     max_flows: int = 65536
-    max_counts: int = 65536       # (cgroup, syscall) counters
+    count_slots: int = 1024       # cgroups counted at once (2 KiB per CPU each)
 
     def __post_init__(self):
         for name in ("ringbuf_pages", "pending_slots"):
@@ -67,7 +67,7 @@ class ProgramConfig:
             if value <= 0 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, not {value}")
         for name in ("cgroup_rate", "cgroup_burst", "wakeup_every", "max_procs", "max_pending", "max_cgroups",
-                     "max_fds", "max_flows", "max_counts"):
+                     "max_fds", "max_flows", "count_slots"):
             if getattr(self, name) < (0 if name == "cgroup_rate" else 1):
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
 
@@ -75,7 +75,7 @@ class ProgramConfig:
         sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending,
                  "PENDING_SLOTS": self.pending_slots,
                  "MAX_CGROUPS": self.max_cgroups, "MAX_FDS": self.max_fds, "MAX_FLOWS": self.max_flows,
-                 "MAX_COUNTS": self.max_counts, "COUNT_SYSCALLS": int(self.count_syscalls),
+                 "COUNT_SLOTS": self.count_slots, "COUNT_SYSCALLS": int(self.count_syscalls),
                  "EXPECTED_SCHEMA": EXPECTED_SCHEMA}
         return ([f"-I{resources.ebpf_dir()}"] + [f"-DMAYFLY_{k}={v}" for k, v in sizes.items()]
                 + [f"-D{d}" for d in sorted(set(tracepoint_defines))])
@@ -131,6 +131,12 @@ class Programs:
         self.bpf = bcc.BPF(src_file=str(resources.ebpf_file(SOURCE)).encode(), cflags=config.cflags(self.defines))
         self._links: list[int] = []
         try:
+            if config.count_syscalls:
+                # Every slot but the overflow one is free at first; user space gives
+                # back those of cgroups that are gone.
+                free = self["free_count_slots"]
+                for slot in range(1, config.count_slots):
+                    free.push(free.Leaf(slot))
             if config.flows:
                 self._attach_flows(bcc)
         except Exception:

@@ -36,6 +36,8 @@ class KernelReports:
         self._stats_seen = np.zeros(self.constants["MAYFLY_STAT_COUNT"], np.uint64)
         self._ring_lost_seen = np.zeros(self.constants["MAYFLY_RING_LOST_SLOTS"], np.uint64)
         self._cgroup_seen: dict[int, tuple[int, int]] = {}
+        self._counts_seen: np.ndarray | None = None  # the counter rows as last read
+        self._gone: set[int] = set()                 # cgroups whose counter slots to free after the next report
 
     def _read_array(self, name: str) -> np.ndarray:
         keys, values = maps.read_all(self.programs[name], U32, U64, percpu=True)
@@ -108,15 +110,37 @@ class KernelReports:
         return result
 
     def syscall_counts(self, interval_s: float) -> list[Record]:
-        keys, values = maps.read_all(self.programs["syscall_counts"], self.structs["mayfly_count_key"], U64,
-                                     percpu=True, delete=True)
-        per_cgroup: dict[int, Counter] = {}
-        for key, count in zip(keys.tolist(), values.sum(axis=1).tolist()):
-            per_cgroup.setdefault(key[0], Counter())[self.table.name(key[1])] += count
+        """Each counted cgroup's syscalls since the last call (rows of per-CPU u32
+        counters, read whole and compared with the last reading), then the slots of
+        cgroups that are gone go back to the kernel's free queue."""
+        slots = dict(zip(*(a.tolist() for a in maps.read_all(self.programs["count_slots"], U64, U32))))
+        _, rows = maps.read_all(self.programs["syscall_counts"], U32, self.structs["mayfly_count_row"], percpu=True)
+        current = rows["n"]  # slot x CPU x syscall number
+        if self._counts_seen is None:
+            self._counts_seen = np.zeros_like(current)
+        per_slot = (current - self._counts_seen).astype(np.uint64).sum(axis=1)  # u32 arithmetic wraps
+        self._counts_seen = current
         now = self.clock.now()
-        return [records.new("syscall_counts", now, container=self.cgroups.container(cgroup_id),
-                            interval_s=interval_s, counts=dict(counts))
-                for cgroup_id, counts in per_cgroup.items()]
+        result = []
+        overflow = self.constants["MAYFLY_COUNT_OVERFLOW_SLOT"]
+        for cgroup_id, slot in [(None, overflow), *slots.items()]:
+            counts = {self.table.name(nr): int(per_slot[slot, nr]) for nr in np.flatnonzero(per_slot[slot])}
+            if counts:
+                where = {"unattributed": True} if cgroup_id is None else {"container": self.cgroups.container(cgroup_id)}
+                result.append(records.new("syscall_counts", now, interval_s=interval_s, counts=counts, **where))
+        for cgroup_id in self._gone & slots.keys():
+            self._free_slot(cgroup_id, slots[cgroup_id])
+        self._gone.clear()
+        return result
+
+    def _free_slot(self, cgroup_id: int, slot: int) -> None:
+        """A gone cgroup's counter row, reported, goes back to the kernel (zeroed)."""
+        counts, names = self.programs["syscall_counts"], self.programs["count_slots"]
+        del names[names.Key(cgroup_id)]
+        counts[counts.Key(slot)] = counts.Leaf()  # zero on every CPU
+        self._counts_seen[slot] = 0
+        free = self.programs["free_count_slots"]
+        free.push(free.Leaf(slot))
 
     def cgroup_losses(self, cgroup_id: int) -> dict[str, int]:
         """What the kernel suppressed (rate_limited) and could not send (ring_full) for
@@ -129,7 +153,8 @@ class KernelReports:
         return {"rate_limited": int(value.rate_limited), "ring_full": int(value.ring_lost)}
 
     def forget_cgroup(self, cgroup_id: int) -> None:
-        """After a cgroup is gone and reported: drop its kernel state."""
+        """After a cgroup is gone: drop its kernel state (its counters once reported)."""
+        self._gone.add(cgroup_id)
         self._cgroup_seen.pop(cgroup_id, None)
         state = self.programs["cgroup_state"]
         try:
