@@ -455,8 +455,9 @@ def report(results: dict, command: str) -> str:
               f"the bare count already costs {exit_floor:.2f}x. Per-syscall tracepoints cost "
               f"{added['per_syscall_tracepoints'] / floor:.2f}x for a syscall of no interest, but counting every "
               "syscall per cgroup (the counters the baselines need) takes a program on every syscall, that is at "
-              f"least the bare count itself. The per-cgroup, per-syscall counter accounts for {counters:.0f} ns, "
-              "the exit program, which results need, for most of the rest.",
+              f"least the bare count itself. The per-cgroup, per-syscall counter accounts for {counters:.0f} ns; "
+              f"beyond the floor with an exit program ({added['bare_raw_count_and_exit']:.0f} ns), Mayfly's own "
+              f"enter and exit work adds {added['mayfly_uninteresting'] - added['bare_raw_count_and_exit']:.0f} ns.",
               ]
     lines.append(END)
     return "\n".join(lines) + "\n"
