@@ -41,6 +41,7 @@
 #define MAYFLY_READ_FIXED 4         /* `len` bytes at args[arg] */
 #define MAYFLY_READ_ARGV 5          /* the strings of the array at args[arg], NUL-separated;
                                      * only in slot 1, and fills slots 1 and 2 */
+#define MAYFLY_READ_FIXED_OUT 6     /* `len` bytes at args[arg], written by the kernel: read at exit */
 
 /* mayfly_syscall_event.flags */
 #define MAYFLY_SYSCALL_COMPAT 1     /* exec of a 32-bit (ia32) image */
@@ -53,6 +54,7 @@
 #define MAYFLY_SPEC_UNTRACK_FD0 16  /* args[0] stops being an fd (close) */
 #define MAYFLY_SPEC_DUPFD_CMD 32    /* fcntl: only F_DUPFD and F_DUPFD_CLOEXEC in args[1] */
 #define MAYFLY_SPEC_EXIT_CODE 64    /* exit/exit_group: keep args[0] as the exit code, emit nothing */
+#define MAYFLY_SPEC_TRACK_PAIR 128  /* on success, the two ints read into slot 0 are new fds (pipe) */
 
 /* `cgroup_policy` values */
 #define MAYFLY_POLICY_TRACK 0

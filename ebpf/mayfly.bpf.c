@@ -319,10 +319,10 @@ static __always_inline void read_slot(struct mayfly_syscall_event *e, struct may
     u64 len = 0;
     int n = 0;
 
-    /* Slots are read at enter, but what the kernel writes (BYTES_OUT) only at exit, and
-     * a string that failed at enter (its page not yet faulted in) is tried again. */
-    if (at_exit ? spec->read != MAYFLY_READ_BYTES_OUT && (e->slot_len[slot] || spec->read == MAYFLY_READ_ARGV)
-                : spec->read == MAYFLY_READ_BYTES_OUT)
+    /* Slots are read at enter, but what the kernel writes (the _OUT reads) only at exit,
+     * and a string that failed at enter (its page not yet faulted in) is tried again. */
+    int out = spec->read == MAYFLY_READ_BYTES_OUT || spec->read == MAYFLY_READ_FIXED_OUT;
+    if (at_exit ? !out && (e->slot_len[slot] || spec->read == MAYFLY_READ_ARGV) : out)
         return;
     switch (spec->read) {
     case MAYFLY_READ_STR:
@@ -341,6 +341,10 @@ static __always_inline void read_slot(struct mayfly_syscall_event *e, struct may
         len = out_len < 0 ? 0 : out_len;
         goto bytes;
     }
+    case MAYFLY_READ_FIXED_OUT:
+        if (e->result < 0)
+            return;
+        /* fall through */
     case MAYFLY_READ_FIXED:
         len = spec->len;
     bytes:
@@ -532,10 +536,17 @@ RAW_TRACEPOINT_PROBE(sys_exit)
         e->result = ret;
         for (int i = 0; i < MAYFLY_STR_SLOTS; i++)
             read_slot(e, &spec->slot[i], e->args, i, 1);
+        u8 yes = 1;
         if (ret >= 0 && (spec->flags & MAYFLY_SPEC_TRACK_RESULT)) {
             struct mayfly_fd_key key = {.tgid = pid_tgid >> 32, .fd = ret};
-            u8 yes = 1;
             tracked_fds.update(&key, &yes);
+        }
+        if (ret == 0 && (spec->flags & MAYFLY_SPEC_TRACK_PAIR) && e->slot_len[0] == 2 * sizeof(s32)) {
+            s32 *pair = (s32 *)SLOT(e, 0);
+            struct mayfly_fd_key first = {.tgid = pid_tgid >> 32, .fd = pair[0]};
+            struct mayfly_fd_key second = {.tgid = pid_tgid >> 32, .fd = pair[1]};
+            tracked_fds.update(&first, &yes);
+            tracked_fds.update(&second, &yes);
         }
         send_syscall(e, cfg, 0);
     }

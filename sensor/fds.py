@@ -2,11 +2,11 @@
 its name and addresses, so that an event that carries only an fd number can say what
 the fd is (Falco's fd.* fields: "Redirect STDOUT/STDIN to Network Connection").
 
-Kept from the fd syscalls the kernel captures (open*, creat, socket, bind, connect,
-listen, accept*, memfd_create, dup*, fcntl(F_DUPFD*), close), inherited at fork as the
-kernel does, trimmed of close-on-exec fds at exec, dropped at exit. Bounded: at most
-`max_processes` tables (least recently used go first) of at most `max_fds` fds each
-(more are not kept, and counted in `overflow`). pipe, socketpair and the fds a process
+Kept from the fd syscalls the kernel captures (open*, creat, socket, socketpair, pipe*,
+bind, connect, listen, accept*, memfd_create, dup*, fcntl(F_DUPFD*), close), inherited
+at fork as the kernel does, trimmed of close-on-exec fds at exec, dropped at exit.
+Bounded: at most `max_processes` tables (least recently used go first) of at most
+`max_fds` fds each (more are not kept, and counted in `overflow`). The fds a process
 had before the sensor started are not known.
 """
 
@@ -25,7 +25,9 @@ from sensor.syscalls import EXEC, SyscallTable
 
 _OPENS = {"open", "openat", "openat2", "creat"}
 _DUPS = {"dup", "dup2", "dup3", "fcntl"}
-FD_SYSCALLS = _OPENS | _DUPS | {"socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create", "close"}
+_PAIRS = {"pipe", "pipe2", "socketpair"}
+FD_SYSCALLS = _OPENS | _DUPS | _PAIRS | {"socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create",
+                                         "close"}
 _F_DUPFD, _F_DUPFD_CLOEXEC = 0, 1030
 _MFD_CLOEXEC = 1
 _SOCK_CLOEXEC = os.O_CLOEXEC  # SOCK_CLOEXEC has O_CLOEXEC's value on Linux
@@ -35,7 +37,7 @@ _L4 = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "ra
 
 @dataclass(frozen=True)
 class Fd:
-    type: str                                  # file, directory, ipv4, ipv6, unix, netlink, socket, memfd
+    type: str                                  # file, directory, ipv4, ipv6, unix, netlink, socket, pipe, memfd
     name: str | bytes = ""                     # path, memfd:<name>, or local->remote for sockets
     l4proto: str | None = None
     local: dict | None = None                  # decoded sockaddr
@@ -132,12 +134,20 @@ class FdTable:
                                        self._path(fds, evt.get("dirfd"), evt["name"]),
                                        cloexec=bool(flags & os.O_CLOEXEC)))
             return None
-        if kind == "socket":
+        if kind in ("socket", "socketpair"):
             if res >= 0:
                 socktype = evt["socktype"]
                 domain = _DOMAINS.get(evt["domain"], "socket")
-                self._put(pid, res, Fd(domain, l4proto=_L4.get(socktype & 0xF) if domain.startswith("ipv") else None,
-                                       cloexec=bool(socktype & _SOCK_CLOEXEC)))
+                fd = Fd(domain, l4proto=_L4.get(socktype & 0xF) if domain.startswith("ipv") else None,
+                        cloexec=bool(socktype & _SOCK_CLOEXEC))
+                numbers = (evt["fds"] or ()) if kind == "socketpair" else (res,)
+                for number in numbers:
+                    self._put(pid, number, fd)
+            return None
+        if kind in ("pipe", "pipe2"):
+            if res == 0:
+                for number in evt["fds"] or ():
+                    self._put(pid, number, Fd("pipe", cloexec=bool(evt.get("flags", 0) & os.O_CLOEXEC)))
             return None
         if kind == "memfd_create":
             if res >= 0:

@@ -12,6 +12,7 @@ Argument types:
   sockaddr     a socket address whose length is the next argument (slot)
   sockaddr_out the same, written by the kernel: read at exit, length behind a pointer
   open_how, capdata   fixed-size structs (slot)
+  fdpair       two ints the kernel writes (pipe's and socketpair's new fds): read at exit
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from sensor import layout
 from sensor.records import c_string, untrusted_text
 
 _COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
-_SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata"}
-_FIXED_LEN = {"open_how": 24, "capdata": 24}
+_SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata", "fdpair"}
+_FIXED_LEN = {"open_how": 24, "capdata": 24, "fdpair": 8}
 
-# flags: track = the result is a new fd; tracked = only for tracked fds (args[0]);
+# flags: track = the result is a new fd; track_pair = so are the two ints of an fdpair;
+# tracked = only for tracked fds (args[0]);
 # stdio = also when args[1] is 0-2; untrack = args[0] stops being an fd;
 # dupfd = fcntl's F_DUPFD commands only; exit_code = keep args[0], emit nothing.
 TABLE: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
@@ -76,6 +78,9 @@ _define("connect bind", "fd:fd addr:sockaddr addrlen:uint")
 _define("accept", "fd:fd addr:sockaddr_out addrlen:ptr", "track")
 _define("accept4", "fd:fd addr:sockaddr_out addrlen:ptr flags:uint", "track")
 _define("listen", "fd:fd backlog:int")
+_define("socketpair", "domain:int socktype:int protocol:int fds:fdpair", "track_pair")
+_define("pipe", "fds:fdpair", "track_pair")
+_define("pipe2", "fds:fdpair flags:uint", "track_pair")
 # Privileged and escape-relevant
 _define("ptrace", "request:int pid:int addr:u64 data:u64")
 _define("mount", "source:path target:path fstype:str flags:u64 data:u64")
@@ -162,10 +167,12 @@ class SyscallTable:
         specs = np.zeros(c["MAYFLY_MAX_SYSCALLS"], events.structs["mayfly_syscall_spec"])
         reads = {"path": c["MAYFLY_READ_STR"], "str": c["MAYFLY_READ_STR"], "argv": c["MAYFLY_READ_ARGV"],
                  "sockaddr": c["MAYFLY_READ_BYTES"], "sockaddr_out": c["MAYFLY_READ_BYTES_OUT"],
-                 "open_how": c["MAYFLY_READ_FIXED"], "capdata": c["MAYFLY_READ_FIXED"]}
+                 "open_how": c["MAYFLY_READ_FIXED"], "capdata": c["MAYFLY_READ_FIXED"],
+                 "fdpair": c["MAYFLY_READ_FIXED_OUT"]}
         bits = {"track": "MAYFLY_SPEC_TRACK_RESULT", "tracked": "MAYFLY_SPEC_TRACKED_FD0",
                 "stdio": "MAYFLY_SPEC_STDIO_FD1", "untrack": "MAYFLY_SPEC_UNTRACK_FD0",
-                "dupfd": "MAYFLY_SPEC_DUPFD_CMD", "exit_code": "MAYFLY_SPEC_EXIT_CODE"}
+                "dupfd": "MAYFLY_SPEC_DUPFD_CMD", "exit_code": "MAYFLY_SPEC_EXIT_CODE",
+                "track_pair": "MAYFLY_SPEC_TRACK_PAIR"}
         for syscall in self.syscalls.values():
             flags = sum(c[bits[f]] for f in syscall.flags)
             if syscall.name in wanted and "exit_code" not in syscall.flags:
@@ -227,6 +234,8 @@ def _decode_slot(kind: str, value: bytes):
     if kind == "open_how":
         flags, mode, resolve = np.frombuffer(value.ljust(24, b"\0")[:24], "<u8")
         return {"flags": int(flags), "mode": int(mode), "resolve": int(resolve)}
+    if kind == "fdpair":
+        return np.frombuffer(value, "<i4").tolist() if len(value) == 8 else None
     if kind == "capdata":
         words = np.frombuffer(value.ljust(24, b"\0")[:24], "<u4").tolist()
         effective, permitted, inheritable = (words[i] | words[i + 3] << 32 for i in range(3))

@@ -167,6 +167,18 @@ static void fire(const char *action, int port)
         dup2(fd, 0);
         dup3(fd, 0, 0);
         close(fd);
+    } else if (!strcmp(action, "pipe")) {
+        int fds[2], pair[2], legacy[2];
+        pipe2(fds, O_CLOEXEC);
+        socketpair(AF_UNIX, SOCK_STREAM, 0, pair);
+        syscall(SYS_pipe, legacy);
+        close(legacy[0]);
+        close(legacy[1]);
+        dup2(fds[1], 1); /* stdout into the pipe: the record names what fd 1 now is */
+        close(fds[0]);
+        close(fds[1]);
+        close(pair[0]);
+        close(pair[1]);
     } else if (!strcmp(action, "redirect_stdio")) {
         /* What a reverse shell does: stdin and stdout onto a TCP connection. */
         int fd = socket(AF_INET, SOCK_STREAM, 0);

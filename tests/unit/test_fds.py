@@ -86,3 +86,16 @@ def test_records_carry_the_fd():
     records = d.records(arrays, frozenset({"connect"}), table.apply(arrays))
     assert records[0]["evt"]["fd"] == {"num": 3, "type": "ipv6", "name": "->[::1]:53", "l4proto": "udp",
                                        "remote": {"family": "inet6", "addr": "::1", "port": 53}, "role": "client"}
+
+
+def test_pipes_and_socketpairs_make_two_fds():
+    table = FdTable(TABLE)
+    pair = (3).to_bytes(4, "little") + (4).to_bytes(4, "little")
+    apply(table, syscall("pipe2", 0, ktime=1, fds=pair, flags=os.O_CLOEXEC),
+          syscall("socketpair", 0, ktime=2, domain=socket.AF_UNIX, socktype=socket.SOCK_STREAM,
+                  fds=(5).to_bytes(4, "little") + (6).to_bytes(4, "little")),
+          syscall("pipe", -24, ktime=3, fds=b""))  # EMFILE: nothing written
+    assert [table.get(100, n).type for n in (3, 4, 5, 6)] == ["pipe", "pipe", "unix", "unix"]
+    assert table.get(100, 3).cloexec and not table.get(100, 5).cloexec and sorted(table.processes[100]) == [3, 4, 5, 6]
+    notes = apply(table, syscall("dup2", 1, ktime=4, oldfd=4, newfd=1))
+    assert notes[100, 4] == {"num": 1, "type": "pipe", "name": ""}
