@@ -1,7 +1,11 @@
 """Read rule files: YAML sequences of Falco-style `list`, `macro` and `rule` items.
 
-Every problem names its file, line and reason, and rejects only the item it is in;
-the rest of the file still loads.
+Items are read in order across files, with Falco's `append` (a list's items, a macro's
+or rule's condition text) and `override: {condition: append|replace}`. Conditions are
+parsed (sensor.condition), then each enabled rule's is expanded with the macros and
+lists as they stand once every file is read. Every problem names its file, line and
+reason, and rejects only the item it is in (a rule that uses a macro that did not load
+is rejected too, saying so); the rest still loads.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from sensor import condition
 
 PRIORITIES = ("EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL",
               "INFO", "DEBUG")
@@ -41,12 +47,14 @@ class Item:
     body: dict[str, Any]
     path: str
     line: int
+    condition_line: int = 0  # where its condition starts (0: it has none)
 
 
 @dataclass
 class RuleSet:
     items: list[Item] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    conditions: dict[str, Any] = field(default_factory=dict)  # enabled rule name -> expanded condition AST
 
     @property
     def rules(self) -> list[Item]:
@@ -57,7 +65,69 @@ def load(paths) -> RuleSet:
     ruleset = RuleSet()
     for path in paths:
         _load_file(str(path), ruleset)
+    _compile(ruleset)
     return ruleset
+
+
+def _compile(ruleset: RuleSet) -> None:
+    """Apply appends and overrides in order, parse conditions, expand enabled rules.
+    `ruleset.items` keeps the defining items (amendments are folded into them)."""
+    lists: dict[str, tuple[str, ...]] = {}
+    texts: dict[tuple[str, str], tuple[str, Item]] = {}  # (kind, name) -> (condition text, defining item)
+    enabled: dict[str, bool] = {}
+    definitions: dict[tuple[str, str], Item] = {}  # a redefinition replaces, an amendment folds in
+    for item in ruleset.items:
+        key = (item.kind, item.name)
+        mode = "append" if item.body.get("append") else (item.body.get("override") or {}).get("condition")
+        if item.kind == "list":
+            items = condition.expand_items([str(x) for x in item.body.get("items") or []], lists)
+            lists[item.name] = lists.get(item.name, ()) + items if mode == "append" else items
+        elif mode in ("append", "replace") and key not in texts:
+            ruleset.problems.append(Problem(item.path, item.line, f"amends an undefined {item.kind}", item.name))
+            continue
+        elif "condition" in item.body:
+            text = str(item.body["condition"])
+            texts[key] = (f"{texts[key][0]} {text}" if mode == "append" else text,
+                          texts[key][1] if mode else item)
+        if item.kind == "rule" and "enabled" in item.body:
+            enabled[item.name] = bool(item.body["enabled"])
+        if not mode:
+            definitions[key] = item
+    ruleset.items = list(definitions.values())
+
+    macros, broken = {}, {}
+    for (kind, name), (text, item) in texts.items():
+        try:
+            parsed = condition.parse(text)
+        except condition.ConditionError as e:
+            problem = _condition_problem(item, text, e)
+            broken[name] = problem
+            ruleset.problems.append(problem)
+            continue
+        if kind == "macro":
+            macros[name] = parsed
+        elif enabled.get(name, True):
+            ruleset.conditions[name] = parsed
+    for name, parsed in list(ruleset.conditions.items()):
+        item = texts["rule", name][1]
+        try:
+            ruleset.conditions[name] = condition.expand(parsed, macros, lists)
+        except condition.ConditionError as e:
+            del ruleset.conditions[name]
+            missing = e.reason.removeprefix("undefined macro ")
+            reason = f"uses macro {missing}, which did not load ({broken[missing].reason})" if missing in broken \
+                else e.reason
+            ruleset.problems.append(Problem(item.path, item.condition_line or item.line, reason, name))
+    rejected = {("rule", name) for (kind, name) in texts if kind == "rule"} - \
+        {("rule", name) for name in ruleset.conditions} - {("rule", n) for n, on in enabled.items() if not on}
+    ruleset.items = [i for i in ruleset.items if (i.kind, i.name) not in rejected]
+
+
+def _condition_problem(item: Item, text: str, error: condition.ConditionError) -> Problem:
+    near = text[error.offset:error.offset + 30].split("\n")[0]
+    line = (item.condition_line or item.line) + text.count("\n", 0, error.offset)
+    return Problem(item.path, line, f"condition: {error.reason} at {near!r}" if near else
+                   f"condition: {error.reason} at its end", item.name)
 
 
 def _load_file(path: str, ruleset: RuleSet) -> None:
@@ -88,14 +158,17 @@ def _load_file(path: str, ruleset: RuleSet) -> None:
         except yaml.YAMLError as e:
             ruleset.problems.append(Problem(path, line, f"invalid YAML: {e}"))
             continue
-        item, problem = _item(body, os.fspath(path), line)
+        condition_line = next((v.start_mark.line + 1 + (v.style in ("|", ">")) for k, v in node.value
+                               if getattr(k, "value", None) == "condition"), 0) \
+            if isinstance(node, yaml.MappingNode) else 0
+        item, problem = _item(body, os.fspath(path), line, condition_line)
         if problem:
             ruleset.problems.append(problem)
         elif item:
             ruleset.items.append(item)
 
 
-def _item(body: Any, path: str, line: int) -> tuple[Item | None, Problem | None]:
+def _item(body: Any, path: str, line: int, condition_line: int) -> tuple[Item | None, Problem | None]:
     if not isinstance(body, dict):
         return None, Problem(path, line, "an item must be a mapping")
     if body.keys() & _TOP_LEVEL_KEYS:
@@ -114,4 +187,4 @@ def _item(body: Any, path: str, line: int) -> tuple[Item | None, Problem | None]
     priority = body.get("priority")
     if priority is not None and str(priority).upper() not in PRIORITIES:
         return None, Problem(path, line, f"unknown priority {priority!r}", name)
-    return Item(kind, name, body, path, line), None
+    return Item(kind, name, body, path, line, condition_line), None

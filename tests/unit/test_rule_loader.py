@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor import resources, rule_loader
+from sensor import condition, resources, rule_loader
+from sensor.condition import And, Check, Not, Or
 
 FALCO = Path(__file__).resolve().parents[3] / "shared" / "compat" / "falco"
 
@@ -27,9 +28,9 @@ def test_a_broken_item_rejects_itself_only(tmp_path):
         "  condition: proc.name in (shells)\n"
         "  priority: NOTICE\n"
         "- rule: Bad Priority\n"     # line 7
-        "  desc: d\n  condition: c\n  output: o\n  priority: LOUD\n"
+        "  desc: d\n  condition: evt.num > 0\n  output: o\n  priority: LOUD\n"
         "- rule: Fine\n"
-        "  desc: d\n  condition: c\n  output: o\n  priority: warning\n"
+        "  desc: d\n  condition: proc.name in (shells)\n  output: o\n  priority: warning\n"
         "- just a string\n"          # line 17
     )
     ruleset = rule_loader.load([path])
@@ -57,7 +58,124 @@ def test_unreadable_file_does_not_stop_the_others(tmp_path):
 
 
 @pytest.mark.skipif(not FALCO.is_dir(), reason="Falco's rule corpus lives in ../shared/compat/falco")
-def test_falco_corpus_is_structurally_valid():
+def test_falco_corpus_parses_and_expands():
+    """Every condition of Falco's rule files parses, and every rule expands with the
+    macros and lists of the files loaded before it (the incubating and sandbox files
+    build on falco_rules.yaml). Whether each field can be evaluated is the engine's
+    business, not the parser's."""
     ruleset = rule_loader.load([FALCO / "falco_rules.yaml"])
     assert ruleset.problems == []
-    assert len(ruleset.rules) == 25
+    assert len(ruleset.rules) == len(ruleset.conditions) == 25
+    everything = rule_loader.load([FALCO / "falco_rules.yaml", FALCO / "falco-incubating_rules.yaml",
+                                   FALCO / "falco-sandbox_rules.yaml"])
+    assert everything.problems == []
+    enabled = [r for r in everything.rules if r.body.get("enabled", True)]
+    assert len(everything.rules) == 25 + 31 + 37 and len(everything.conditions) == len(enabled)
+    assert "proc.aname[2]" in set().union(*map(condition.fields, everything.conditions.values()))
+
+
+def write(tmp_path, text, name="rules.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_conditions_are_parsed_and_expanded_with_macros_and_lists(tmp_path):
+    path = write(tmp_path, """\
+- list: shells
+  items: [sh, bash]
+- list: all_shells
+  items: [shells, zsh]
+- macro: spawned
+  condition: evt.type in (execve, execveat) and evt.dir = <
+- rule: Shell
+  desc: d
+  condition: spawned and proc.name in (all_shells) and not proc.pname exists
+  output: o
+  priority: WARNING
+""")
+    ruleset = rule_loader.load([path])
+    assert ruleset.problems == []
+    assert ruleset.conditions["Shell"] == And((
+        And((Check("evt.type", "in", ("execve", "execveat")), Check("evt.dir", "=", "<"))),
+        Check("proc.name", "in", ("sh", "bash", "zsh")),
+        Not(Check("proc.pname", "exists"))))
+
+
+def test_a_bad_condition_names_its_line_and_rejects_what_uses_it(tmp_path):
+    path = write(tmp_path, """\
+- macro: broken
+  condition: >
+    proc.name = sh and
+    (fd.name startswith /etc
+- rule: Uses Broken
+  desc: d
+  condition: broken or evt.num > 1
+  output: o
+  priority: INFO
+- rule: Undefined
+  desc: d
+  condition: nowhere
+  output: o
+  priority: INFO
+- rule: Bad Operator
+  desc: d
+  condition: proc.name resembles sh
+  output: o
+  priority: INFO
+- rule: Fine
+  desc: d
+  condition: proc.name = "a \\"quoted\\" name"
+  output: o
+  priority: INFO
+""")
+    ruleset = rule_loader.load([path])
+    assert [str(p) for p in ruleset.problems] == [
+        f"{path}:4: broken: condition: expected ')' at its end",
+        f"{path}:17: Bad Operator: condition: expected an operator after proc.name, not 'resembles' at 'resembles sh'",
+        f"{path}:7: Uses Broken: uses macro broken, which did not load (condition: expected ')' at its end)",
+        f"{path}:12: Undefined: undefined macro nowhere",
+    ]
+    assert list(ruleset.conditions) == ["Fine"] and [r.name for r in ruleset.rules] == ["Fine"]
+    assert ruleset.conditions["Fine"] == Check("proc.name", "=", 'a "quoted" name')
+
+
+def test_append_override_and_enabled_follow_falco(tmp_path):
+    base = write(tmp_path, """\
+- list: bins
+  items: [ls]
+- macro: m
+  condition: proc.name in (bins)
+- rule: R
+  desc: d
+  condition: m
+  output: o
+  priority: INFO
+- rule: Disabled
+  desc: d
+  condition: evt.num > 0
+  output: o
+  priority: INFO
+""", "base.yaml")
+    local = write(tmp_path, """\
+- list: bins
+  items: [cat]
+  append: true
+- macro: m
+  condition: and evt.num > 3
+  append: true
+- rule: R
+  condition: or proc.name = vi
+  override:
+    condition: append
+- rule: Disabled
+  enabled: false
+- rule: Ghost
+  condition: x
+  append: true
+""", "local.yaml")
+    ruleset = rule_loader.load([base, local])
+    assert [str(p) for p in ruleset.problems] == [f"{local}:13: Ghost: amends an undefined rule"]
+    assert ruleset.conditions == {"R": Or((And((Check("proc.name", "in", ("ls", "cat")), Check("evt.num", ">", "3"))),
+                                              Check("proc.name", "=", "vi")))}
+    assert [r.name for r in ruleset.rules] == ["R", "Disabled"]  # loaded, and off
