@@ -23,8 +23,10 @@ LOSS_REASONS = {"MAYFLY_STAT_RING_FULL": "ring_full", "MAYFLY_STAT_PENDING_FULL"
 
 
 class KernelReports:
-    def __init__(self, programs, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock):
+    def __init__(self, programs, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock,
+                 counting: bool = True):
         self.programs = programs
+        self.counting = counting  # whether the programs count syscalls (ProgramConfig.count_syscalls)
         self.table = table
         self.cgroups = cgroups
         self.clock = clock
@@ -154,7 +156,8 @@ class KernelReports:
 
     def forget_cgroup(self, cgroup_id: int) -> None:
         """After a cgroup is gone: drop its kernel state (its counters once reported)."""
-        self._gone.add(cgroup_id)
+        if self.counting:
+            self._gone.add(cgroup_id)
         self._cgroup_seen.pop(cgroup_id, None)
         state = self.programs["cgroup_state"]
         try:

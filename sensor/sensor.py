@@ -101,7 +101,8 @@ class Sensor:
             self.cgroups.scan(self.clock.now())
             self.cgroups.start_watching()
             self.decoder = Decoder(self.table, self.cgroups, self.processes, self.clock)
-            self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock)
+            self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock,
+                                         counting=self.config.count_syscalls)
             ring = self.programs["events"]
             self._ring = RingReader(ring.map_fd, ring.max_entries)
         except BaseException:
@@ -198,7 +199,7 @@ class Sensor:
     def _reports(self) -> list[Record]:
         interval = time.monotonic() - self._last_report
         self._last_report = time.monotonic()
-        result = self.reports.syscall_counts(interval) if self.config.count_syscalls else []
+        result = self.reports.syscall_counts(interval) if self.reports.counting else []
         if self.config.flows:
             result += self.reports.flows(interval)
         return result
