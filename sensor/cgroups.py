@@ -83,6 +83,7 @@ class Entry:
     removed_at: float | None = None       # monotonic
     events: int = 0
     processes: int = 0                    # processes that exited in it
+    existing: bool = False                # already there when the sensor started
 
 
 class CgroupTable:
@@ -130,7 +131,7 @@ class CgroupTable:
         if known is not None and known.removed_ns is None:
             return  # seen by both the start-up scan and an event
         identity = self.resolver.resolve(path)
-        entry = Entry(path, identity, self._container_map(cgroup_id, identity), now_ns)
+        entry = Entry(path, identity, self._container_map(cgroup_id, identity), now_ns, existing=existing)
         self.entries[cgroup_id] = entry
         if not identity.resolved:
             entry.pending_until = time.monotonic() + self.deadline_s
@@ -138,7 +139,7 @@ class CgroupTable:
             if self._watcher is not None:
                 self._watcher.watch(cgroup_id, path)
         elif identity.is_container:
-            self._started(entry, existing)
+            self._started(entry)
 
     def removed(self, cgroup_id: int, now_ns: int, losses: dict[str, int]) -> None:
         """The cgroup is gone: an `exit` record for a container (after anything held for
@@ -237,13 +238,13 @@ class CgroupTable:
         entry.pending_until = None
         self._pending.discard(cgroup_id)
         if identity.is_container:
-            self._started(entry, existing=False)
+            self._started(entry)
         self._out.extend(entry.held)
         entry.held = []
 
-    def _started(self, entry: Entry, existing: bool) -> None:
+    def _started(self, entry: Entry) -> None:
         self._out.append(records.new("container", entry.first_seen_ns, container=entry.container, state="start",
-                                     existing=existing, cgroup=entry.path))
+                                     existing=entry.existing, cgroup=entry.path))
 
     @staticmethod
     def _container_map(cgroup_id: int, identity: Identity) -> dict:
