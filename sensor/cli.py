@@ -10,7 +10,7 @@ import time
 
 import click
 
-from sensor import bpf_program, doctor, host, records, sinks
+from sensor import bpf_program, doctor, host, records, rule_loader, sinks
 from sensor.bpf_program import ProgramConfig
 from sensor.log import configure_cli, get_logger
 
@@ -91,6 +91,31 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
         log.error("sensor failed", error=f"{type(e).__name__}: {e}")
         sys.exit(1)
     log.info("sensor stopped")
+
+
+@main.group()
+def rules() -> None:
+    """Rule files."""
+
+
+@rules.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--allow-rejected", is_flag=True, help="Exit 0 even when some rules were rejected.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Also write the rejected rules as a Markdown table.")
+def rules_check(paths, allow_rejected: bool, report: str | None) -> None:
+    """Load rule files as `mayfly run` would: print each problem (file:line: rule:
+    reason), then `N rules loaded, M rejected`. Exit 1 if a rule was rejected."""
+    ruleset = rule_loader.load(paths)
+    for problem in ruleset.problems:
+        click.echo(str(problem))
+    summary = f"{len(ruleset.conditions)} rules loaded, {len(ruleset.rejected)} rejected"
+    if ruleset.disabled:
+        summary += f" ({len(ruleset.disabled)} more loaded but disabled)"
+    click.echo(summary)
+    if report:
+        with open(report, "w") as f:
+            f.write(rule_loader.markdown_report(ruleset, ["mayfly", "rules", "check", *paths]))
+    sys.exit(0 if allow_rejected or not ruleset.rejected else 1)
 
 
 @main.command("doctor")

@@ -230,10 +230,17 @@ def expand_items(items, lists: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
     return tuple(result)
 
 
+def checks(node):
+    """Every check in an (expanded) condition."""
+    if isinstance(node, (And, Or)):
+        for item in node.items:
+            yield from checks(item)
+    elif isinstance(node, Not):
+        yield from checks(node.item)
+    elif isinstance(node, Check):
+        yield node
+
+
 def fields(node) -> set[str]:
     """Every field an (expanded) condition reads."""
-    if isinstance(node, (And, Or)):
-        return set().union(*(fields(item) for item in node.items))
-    if isinstance(node, Not):
-        return fields(node.item)
-    return {node.field} if isinstance(node, Check) else set()
+    return {check.field for check in checks(node)}

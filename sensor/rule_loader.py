@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from sensor import condition
+from sensor import condition, fields
+from sensor.evaluate import UNSUPPORTED_OPERATORS
 
 PRIORITIES = ("EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL",
               "INFO", "DEBUG")
@@ -34,6 +35,7 @@ class Problem:
     line: int
     reason: str
     name: str | None = None
+    kind: str | None = None  # what it rejects: "rule", "macro" or "list"; None for a whole file or item
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}"
@@ -60,6 +62,15 @@ class RuleSet:
     def rules(self) -> list[Item]:
         return [i for i in self.items if i.kind == "rule"]
 
+    @property
+    def rejected(self) -> list[Problem]:
+        """The problems that rejected a rule (one per rule)."""
+        return list({p.name: p for p in self.problems if p.kind == "rule"}.values())
+
+    @property
+    def disabled(self) -> list[str]:
+        return [r.name for r in self.rules if r.name not in self.conditions]
+
 
 def load(paths) -> RuleSet:
     ruleset = RuleSet()
@@ -83,7 +94,8 @@ def _compile(ruleset: RuleSet) -> None:
             items = condition.expand_items([str(x) for x in item.body.get("items") or []], lists)
             lists[item.name] = lists.get(item.name, ()) + items if mode == "append" else items
         elif mode in ("append", "replace") and key not in texts:
-            ruleset.problems.append(Problem(item.path, item.line, f"amends an undefined {item.kind}", item.name))
+            ruleset.problems.append(Problem(item.path, item.line, f"amends an undefined {item.kind}", item.name,
+                                            item.kind))
             continue
         elif "condition" in item.body:
             text = str(item.body["condition"])
@@ -111,23 +123,42 @@ def _compile(ruleset: RuleSet) -> None:
     for name, parsed in list(ruleset.conditions.items()):
         item = texts["rule", name][1]
         try:
-            ruleset.conditions[name] = condition.expand(parsed, macros, lists)
+            ruleset.conditions[name] = expanded = condition.expand(parsed, macros, lists)
         except condition.ConditionError as e:
             del ruleset.conditions[name]
             missing = e.reason.removeprefix("undefined macro ")
             reason = f"uses macro {missing}, which did not load ({broken[missing].reason})" if missing in broken \
                 else e.reason
-            ruleset.problems.append(Problem(item.path, item.condition_line or item.line, reason, name))
+            ruleset.problems.append(Problem(item.path, item.condition_line or item.line, reason, name, "rule"))
+            continue
+        reason = _unsupported(expanded)
+        if reason:
+            del ruleset.conditions[name]
+            ruleset.problems.append(Problem(item.path, item.condition_line or item.line, reason, name, "rule"))
     rejected = {("rule", name) for (kind, name) in texts if kind == "rule"} - \
         {("rule", name) for name in ruleset.conditions} - {("rule", n) for n, on in enabled.items() if not on}
     ruleset.items = [i for i in ruleset.items if (i.kind, i.name) not in rejected]
+
+
+def _unsupported(expanded) -> str | None:
+    """Why Mayfly cannot evaluate a condition: fields it does not provide, operators
+    it does not implement; None when it can."""
+    missing = sorted(f for f in condition.fields(expanded) if fields.lookup(f) is None)
+    operators = sorted({c.op for c in condition.checks(expanded)} & UNSUPPORTED_OPERATORS)
+    reasons = []
+    if missing:
+        reasons.append(f"uses field{'s' if len(missing) > 1 else ''} Mayfly does not provide: {', '.join(missing)}")
+    if operators:
+        reasons.append(f"uses operator{'s' if len(operators) > 1 else ''} Mayfly does not implement: "
+                       f"{', '.join(operators)}")
+    return "; ".join(reasons) or None
 
 
 def _condition_problem(item: Item, text: str, error: condition.ConditionError) -> Problem:
     near = text[error.offset:error.offset + 30].split("\n")[0]
     line = (item.condition_line or item.line) + text.count("\n", 0, error.offset)
     return Problem(item.path, line, f"condition: {error.reason} at {near!r}" if near else
-                   f"condition: {error.reason} at its end", item.name)
+                   f"condition: {error.reason} at its end", item.name, item.kind)
 
 
 def _load_file(path: str, ruleset: RuleSet) -> None:
@@ -183,8 +214,24 @@ def _item(body: Any, path: str, line: int, condition_line: int) -> tuple[Item | 
     amends = body.get("append") or "override" in body
     missing = sorted(_ITEM_KEYS[kind] - body.keys())
     if missing and not amends and body.get("enabled") is None:
-        return None, Problem(path, line, f"{kind} lacks {', '.join(missing)}", name)
+        return None, Problem(path, line, f"{kind} lacks {', '.join(missing)}", name, kind)
     priority = body.get("priority")
     if priority is not None and str(priority).upper() not in PRIORITIES:
-        return None, Problem(path, line, f"unknown priority {priority!r}", name)
+        return None, Problem(path, line, f"unknown priority {priority!r}", name, kind)
     return Item(kind, name, body, path, line, condition_line), None
+
+
+def markdown_report(ruleset: RuleSet, command: list[str]) -> str:
+    """The rejected rules and why, per file, as Markdown (docs/falco-compat.md)."""
+    lines = ["# Falco rule compatibility", "",
+             f"Generated by `{' '.join(command)}`.", "",
+             f"{len(ruleset.conditions)} rules loaded, {len(ruleset.rejected)} rejected"
+             + (f", {len(ruleset.disabled)} loaded but disabled" if ruleset.disabled else "") + ".", ""]
+    by_file: dict[str, list[Problem]] = {}
+    for problem in ruleset.rejected:
+        by_file.setdefault(problem.path, []).append(problem)
+    for path, problems in by_file.items():
+        lines += [f"## {os.path.basename(path)}", "", "| rule | line | why it is rejected |", "| --- | --- | --- |"]
+        lines += [f"| {p.name} | {p.line} | {p.reason} |" for p in problems]
+        lines.append("")
+    return "\n".join(lines)

@@ -82,7 +82,8 @@ class Sensor:
         self.ruleset = rule_loader.load(self.rule_paths)
         for problem in self.ruleset.problems:
             log.error("rule rejected", problem=str(problem))
-        log.info("rules loaded", rules=len(self.ruleset.rules), rejected=len(self.ruleset.problems))
+        log.info("rules loaded", rules=len(self.ruleset.conditions), rejected=len(self.ruleset.rejected),
+                 disabled=len(self.ruleset.disabled))
         self.table = syscalls.table()
         self._check_types(self.emit_types or ())
         capture = None if self.emit and self.emit_types is None else self.emit_types or ()

@@ -13,7 +13,7 @@ from sensor.cli import main
 
 def test_console_script_and_module_are_the_same_command():
     out = subprocess.run([sys.executable, "-m", "sensor", "--help"], capture_output=True, text=True, check=True)
-    for command in ("run", "doctor", "replay"):
+    for command in ("run", "doctor", "replay", "rules"):
         assert command in out.stdout
 
 
@@ -75,3 +75,22 @@ def test_library_import_configures_nothing_globally():
              "print(logging.getLogger().handlers == before, structlog.is_configured())\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"] and out.stderr == ""
+
+
+def test_rules_check_prints_problems_then_the_summary(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("- rule: Shell\n  desc: d\n  condition: evt.type = execve and proc.name = sh\n"
+                    "  output: o\n  priority: WARNING\n")
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("- rule: Cwd\n  desc: d\n  condition: proc.cwd = /tmp\n  output: o\n  priority: INFO\n"
+                     "- rule: Fine\n  desc: d\n  condition: fd.name = /etc/shadow\n  output: o\n  priority: INFO\n")
+    result = CliRunner().invoke(main, ["rules", "check", str(good)])
+    assert (result.exit_code, result.output) == (0, "1 rules loaded, 0 rejected\n")
+    result = CliRunner().invoke(main, ["rules", "check", str(good), str(mixed)])
+    assert result.exit_code == 1
+    assert result.output == (f"{mixed}:3: Cwd: uses field Mayfly does not provide: proc.cwd\n"
+                             "2 rules loaded, 1 rejected\n")
+    report = tmp_path / "compat.md"
+    result = CliRunner().invoke(main, ["rules", "check", "--allow-rejected", "--report", str(report), str(mixed)])
+    assert result.exit_code == 0
+    assert "| Cwd | 3 | uses field Mayfly does not provide: proc.cwd |" in report.read_text()

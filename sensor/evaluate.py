@@ -1,0 +1,100 @@
+"""The reference evaluator: an expanded condition (sensor.condition) against one record,
+with Falco's operator semantics, in plain Python, one record per call. It is the
+definition a compiled engine is checked against.
+
+A field the record does not have makes every check on it false (`exists` included),
+as in Falco; `not` still inverts that. Numbers compare as numbers when the field is
+numeric. A field with several values (`proc.aname` without an index) matches when any
+of them does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import operator
+from fnmatch import fnmatchcase
+
+from sensor import fields
+from sensor.condition import And, Check, Not, Or
+
+UNSUPPORTED_OPERATORS = {"regex", "bcontains", "bstartswith"}
+_ORDER = {"=": operator.eq, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def evaluate(node, record: dict) -> bool:
+    if isinstance(node, And):
+        return all(evaluate(item, record) for item in node.items)
+    if isinstance(node, Or):
+        return any(evaluate(item, record) for item in node.items)
+    if isinstance(node, Not):
+        return not evaluate(node.item, record)
+    return _check(node, record)
+
+
+def _check(check: Check, record: dict) -> bool:
+    found = fields.lookup(check.field)
+    if found is None:
+        raise ValueError(f"field {check.field} is not provided by Mayfly")
+    field, index = found
+    value = field.get(record, index)
+    if value is None or value == ():
+        return False
+    if check.op == "exists":
+        return True
+    values = value if isinstance(value, tuple) else (value,)
+    compare = _in_network if field.network else _compare
+    if check.op == "!=":
+        return not any(compare(v, "=", check.value) for v in values)
+    return any(compare(v, check.op, check.value) for v in values)
+
+
+def _in_network(address, op: str, expected) -> bool:
+    """An address against one network (=) or several (in)."""
+    networks = expected if isinstance(expected, tuple) else (expected,)
+    if op not in ("=", "in"):
+        raise ValueError(f"operator {op} does not apply to networks")
+    try:
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+    except ValueError:
+        return False
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def _compare(value, op: str, expected) -> bool:
+    if isinstance(value, int):
+        if isinstance(expected, tuple):
+            return value in {_number(e) for e in expected}
+        if op not in _ORDER:
+            return _compare(str(value), op, expected)  # contains, startswith... on the number's text
+        number = _number(expected)
+        return number is not None and _ORDER[op](value, number)
+    value = str(value)
+    if op == "=":
+        return value == expected
+    if op in ("<", "<=", ">", ">="):
+        number = _number(value)
+        return number is not None and _compare(number, op, expected)
+    if op == "contains":
+        return expected in value
+    if op == "icontains":
+        return expected.lower() in value.lower()
+    if op == "startswith":
+        return value.startswith(expected)
+    if op == "endswith":
+        return value.endswith(expected)
+    if op == "glob":
+        return fnmatchcase(value, expected)
+    if op == "iglob":
+        return fnmatchcase(value.lower(), expected.lower())
+    if op in ("in", "intersects"):
+        return value in expected
+    if op == "pmatch":
+        return any(value == p or value.startswith(p.rstrip("/") + "/") for p in expected)
+    raise ValueError(f"operator {op} is not supported")

@@ -1,0 +1,227 @@
+"""Falco's field names, with Falco's meaning, read from Mayfly's `event` records.
+
+`lookup(name)` gives the field a condition names, or None when Mayfly cannot provide
+it (a rule that uses it is rejected, saying which field). A field's value for a record
+is a str, an int, a tuple of str (any of which may match, as Falco's `proc.aname`
+without an index), or None when the record does not have it (only `exists`, `!=`
+and `not` can then be true).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Record = dict[str, Any]
+Value = str | int | tuple | None
+
+_OPENS = {"open", "openat", "openat2", "creat"}
+_TYPECHARS = {"file": "f", "directory": "d", "ipv4": "4", "ipv6": "6", "unix": "u", "pipe": "p", "netlink": "n",
+              "memfd": "f"}
+_OPEN_FLAGS = [(name, getattr(os, name)) for name in (
+    "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK", "O_DSYNC", "O_DIRECT", "O_LARGEFILE",
+    "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_SYNC", "O_PATH", "O_TMPFILE") if hasattr(os, name)]
+_ACCESS = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
+
+
+def text(value: Any) -> Any:
+    """Untrusted bytes compared as text (undecodable bytes kept as surrogates)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def open_flags(flags: int) -> str:
+    """Open flags as Falco renders them: the access mode, then the flags set."""
+    names = [_ACCESS.get(flags & os.O_ACCMODE, "O_RDWR")]
+    names += [name for name, bit in _OPEN_FLAGS if bit and flags & bit == bit]
+    return "|".join(names)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    get: Callable[[Record, str | None], Value]
+    indexed: bool = False  # takes [N] (proc.aname[2]) or a name (evt.arg.flags)
+    network: bool = False  # an address compared with networks: fd.snet in ("10.0.0.0/8")
+
+
+def _evt(record: Record) -> dict:
+    return record.get("evt") or {}
+
+
+def _proc(record: Record) -> dict:
+    return record.get("proc") or {}
+
+
+def _split(cmdline: Any) -> tuple[str, str]:
+    """argv[0] and the rest of a command line joined by spaces."""
+    head, _, rest = text(cmdline or "").partition(" ")
+    return head, rest
+
+
+def _evt_res(record: Record, _) -> Value:
+    res = _evt(record).get("res")
+    if res is None:
+        return None
+    return "SUCCESS" if res >= 0 else errno.errorcode.get(-res, str(res))
+
+
+def _evt_arg(record: Record, name: str | None) -> Value:
+    evt = _evt(record)
+    value = evt.get(name)
+    if name == "flags" and evt.get("type") in _OPENS and isinstance(value, int):
+        return open_flags(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(text(v)) for v in value)
+    return text(value) if isinstance(value, (str, bytes, int)) else (None if value is None else str(value))
+
+
+def _open_mode(record: Record) -> int | None:
+    evt = _evt(record)
+    if evt.get("type") not in _OPENS or evt.get("res", -1) < 0:
+        return None
+    flags = evt.get("flags", (evt.get("how") or {}).get("flags", os.O_WRONLY | os.O_CREAT))
+    return flags & os.O_ACCMODE
+
+
+def _fd(record: Record) -> dict | None:
+    """What the event's fd is: the one it names, or the one an open made."""
+    evt = _evt(record)
+    if evt.get("fd") is not None:
+        return evt["fd"]
+    if evt.get("type") in _OPENS and evt.get("res", -1) >= 0:
+        flags = evt.get("flags", (evt.get("how") or {}).get("flags", 0))
+        return {"num": evt["res"], "type": "directory" if flags & os.O_DIRECTORY else "file", "name": text(evt["name"])}
+    return None
+
+
+def _fd_field(get: Callable[[dict], Value]) -> Callable[[Record, Any], Value]:
+    def field(record: Record, _) -> Value:
+        fd = _fd(record)
+        return None if fd is None else get(fd)
+    return field
+
+
+def _file_name(fd: dict) -> Value:
+    return text(fd.get("name")) if fd.get("type") in ("file", "directory", "memfd") else None
+
+
+def _endpoint(fd: dict, role: str, part: str) -> Value:
+    """Server or client address/port of a socket fd (Falco's sip/sport, cip/cport):
+    the server is the remote end of a client's connection, the local end of an
+    accepted one."""
+    local, remote = fd.get("local") or {}, fd.get("remote") or {}
+    if fd.get("role") == "client":
+        server, client = remote, local
+    else:
+        server, client = local, remote
+    address = server if role == "server" else client
+    return address.get(part)
+
+
+def _either(fd: dict, part: str) -> Value:
+    values = tuple(v for v in ((fd.get("local") or {}).get(part), (fd.get("remote") or {}).get(part)) if v is not None)
+    return values or None
+
+
+def _anames(record: Record, index: str | None) -> Value:
+    names = tuple(text(n) for n in _proc(record).get("anames") or ())
+    if index is None:
+        return names
+    n = int(index)
+    return names[n - 1] if 0 < n <= len(names) else (text(_proc(record).get("comm")) if n == 0 else None)
+
+
+def _container(*path: str) -> Callable[[Record, Any], Value]:
+    def field(record: Record, _) -> Value:
+        value: Any = record.get("container") or {}
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return text(value)
+    return field
+
+
+_FIELDS = [
+    Field("evt.type", lambda r, _: _evt(r).get("type")),
+    # Mayfly does not number events, so evt.num never matches: Falco's tuning macro
+    # never_true (evt.num=0) stays never true, which is all rules ask of it.
+    Field("evt.num", lambda r, _: None),
+    Field("evt.dir", lambda r, _: "<"),  # Mayfly's syscall records are whole: enter and exit in one
+    Field("evt.res", _evt_res),
+    Field("evt.rawres", lambda r, _: _evt(r).get("res")),
+    Field("evt.failed", lambda r, _: None if _evt(r).get("res") is None else int(_evt(r)["res"] < 0)),
+    Field("evt.arg", _evt_arg, indexed=True),
+    Field("evt.is_open_read", lambda r, _: None if _open_mode(r) is None else int(_open_mode(r) != os.O_WRONLY)),
+    Field("evt.is_open_write", lambda r, _: None if _open_mode(r) is None else int(_open_mode(r) != os.O_RDONLY)),
+    Field("proc.name", lambda r, _: text(_proc(r).get("comm"))),
+    Field("proc.pid", lambda r, _: _proc(r).get("pid")),
+    Field("proc.ppid", lambda r, _: _proc(r).get("ppid")),
+    Field("proc.exepath", lambda r, _: text(_proc(r).get("exe"))),
+    Field("proc.exe", lambda r, _: _split(_proc(r).get("cmdline"))[0] or None),
+    Field("proc.args", lambda r, _: _split(_proc(r).get("cmdline"))[1] if "cmdline" in _proc(r) else None),
+    Field("proc.cmdline", lambda r, _: " ".join(filter(None, (text(_proc(r).get("comm")),
+                                                              _split(_proc(r).get("cmdline"))[1])))),
+    Field("proc.pname", lambda r, _: text(_proc(r).get("pname"))),
+    Field("proc.pexepath", lambda r, _: text(_proc(r).get("pexe"))),
+    Field("proc.pexe", lambda r, _: _split(_proc(r).get("pcmdline"))[0] or None),
+    Field("proc.pcmdline", lambda r, _: None if "pcmdline" not in _proc(r) else " ".join(
+        filter(None, (text(_proc(r).get("pname")), _split(_proc(r)["pcmdline"])[1])))),
+    Field("proc.aname", _anames, indexed=True),
+    Field("user.uid", lambda r, _: _proc(r).get("uid")),
+    Field("group.gid", lambda r, _: _proc(r).get("gid")),
+    Field("fd.num", _fd_field(lambda fd: fd.get("num"))),
+    Field("fd.type", _fd_field(lambda fd: fd.get("type"))),
+    Field("fd.typechar", _fd_field(lambda fd: _TYPECHARS.get(fd.get("type"), "o"))),
+    Field("fd.name", _fd_field(lambda fd: text(fd.get("name")))),
+    Field("fd.directory", _fd_field(lambda fd: posixpath.dirname(n) if (n := _file_name(fd)) else None)),
+    Field("fd.filename", _fd_field(lambda fd: posixpath.basename(n) if (n := _file_name(fd)) else None)),
+    Field("fd.l4proto", _fd_field(lambda fd: fd.get("l4proto"))),
+    Field("fd.sip", _fd_field(lambda fd: _endpoint(fd, "server", "addr"))),
+    Field("fd.sport", _fd_field(lambda fd: _endpoint(fd, "server", "port"))),
+    Field("fd.cip", _fd_field(lambda fd: _endpoint(fd, "client", "addr"))),
+    Field("fd.cport", _fd_field(lambda fd: _endpoint(fd, "client", "port"))),
+    Field("fd.lip", _fd_field(lambda fd: (fd.get("local") or {}).get("addr"))),
+    Field("fd.lport", _fd_field(lambda fd: (fd.get("local") or {}).get("port"))),
+    Field("fd.rip", _fd_field(lambda fd: (fd.get("remote") or {}).get("addr"))),
+    Field("fd.rport", _fd_field(lambda fd: (fd.get("remote") or {}).get("port"))),
+    # Filter-only fields that match either end, as in Falco
+    Field("fd.ip", _fd_field(lambda fd: _either(fd, "addr"))),
+    Field("fd.port", _fd_field(lambda fd: _either(fd, "port"))),
+    Field("fd.net", _fd_field(lambda fd: _either(fd, "addr")), network=True),
+    Field("fd.snet", _fd_field(lambda fd: _endpoint(fd, "server", "addr")), network=True),
+    Field("fd.cnet", _fd_field(lambda fd: _endpoint(fd, "client", "addr")), network=True),
+    Field("fd.lnet", _fd_field(lambda fd: (fd.get("local") or {}).get("addr")), network=True),
+    Field("fd.rnet", _fd_field(lambda fd: (fd.get("remote") or {}).get("addr")), network=True),
+    Field("fd.nameraw", _fd_field(lambda fd: text(fd.get("name")))),  # Mayfly keeps names as given
+    Field("container.id", _container("id")),
+    Field("container.name", _container("name")),
+    Field("container.image", _container("image", "name")),
+    Field("container.image.repository", _container("image", "repository")),
+    Field("container.image.tag", _container("image", "tag")),
+    Field("container.image.digest", _container("image", "digest")),
+    Field("k8s.ns.name", _container("k8s", "pod", "namespace")),
+    Field("k8s.pod.name", _container("k8s", "pod", "name")),
+    Field("k8s.pod.uid", _container("k8s", "pod", "uid")),
+]
+FIELDS = {f.name: f for f in _FIELDS}
+_NAME = re.compile(r"(?P<base>[\w.]+?)(?:\[(?P<index>[^\]]*)\]|\.(?P<arg>\w+))")
+
+
+def lookup(name: str) -> tuple[Field, str | None] | None:
+    """The field and its index or argument name ("proc.aname[2]" -> aname, "2";
+    "evt.arg.flags" -> evt.arg, "flags"), or None when Mayfly does not provide it."""
+    field = FIELDS.get(name)
+    if field is not None:
+        return None if field.name == "evt.arg" else (field, None)  # evt.arg needs a name
+    match = _NAME.fullmatch(name)
+    field = FIELDS.get(match["base"]) if match else None
+    if field is None or not field.indexed:
+        return None
+    index = match["index"] if match["index"] is not None else match["arg"]
+    if field.name == "proc.aname" and not (index or "").isdigit():
+        return None
+    return field, index

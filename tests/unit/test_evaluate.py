@@ -1,0 +1,109 @@
+"""The reference evaluator and Falco's fields on Mayfly's records, including rules of
+Falco's own file evaluated on records shaped as the kernel tier's containers make them."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sensor import rule_loader
+from sensor.condition import parse
+from sensor.evaluate import evaluate
+from sensor.fields import lookup, open_flags
+
+FALCO = Path(__file__).resolve().parents[3] / "shared" / "compat" / "falco"
+
+
+def record(evt, container=None, **proc):
+    return {"v": 1, "kind": "event", "ts": 1, "host": "h",
+            "container": container or {"id": "mayfly-abc", "runtime": "runc", "cgroup_id": 42},
+            "proc": {"pid": 10, "tid": 10, "ppid": 9, "uid": 0, "gid": 0, "comm": "cat", "exe": "/bin/cat",
+                     "cmdline": "/bin/cat /etc/shadow", "pname": "sh", "pexe": "/bin/sh", "pcmdline": "sh -c cat",
+                     "anames": ["sh", "containerd-shim", "systemd"], **proc},
+            "evt": evt}
+
+
+OPEN_SHADOW = record({"type": "openat", "res": 3, "dirfd": -100, "name": "/etc/shadow",
+                      "flags": os.O_RDONLY | os.O_CLOEXEC, "mode": 0})
+
+
+@pytest.mark.parametrize("condition, expected", [
+    ("evt.type = openat and evt.dir = <", True),
+    ("evt.type in (open, openat) and fd.name = /etc/shadow", True),
+    ("fd.directory = /etc and fd.filename = shadow and fd.typechar = f and fd.num = 3", True),
+    ("evt.is_open_read = 1 and evt.is_open_write = 0", True),
+    ("evt.arg.flags contains O_RDONLY and evt.arg.flags contains O_CLOEXEC", True),
+    ("evt.arg.flags contains O_CREAT", False),
+    ("evt.res = SUCCESS and evt.rawres >= 3 and evt.rawres < 4", True),
+    ("proc.name = cat and proc.exe = /bin/cat and proc.exepath = /bin/cat", True),
+    ("proc.args = /etc/shadow and proc.cmdline = 'cat /etc/shadow'", True),
+    ("proc.pname = sh and proc.pexe = sh and proc.pexepath = /bin/sh and proc.pcmdline = 'sh -c cat'", True),
+    ("proc.aname[1] = sh and proc.aname[2] = containerd-shim and proc.aname[3] = systemd", True),
+    ("proc.aname[4] exists", False),
+    ("proc.aname = systemd and proc.aname in (containerd-shim) and not proc.aname = init", True),
+    ("proc.aname != sh", False),
+    ("fd.name startswith /etc and fd.name endswith adow and fd.name contains /sha", True),
+    ("fd.name icontains SHADOW and fd.name glob '/etc/*' and fd.name pmatch (/usr, /etc)", True),
+    ("fd.name pmatch (/et)", False),
+    ("fd.sip exists", False),
+    ("not fd.sip = 1.2.3.4", True),  # a field the event lacks: every check false, `not` inverts it
+    ("container.id = mayfly-abc and container.id != host and user.uid = 0", True),
+    ("proc.pid > 9 and proc.ppid <= 9 and proc.pid != 11", True),
+    ("evt.num = 0", False),
+])
+def test_fields_and_operators_on_an_open(condition, expected):
+    assert evaluate(parse(condition), OPEN_SHADOW) is expected
+
+
+def test_failed_syscalls_say_their_errno():
+    failed = record({"type": "openat", "res": -2, "dirfd": -100, "name": "/nope", "flags": 0, "mode": 0})
+    assert evaluate(parse("evt.res = ENOENT and evt.rawres = -2 and evt.failed = 1"), failed)
+    assert not evaluate(parse("fd.name exists"), failed)  # no fd was made
+
+
+CONNECTED = {"num": 0, "type": "ipv4", "name": "->10.0.0.9:4444", "l4proto": "tcp", "role": "client",
+             "local": {"family": "inet", "addr": "172.17.0.2", "port": 40000},
+             "remote": {"family": "inet", "addr": "10.0.0.9", "port": 4444}}
+
+
+@pytest.mark.parametrize("condition, expected", [
+    ("fd.sip = 10.0.0.9 and fd.sport = 4444 and fd.cip = 172.17.0.2 and fd.cport = 40000", True),
+    ("fd.rip = 10.0.0.9 and fd.lport = 40000 and fd.rport = 4444 and fd.l4proto = tcp", True),
+    ("fd.ip = 172.17.0.2 and fd.port = 4444", True),
+    ("fd.snet in ('10.0.0.0/8', '192.168.0.0/16') and not fd.cnet = '10.0.0.0/8'", True),
+    ("fd.net = '172.16.0.0/12' and fd.rnet = '10.0.0.0/24'", True),
+    ("fd.typechar = 4 and fd.type in (ipv4, ipv6) and fd.num = 0", True),
+])
+def test_socket_fields(condition, expected):
+    dup = record({"type": "dup2", "res": 0, "oldfd": 3, "newfd": 0, "fd": CONNECTED})
+    assert evaluate(parse(condition), dup) is expected
+
+
+def test_open_flags_render_as_falco_does():
+    assert open_flags(os.O_WRONLY | os.O_CREAT | os.O_TRUNC) == "O_WRONLY|O_CREAT|O_TRUNC"
+    assert open_flags(os.O_RDONLY) == "O_RDONLY"
+
+
+@pytest.mark.parametrize("name, known", [
+    ("proc.aname", True), ("proc.aname[2]", True), ("proc.aname[x]", False), ("evt.arg.flags", True),
+    ("evt.arg", False), ("proc.cwd", False), ("user.name", False), ("container.image.tag", True),
+])
+def test_lookup_knows_what_mayfly_provides(name, known):
+    assert (lookup(name) is not None) is known
+
+
+@pytest.mark.skipif(not FALCO.is_dir(), reason="Falco's rule corpus lives in ../shared/compat/falco")
+def test_falcos_own_rules_on_mayfly_records():
+    conditions = rule_loader.load([FALCO / "falco_rules.yaml"]).conditions
+    redirect = conditions["Redirect STDOUT/STDIN to Network Connection in Container"]
+    reverse_shell = record({"type": "dup2", "res": 0, "oldfd": 3, "newfd": 0, "fd": CONNECTED}, comm="sh")
+    into_pipe = record({"type": "dup2", "res": 1, "oldfd": 4, "newfd": 1,
+                        "fd": {"num": 1, "type": "pipe", "name": ""}}, comm="sh")
+    on_host = dict(reverse_shell, container={"id": "host", "cgroup_id": 1})
+    assert evaluate(redirect, reverse_shell)
+    assert not evaluate(redirect, into_pipe) and not evaluate(redirect, on_host)
+    symlink = conditions["Create Symlink Over Sensitive Files"]
+    assert evaluate(symlink, record({"type": "symlinkat", "res": 0, "target": "/etc/shadow", "newdirfd": -100,
+                                     "linkpath": "/tmp/s"}, comm="ln"))
+    assert not evaluate(symlink, record({"type": "symlinkat", "res": 0, "target": "/tmp/a", "newdirfd": -100,
+                                         "linkpath": "/tmp/s"}, comm="ln"))
