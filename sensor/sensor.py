@@ -198,12 +198,14 @@ class Sensor:
         return batch
 
     def _reports(self) -> list[Record]:
+        """Syscall-count and flow records; those of a cgroup whose identity is pending
+        are held with its events, and go out named."""
         interval = time.monotonic() - self._last_report
         self._last_report = time.monotonic()
         result = self.reports.syscall_counts(interval) if self.reports.counting else []
         if self.config.flows:
             result += self.reports.flows(interval)
-        return result
+        return [record for record in result if not self.cgroups.hold(record)]
 
     def close(self) -> None:
         self._stopped = True

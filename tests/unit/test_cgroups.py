@@ -57,7 +57,8 @@ def test_records_wait_for_the_identity_then_go_out_enriched(tmp_path):
     t = table(tmp_path)
     t.made(7, "/web-2", 1000)
     assert t.pending == 1 and t.take() == []
-    first, second = held_event(t, 7), held_event(t, 7)
+    first = held_event(t, 7)
+    second = records.new("syscall_counts", 2, container=t.container(7), counts={"execve": 1})  # reports too
     assert t.hold(first) and t.hold(second)
     assert t.tick() == []  # still no state, deadline not reached
     runc_state(tmp_path, "web-2", {"io.kubernetes.cri.sandbox-name": "shop"})
