@@ -24,7 +24,7 @@ WORD_OPERATORS = ("contains", "icontains", "bcontains", "startswith", "bstartswi
 LIST_OPERATORS = ("in", "intersects", "pmatch")
 
 _BLANK = re.compile(r"\s*")
-_FIELD = re.compile(r"[A-Za-z_][\w]*(\.[\w]+)+(\[[^\]\s]*\])?(\.[\w]+)*|[A-Za-z_]\w*\[[^\]\s]*\]")
+_FIELD = re.compile(r"[A-Za-z_]\w*(\.\w+)+(\[[^\]\s]*\])?(\.\w+)*")
 _NAME = re.compile(r"[A-Za-z_][\w-]*")
 _BARE = re.compile(r"[^\s(),'\"]+")
 _WORD = re.compile(r"[A-Za-z_]\w*")

@@ -13,6 +13,7 @@ had before the sensor started are not known.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 from collections import OrderedDict
@@ -21,16 +22,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from sensor.batches import in_time_order
-from sensor.syscalls import EXEC, SyscallTable
+from sensor.syscalls import EXEC, OPENS, SyscallTable, open_flags
 
-_OPENS = {"open", "openat", "openat2", "creat"}
 _DUPS = {"dup", "dup2", "dup3", "fcntl"}
 _PAIRS = {"pipe", "pipe2", "socketpair"}
-FD_SYSCALLS = _OPENS | _DUPS | _PAIRS | {"socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create",
+FD_SYSCALLS = set(OPENS) | _DUPS | _PAIRS | {"socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create",
                                          "close"}
-_F_DUPFD, _F_DUPFD_CLOEXEC = 0, 1030
-_MFD_CLOEXEC = 1
-_SOCK_CLOEXEC = os.O_CLOEXEC  # SOCK_CLOEXEC has O_CLOEXEC's value on Linux
 _DOMAINS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix", socket.AF_NETLINK: "netlink"}
 _L4 = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}
 
@@ -127,9 +124,9 @@ class FdTable:
             if res == 0 and fds:
                 self.processes[pid] = {n: fd for n, fd in fds.items() if not fd.cloexec}
             return None
-        if kind in _OPENS:
+        if kind in OPENS:
             if res >= 0:
-                flags = evt.get("flags", evt.get("how", {}).get("flags", 0)) if kind != "creat" else 0
+                flags = open_flags(evt)
                 self._put(pid, res, Fd("directory" if flags & os.O_DIRECTORY else "file",
                                        self._path(fds, evt.get("dirfd"), evt["name"]),
                                        cloexec=bool(flags & os.O_CLOEXEC)))
@@ -139,7 +136,7 @@ class FdTable:
                 socktype = evt["socktype"]
                 domain = _DOMAINS.get(evt["domain"], "socket")
                 fd = Fd(domain, l4proto=_L4.get(socktype & 0xF) if domain.startswith("ipv") else None,
-                        cloexec=bool(socktype & _SOCK_CLOEXEC))
+                        cloexec=bool(socktype & socket.SOCK_CLOEXEC))
                 numbers = (evt["fds"] or ()) if kind == "socketpair" else (res,)
                 for number in numbers:
                     self._put(pid, number, fd)
@@ -151,7 +148,7 @@ class FdTable:
             return None
         if kind == "memfd_create":
             if res >= 0:
-                self._put(pid, res, Fd("memfd", f"memfd:{evt['name']}", cloexec=bool(evt["flags"] & _MFD_CLOEXEC)))
+                self._put(pid, res, Fd("memfd", f"memfd:{evt['name']}", cloexec=bool(evt["flags"] & os.MFD_CLOEXEC)))
             return None
         number = evt.get("fd", evt.get("oldfd"))
         current = fds.get(number)
@@ -162,14 +159,14 @@ class FdTable:
         if kind in _DUPS:
             if res >= 0 and current is not None:
                 cloexec = (kind == "dup3" and evt["flags"] & os.O_CLOEXEC) or \
-                    (kind == "fcntl" and evt["cmd"] == _F_DUPFD_CLOEXEC)
+                    (kind == "fcntl" and evt["cmd"] == fcntl.F_DUPFD_CLOEXEC)
                 self._put(pid, res, replace(current, cloexec=bool(cloexec)))
                 return replace(current, cloexec=bool(cloexec)).as_record(res)
             return current.as_record(number) if current else None
         if kind in ("accept", "accept4"):
             if res >= 0 and current is not None:
                 accepted = replace(current, name="", remote=evt.get("addr"), role="server",
-                                   cloexec=bool(evt.get("flags", 0) & _SOCK_CLOEXEC))
+                                   cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
                 self._put(pid, res, accepted)
                 return accepted.as_record(res)
             return current.as_record(number) if current else None

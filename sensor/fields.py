@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sensor import syscalls
+from sensor.syscalls import OPENS
+
 Record = dict[str, Any]
 Value = str | int | tuple | None
 
-_OPENS = {"open", "openat", "openat2", "creat"}
 _TYPECHARS = {"file": "f", "directory": "d", "ipv4": "4", "ipv6": "6", "unix": "u", "pipe": "p", "netlink": "n",
               "memfd": "f"}
 _OPEN_FLAGS = [(name, getattr(os, name)) for name in (
@@ -34,7 +36,7 @@ def text(value: Any) -> Any:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-def open_flags(flags: int) -> str:
+def open_flags_text(flags: int) -> str:
     """Open flags as Falco renders them: the access mode, then the flags set."""
     names = [_ACCESS.get(flags & os.O_ACCMODE, "O_RDWR")]
     names += [name for name, bit in _OPEN_FLAGS if bit and flags & bit == bit]
@@ -73,8 +75,8 @@ def _evt_res(record: Record, _) -> Value:
 def _evt_arg(record: Record, name: str | None) -> Value:
     evt = _evt(record)
     value = evt.get(name)
-    if name == "flags" and evt.get("type") in _OPENS and isinstance(value, int):
-        return open_flags(value)
+    if name == "flags" and evt.get("type") in OPENS and isinstance(value, int):
+        return open_flags_text(value)
     if isinstance(value, (list, tuple)):
         return " ".join(str(text(v)) for v in value)
     return text(value) if isinstance(value, (str, bytes, int)) else (None if value is None else str(value))
@@ -82,10 +84,9 @@ def _evt_arg(record: Record, name: str | None) -> Value:
 
 def _open_mode(record: Record) -> int | None:
     evt = _evt(record)
-    if evt.get("type") not in _OPENS or evt.get("res", -1) < 0:
+    if evt.get("type") not in OPENS or evt.get("res", -1) < 0:
         return None
-    flags = evt.get("flags", (evt.get("how") or {}).get("flags", os.O_WRONLY | os.O_CREAT))
-    return flags & os.O_ACCMODE
+    return syscalls.open_flags(evt) & os.O_ACCMODE
 
 
 def _fd(record: Record) -> dict | None:
@@ -93,9 +94,9 @@ def _fd(record: Record) -> dict | None:
     evt = _evt(record)
     if evt.get("fd") is not None:
         return evt["fd"]
-    if evt.get("type") in _OPENS and evt.get("res", -1) >= 0:
-        flags = evt.get("flags", (evt.get("how") or {}).get("flags", 0))
-        return {"num": evt["res"], "type": "directory" if flags & os.O_DIRECTORY else "file", "name": text(evt["name"])}
+    if evt.get("type") in OPENS and evt.get("res", -1) >= 0:
+        directory = syscalls.open_flags(evt) & os.O_DIRECTORY
+        return {"num": evt["res"], "type": "directory" if directory else "file", "name": text(evt["name"])}
     return None
 
 

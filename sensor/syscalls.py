@@ -105,6 +105,17 @@ _define("dup3", "oldfd:fd newfd:fd flags:uint", "tracked stdio track")
 _define("fcntl", "fd:fd cmd:int arg:u64", "tracked dupfd track")
 
 EXEC = ("execve", "execveat")
+OPENS = ("open", "openat", "openat2", "creat")  # make an fd for a path
+
+
+def open_flags(evt: dict) -> int:
+    """The open flags of an OPENS event's `evt` fields: creat's are implied, openat2's
+    are in `how`."""
+    if evt["type"] == "creat":
+        return os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if evt["type"] == "openat2":
+        return (evt.get("how") or {}).get("flags", 0)
+    return evt.get("flags", 0)
 
 _UAPI = ("arch/x86/include/generated/uapi/asm/unistd_64.h", "arch/x86/include/uapi/asm/unistd_64.h")
 _SYSTEM = ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm/unistd_64.h")

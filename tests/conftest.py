@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 ROOT_TIERS = ("kernel", "e2e")
+FALCO = Path(__file__).resolve().parents[2] / "shared" / "compat" / "falco"
 TIERS = ("unit", *ROOT_TIERS)
 _outcomes: dict[str, Counter] = {tier: Counter() for tier in TIERS}
 _collected: Counter = Counter()
@@ -73,3 +75,14 @@ def rig():
 
     with ContainerRig() as container_rig:
         yield container_rig
+
+
+@pytest.fixture
+def falco_corpus() -> Path:
+    """Falco's public rule files, read from ../shared (never copied into the project).
+    Without them a test skips, except in CI, where it fails."""
+    if not FALCO.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"Falco's rule corpus is missing at {FALCO}")
+        pytest.skip(f"Falco's rule corpus lives at {FALCO}")
+    return FALCO

@@ -2,12 +2,8 @@
 
 from pathlib import Path
 
-import pytest
-
 from sensor import resources, rule_loader
 from sensor.condition import And, Check, Not, Or
-
-FALCO = Path(__file__).resolve().parents[3] / "shared" / "compat" / "falco"
 
 
 def test_builtin_rules_load_cleanly():
@@ -57,27 +53,26 @@ def test_unreadable_file_does_not_stop_the_others(tmp_path):
     assert [i.name for i in ruleset.items] == ["m"]
 
 
-@pytest.mark.skipif(not FALCO.is_dir(), reason="Falco's rule corpus lives in ../shared/compat/falco")
-def test_falco_corpus_parses_expands_and_says_what_it_cannot_evaluate():
+def test_falco_corpus_parses_expands_and_says_what_it_cannot_evaluate(falco_corpus):
     """Every condition of Falco's rule files parses and every rule expands with the
     macros and lists of the files loaded before it (incubating and sandbox build on
     falco_rules.yaml). A rule is rejected only for a field or operator Mayfly does not
     provide, naming it, at the rule's condition line; docs/falco-compat.md lists them."""
-    ruleset = rule_loader.load([FALCO / "falco_rules.yaml"])
+    ruleset = rule_loader.load([falco_corpus / "falco_rules.yaml"])
     assert ruleset.problems == ruleset.rejected
     assert all(p.reason.startswith("uses field") and p.line > 0 for p in ruleset.problems)
     assert len(ruleset.conditions) + len(ruleset.rejected) == 25
     assert "Redirect STDOUT/STDIN to Network Connection in Container" in ruleset.conditions
-    everything = rule_loader.load([FALCO / "falco_rules.yaml", FALCO / "falco-incubating_rules.yaml",
-                                   FALCO / "falco-sandbox_rules.yaml"])
+    everything = rule_loader.load([falco_corpus / "falco_rules.yaml", falco_corpus / "falco-incubating_rules.yaml",
+                                   falco_corpus / "falco-sandbox_rules.yaml"])
     assert everything.problems == everything.rejected
     assert len(everything.conditions) + len(everything.rejected) + len(everything.disabled) == 25 + 31 + 37
 
 
-@pytest.mark.skipif(not FALCO.is_dir(), reason="Falco's rule corpus lives in ../shared/compat/falco")
-def test_the_compatibility_report_is_current():
+def test_the_compatibility_report_is_current(falco_corpus):
     """docs/falco-compat.md is what `mayfly rules check --report` writes today."""
-    files = [FALCO / name for name in ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml")]
+    names = ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml")
+    files = [falco_corpus / name for name in names]
     command = ["mayfly", "rules", "check", *(f"../shared/compat/falco/{f.name}" for f in files)]
     report = rule_loader.markdown_report(rule_loader.load(files), command)
     docs = Path(__file__).resolve().parents[2] / "docs" / "falco-compat.md"
