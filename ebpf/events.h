@@ -15,7 +15,7 @@
 #ifndef MAYFLY_EVENTS_H
 #define MAYFLY_EVENTS_H
 
-#define MAYFLY_SCHEMA_VERSION 4
+#define MAYFLY_SCHEMA_VERSION 5
 
 #define MAYFLY_COMM_LEN 16
 #define MAYFLY_STR_LEN 256          /* one data slot of a syscall event */
@@ -45,6 +45,7 @@
 
 /* mayfly_syscall_event.flags */
 #define MAYFLY_SYSCALL_COMPAT 1     /* exec of a 32-bit (ia32) image */
+#define MAYFLY_SYSCALL_NO_RESULT 2  /* sent at enter (MAYFLY_SPEC_AT_ENTER): `result` is unknown */
 
 /* mayfly_syscall_spec.flags */
 #define MAYFLY_SPEC_EMIT 1          /* capture this syscall */
@@ -55,6 +56,7 @@
 #define MAYFLY_SPEC_DUPFD_CMD 32    /* fcntl: only F_DUPFD and F_DUPFD_CLOEXEC in args[1] */
 #define MAYFLY_SPEC_EXIT_CODE 64    /* exit/exit_group: keep args[0] as the exit code, emit nothing */
 #define MAYFLY_SPEC_TRACK_PAIR 128  /* on success, the two ints read into slot 0 are new fds (pipe) */
+#define MAYFLY_SPEC_AT_ENTER 256    /* no exit tracepoint is attached for it: send at enter */
 
 /* `cgroup_policy` values */
 #define MAYFLY_POLICY_TRACK 0

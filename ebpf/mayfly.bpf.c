@@ -53,29 +53,26 @@ BPF_HASH(cgroup_policy, u64, u32, MAYFLY_MAX_CGROUPS);
 BPF_PERCPU_ARRAY(syscall_counts, struct mayfly_count_row, MAYFLY_COUNT_SLOTS);
 BPF_HASH(count_slots, u64, u32, MAYFLY_COUNT_SLOTS);
 BPF_QUEUE(free_count_slots, u32, MAYFLY_COUNT_SLOTS);
-/* Internal: the cgroup this CPU counted last and its slot, so that a run of syscalls
- * from one cgroup costs array lookups only, no hash. */
+/* Internal: the task this CPU counted last, known by its syscall register frame (which
+ * is unique to a live task), with its cgroup and that cgroup's slot. A run of syscalls
+ * from one task then costs inlined array lookups only: helper calls are what cost here.
+ * `count_epoch` moves on at every new task (it may get a dead task's frame) and every
+ * cgroup migration, which empties every CPU's cache. */
 struct count_cache {
+    u64 frame;
+    u64 epoch;
     u64 cgroup_id;
     u32 slot;
     u32 _pad;
 };
 BPF_PERCPU_ARRAY(count_cache, struct count_cache, 1);
+BPF_ARRAY(count_epoch, u64, 1);
 #endif
 BPF_TABLE("lru_hash", struct mayfly_fd_key, u8, tracked_fds, MAYFLY_MAX_FDS);
 BPF_TABLE("lru_hash", struct mayfly_flow_key, struct mayfly_flow_value, flows, MAYFLY_MAX_FLOWS);
 /* tgid -> parent tgid, learnt at fork and seeded from /proc at start, because
  * task_struct's layout is not a stable interface. */
 BPF_TABLE("lru_hash", u32, u32, parent_of, MAYFLY_MAX_PROCS);
-
-/* Internal: the last syscall entered on this CPU, and whether an event is held for it,
- * so that the exit of an uninteresting syscall costs one per-CPU lookup. A thread that
- * slept or moved finds another thread's entry and takes the full path. */
-struct last_enter {
-    u32 tid;
-    u32 held;
-};
-BPF_PERCPU_ARRAY(last_enter, struct last_enter, 1);
 
 /* Internal: how a process ends, gathered from exit_group and signal delivery. */
 struct exit_info {
@@ -86,14 +83,23 @@ struct exit_info {
 BPF_TABLE("lru_hash", u32, struct exit_info, exit_info, MAYFLY_MAX_PROCS);
 
 #if MAYFLY_COUNT_SYSCALLS
-/* The cgroup's counter row: the one it has, else a free one (MAYFLY_COUNT_OVERFLOW_SLOT
- * when none is left). */
-static __always_inline u32 count_slot(u64 cgroup_id)
+/* The counter row of the task whose syscall frame this is: its cgroup's row, else a
+ * free one (MAYFLY_COUNT_OVERFLOW_SLOT when none is left). */
+static __always_inline u32 count_slot(u64 frame)
 {
     u32 zero = 0;
     struct count_cache *cache = count_cache.lookup(&zero);
-    if (!cache)
+    u64 *epoch_now = count_epoch.lookup(&zero);
+    if (!cache || !epoch_now)
         return MAYFLY_COUNT_OVERFLOW_SLOT;
+    u64 epoch = *epoch_now; /* read before the cgroup: a migration in between moves it on */
+#ifdef MAYFLY_TP_CGROUP_ATTACH
+    if (cache->frame == frame && cache->epoch == epoch)
+        return cache->slot;
+#endif
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    cache->frame = frame;
+    cache->epoch = epoch;
     if (cache->cgroup_id == cgroup_id)
         return cache->slot;
     u32 slot;
@@ -108,11 +114,21 @@ static __always_inline u32 count_slot(u64 cgroup_id)
             slot = known ? *known : MAYFLY_COUNT_OVERFLOW_SLOT;
         }
     } else {
-        return MAYFLY_COUNT_OVERFLOW_SLOT; /* not cached: the next syscall looks for a free row again */
+        cache->frame = 0; /* not cached: the next syscall looks for a free row again */
+        return MAYFLY_COUNT_OVERFLOW_SLOT;
     }
     cache->cgroup_id = cgroup_id;
     cache->slot = slot;
     return slot;
+}
+
+/* A new task or a cgroup migration: every CPU's count_cache entry is stale. */
+static __always_inline void count_epoch_advance(void)
+{
+    u32 zero = 0;
+    u64 *epoch = count_epoch.lookup(&zero);
+    if (epoch)
+        __sync_fetch_and_add(epoch, 1);
 }
 #endif
 
@@ -410,18 +426,9 @@ static __always_inline void read_args(struct pt_regs *frame, u64 *args)
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u64 nr = ctx->args[1];
-    u64 cgroup_id = bpf_get_current_cgroup_id();
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 zero = 0;
-    struct last_enter *last = last_enter.lookup(&zero);
-    if (!last)
-        return 0;
-    last->tid = pid_tgid;
-    last->held = 0;
-
 #if MAYFLY_COUNT_SYSCALLS
     /* Every syscall of every cgroup is counted: the baselines' raw material. */
-    u32 slot = count_slot(cgroup_id);
+    u32 slot = count_slot(ctx->args[0]);
     struct mayfly_count_row *row = syscall_counts.lookup(&slot);
     if (row && nr < MAYFLY_MAX_SYSCALLS)
         row->n[nr]++;
@@ -432,6 +439,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     if (!spec || !(spec->flags & (MAYFLY_SPEC_EMIT | MAYFLY_SPEC_EXIT_CODE)))
         return 0; /* what nobody asked for stops here */
 
+    u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
     struct mayfly_config *cfg = get_config();
     if (!cfg || tgid == cfg->self_tgid)
@@ -471,18 +479,20 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         if (!wanted)
             return 0;
     }
+    u64 cgroup_id = bpf_get_current_cgroup_id();
     if (!admit(cgroup_id, cfg))
         return 0;
 
-    u32 tid = pid_tgid;
-    int in_slot;
-    struct mayfly_syscall_event *e = claim(tid, &in_slot);
+    u32 tid = pid_tgid, zero = 0;
+    int at_enter = spec->flags & MAYFLY_SPEC_AT_ENTER;
+    int in_slot = 0;
+    struct mayfly_syscall_event *e = at_enter ? scratch.lookup(&zero) : claim(tid, &in_slot);
     if (!e)
         return 0;
     fill_header(&e->hdr, MAYFLY_EVENT_SYSCALL, 0, pid_tgid, cgroup_id);
     e->nr = nr;
     e->truncated = 0;
-    e->flags = 0;
+    e->flags = at_enter ? MAYFLY_SYSCALL_NO_RESULT : 0;
     e->_pad1 = 0;
     e->result = 0;
     for (int i = 0; i < 6; i++)
@@ -491,48 +501,37 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         e->slot_len[i] = 0;
         read_slot(e, &spec->slot[i], args, i, 0);
     }
-    if (!hold(tid, e, in_slot))
-        last->held = 1;
+    if (at_enter)
+        send_syscall(e, cfg, 0);
+    else
+        hold(tid, e, in_slot);
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(sys_exit)
+/* The exit of a captured syscall, attached by the loader to syscalls:sys_exit_<name>
+ * for each one captured with its result. (A raw sys_exit program would run at the exit
+ * of every syscall; enabling these costs the others one bit test in the kernel.) Every
+ * per-syscall exit tracepoint has this format. */
+struct syscall_exit_args {
+    u64 _common;
+    s32 nr;
+    s32 _pad;
+    s64 ret;
+};
+
+int syscall_exit(struct syscall_exit_args *args)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tid = pid_tgid, zero = 0;
-    /* The common case: this thread's syscall entered on this CPU and nothing was held. */
-    struct last_enter *last = last_enter.lookup(&zero);
-    if (last && last->tid == tid && !last->held)
-        return 0;
-
-    struct pt_regs *frame = read_frame((struct pt_regs *)ctx->args[0]);
-    struct mayfly_config *cfg = get_config();
-    if (!frame || !cfg)
-        return 0;
-    u64 nr = frame->orig_ax;
-    u32 index = nr;
-    struct mayfly_syscall_spec *spec = syscall_specs.lookup(&index);
-    int held = last && last->tid == tid && last->held;
-    if ((!spec || !(spec->flags & MAYFLY_SPEC_EMIT)) && !held)
-        return 0;
+    u32 tid = pid_tgid, index = args->nr;
     int in_slot;
     struct mayfly_syscall_event *e = held_event(tid, &in_slot);
     if (!e)
         return 0;
-    long ret = ctx->args[1];
-    /* An exec's exit may report another number (execveat reports execve's; an ia32
-     * caller's is ia32's), so an exec is known by what was held for it. */
-    int exec = ret == 0 && (e->nr == __NR_execve || e->nr == __NR_execveat);
-    if (exec) {
-        /* The new image's stack: argc at sp, then the argument pointers. */
-        int compat = frame->cs == USER32_CS;
-        e->result = 0;
-        e->truncated &= ~(1 << 1);
-        if (compat)
-            e->flags |= MAYFLY_SYSCALL_COMPAT;
-        read_argv(e, frame->sp + (compat ? 4 : 8), compat ? 4 : 8);
-        send_syscall(e, cfg, 1);
-    } else if (spec && e->nr == nr) {
+    struct mayfly_config *cfg = get_config();
+    struct mayfly_syscall_spec *spec = syscall_specs.lookup(&index);
+    /* What is held may be another syscall's, whose exit was not seen: drop it. */
+    if (cfg && spec && e->nr == index) {
+        long ret = args->ret;
         e->result = ret;
         for (int i = 0; i < MAYFLY_STR_SLOTS; i++)
             read_slot(e, &spec->slot[i], e->args, i, 1);
@@ -554,25 +553,28 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     return 0;
 }
 
-/* A successful exec: the kernel's resolved filename goes into slot 0 here, and the
- * event waits for the syscall's exit, where the argument vector is read from the new
- * image's stack (the old one's pages may never have been faulted in). */
+/* A successful exec, sent from here: the kernel's resolved filename goes into slot 0,
+ * and the argument vector is read again from the new image's stack, where the kernel
+ * has just written it (the old image's pages may never have been faulted in). */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_config *cfg = get_config();
-    u32 old_tid = args->old_pid, tid = pid_tgid;
+    u32 tid = pid_tgid;
+    /* A non-leader thread's exec takes over the leader's id: its event is held under
+     * the id it entered with. */
+    u32 holder = args->old_pid;
     int in_slot = 0;
-    struct mayfly_syscall_event *e = held_event(old_tid, &in_slot);
-    int from_enter = e != NULL;
+    struct mayfly_syscall_event *e = held_event(holder, &in_slot);
 
     if (!cfg || (u32)(pid_tgid >> 32) == cfg->self_tgid)
         goto out;
     if (!e) {
         /* The enter was not seen (sensor started mid-exec, or no room to hold it). */
-        if (!admit(cgroup_id, cfg) || !(e = claim(tid, &in_slot)))
-            goto out;
+        holder = tid;
+        if (!admit(cgroup_id, cfg) || !(e = claim(holder, &in_slot)))
+            return 0;
         e->nr = __NR_execve;
         e->truncated = 0;
         e->flags = 0;
@@ -589,31 +591,22 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->slot_len[0] = n > 0 ? n : 0;
     if (n == MAYFLY_STR_LEN)
         e->truncated |= 1;
+    struct pt_regs *frame = read_frame((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()));
+    if (frame) {
+        /* The new image's stack: argc at sp, then the argument pointers. */
+        int compat = frame->cs == USER32_CS;
+        e->truncated &= ~(1 << 1);
+        if (compat)
+            e->flags |= MAYFLY_SYSCALL_COMPAT;
+        read_argv(e, frame->sp + (compat ? 4 : 8), compat ? 4 : 8);
+    }
     /* exec SIGKILLs the other threads; the process itself lives on. */
     u32 tgid = pid_tgid >> 32;
     exit_info.delete(&tgid);
-    int kept;
-    if (from_enter && old_tid != tid) {
-        /* A non-leader thread's exec takes over the leader's id: move the event there. */
-        kept = pending.update(&tid, e) == 0;
-        if (!kept)
-            count_stat(MAYFLY_STAT_PENDING_FULL);
-        release(old_tid, in_slot);
-    } else {
-        kept = hold(tid, e, in_slot) == 0;
-    }
-    if (kept) {
-        u32 zero = 0;
-        struct last_enter *last = last_enter.lookup(&zero);
-        if (last) {
-            last->tid = tid;
-            last->held = 1; /* the exit must look, whatever its number */
-        }
-    }
-    return 0;
+    send_syscall(e, cfg, 1);
 out:
-    if (from_enter)
-        release(old_tid, in_slot);
+    if (e)
+        release(holder, in_slot);
     return 0;
 }
 
@@ -621,6 +614,9 @@ out:
 
 TRACEPOINT_PROBE(task, task_newtask)
 {
+#if MAYFLY_COUNT_SYSCALLS
+    count_epoch_advance();
+#endif
     if (args->clone_flags & CLONE_THREAD)
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -740,6 +736,14 @@ TRACEPOINT_PROBE(cgroup, cgroup_rmdir)
 {
     send_cgroup(MAYFLY_CGROUP_RMDIR, args->root, args->level, args->id,
                 (void *)args + (args->data_loc_path & 0xFFFF));
+    return 0;
+}
+#endif
+
+#if defined(MAYFLY_TP_CGROUP_ATTACH) && MAYFLY_COUNT_SYSCALLS
+TRACEPOINT_PROBE(cgroup, cgroup_attach_task)
+{
+    count_epoch_advance();
     return 0;
 }
 #endif

@@ -12,18 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensor import distro, host, kernel_headers, layout, resources
+from sensor import distro, host, kernel_headers, layout, maps, resources, syscalls
 
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
 # The schema version of events.h that sensor/decode.py and sensor/syscalls.py read.
-EXPECTED_SCHEMA = 4
+EXPECTED_SCHEMA = 5
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
 REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_exit", "task/task_newtask",
                         "signal/signal_deliver")
 # Optional ones are compiled in only when present, through these defines.
 OPTIONAL_TRACEPOINTS = {"cgroup/cgroup_mkdir": "MAYFLY_TP_CGROUP", "cgroup/cgroup_rmdir": "MAYFLY_TP_CGROUP",
+                        "cgroup/cgroup_attach_task": "MAYFLY_TP_CGROUP_ATTACH",
                         "sock/inet_sock_set_state": "MAYFLY_TP_INET_SOCK_SET_STATE"}
 FLOW_PROGRAMS = {b"flow_ingress": 0, b"flow_egress": 1}  # BPF_CGROUP_INET_INGRESS / _EGRESS
 
@@ -90,13 +91,17 @@ class ProgramConfig:
         return entry
 
 
+def tracepoint_present(tracefs: str, name: str) -> bool:
+    return os.path.exists(os.path.join(tracefs, "events", name, "format"))
+
+
 def tracepoint_defines(tracefs: str | None) -> list[str]:
     """Defines for the optional tracepoints present; HostError naming any required one missing."""
     if tracefs is None:
         raise host.HostError("tracefs is not mounted: mount it at /sys/kernel/tracing")
 
     def present(name: str) -> bool:
-        return os.path.exists(os.path.join(tracefs, "events", name, "format"))
+        return tracepoint_present(tracefs, name)
 
     missing = [tp for tp in REQUIRED_TRACEPOINTS if not present(tp)]
     if missing:
@@ -127,9 +132,11 @@ class Programs:
                                  "with sudo (`mayfly doctor` shows what this host lacks)")
         host.prepare()
         kernel_headers.resolve(link=True)
-        self.defines = tracepoint_defines(host.tracefs_root())
+        self.tracefs = host.tracefs_root()
+        self.defines = tracepoint_defines(self.tracefs)
         self.bpf = bcc.BPF(src_file=str(resources.ebpf_file(SOURCE)).encode(), cflags=config.cflags(self.defines))
         self._links: list[int] = []
+        self._exits: dict[str, str] = {}  # syscall -> its exit tracepoint, attached
         try:
             if config.count_syscalls:
                 # Every slot but the overflow one is free at first; user space gives
@@ -148,10 +155,28 @@ class Programs:
 
     @property
     def attached(self) -> list[str]:
-        names = ["raw_syscalls/sys_enter", "raw_syscalls/sys_exit", *REQUIRED_TRACEPOINTS]
-        names += [tp for tp, define in OPTIONAL_TRACEPOINTS.items() if define in self.defines]
+        names = ["raw_syscalls/sys_enter", *REQUIRED_TRACEPOINTS]
+        names += sorted({tp for tp, define in OPTIONAL_TRACEPOINTS.items() if define in self.defines})
+        names += sorted(self._exits.values())
         names += [f"cgroup_skb/{p.decode()}" for p in FLOW_PROGRAMS][:len(self._links)]
         return names
+
+    def set_capture(self, table: syscalls.SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
+        """Capture the `wanted` syscalls, with the results of those in `results` whose
+        exit tracepoint this kernel has (the others are sent at enter). Exit programs
+        run only for the syscalls they are attached to, so each is attached only while
+        it is wanted. Returns the syscalls captured with their results."""
+        exits = {name: syscalls.exit_tracepoint(name) for name in sorted(wanted & results)
+                 if "exit_code" not in table.syscalls[name].flags
+                 and tracepoint_present(self.tracefs, syscalls.exit_tracepoint(name))}
+        for name, tp in exits.items():
+            if name not in self._exits:
+                self.bpf.attach_tracepoint(tp=tp.replace("/", ":").encode(), fn_name=b"syscall_exit")
+                self._exits[name] = tp
+        for name in set(self._exits) - set(exits):
+            self.bpf.detach_tracepoint(tp=self._exits.pop(name).replace("/", ":").encode())
+        maps.write_array(self["syscall_specs"], table.specs(wanted, set(exits)))
+        return set(exits)
 
     def _attach_flows(self, bcc) -> None:
         # A BPF link detaches by itself when its fd closes, even if the sensor dies;

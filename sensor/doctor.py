@@ -75,6 +75,17 @@ def _send_signal(bcc) -> str:
     return "a tracepoint program calling it loads"
 
 
+def _task_pt_regs(bcc) -> str:
+    # A successful exec is completed from the new image's register frame.
+    b = bcc.BPF(text=b"int probe(void *ctx) { struct pt_regs *r = (struct pt_regs *)"
+                     b"bpf_task_pt_regs(bpf_get_current_task_btf()); return r != 0; }")
+    try:
+        b.load_func(b"probe", bcc.BPF.TRACEPOINT)
+    finally:
+        b.cleanup()
+    return "a tracepoint program calling it loads"
+
+
 def _cgroup_skb(bcc) -> str:
     root = host.cgroup2_root()
     path = os.path.join(root, f"mayfly-doctor-{uuid.uuid4().hex[:8]}")
@@ -176,6 +187,7 @@ def run(fix: bool = False) -> list[Check]:
     probes = [
         ("ring buffer", True, "", _ringbuf),
         ("bpf_send_signal", True, "", _send_signal),
+        ("bpf_task_pt_regs", True, "", _task_pt_regs),
         ("cgroup_skb attach", True, "", _cgroup_skb),
         ("kprobe programs", False, unused, _kprobe),
         ("fentry programs", False, unused, _fentry),

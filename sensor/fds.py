@@ -118,6 +118,8 @@ class FdTable:
 
     def _syscall(self, pid: int, evt: dict) -> dict | None:
         """Apply one fd syscall; the `fd` note for its record, if it names one."""
+        if "res" not in evt:
+            return None  # sent at enter, without a result: nothing is known to have changed
         kind, res = evt["type"], evt["res"]
         fds = self.processes.get(pid, {})
         if kind in EXEC:

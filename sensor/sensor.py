@@ -124,13 +124,15 @@ class Sensor:
             raise ValueError(f"unknown event types {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
     def set_capture(self, types: Iterable[str] | None) -> None:
-        """Which syscalls the kernel captures (None: all Mayfly knows). Exec is always
-        captured: it is how processes and their containers are known. Takes effect at
-        once; a syscall not captured costs one map lookup in the kernel."""
+        """Which syscalls the kernel captures (None: all Mayfly knows), with their
+        results. Successful execs are always captured: they are how processes and their
+        containers are known; failed ones only when asked for. Takes effect at once; a
+        syscall not captured costs the kernel a few array lookups."""
         types = set(self.table.syscalls) if types is None else set(types)
         self._check_types(types)
-        self.captured = sorted((types & set(self.table.syscalls)) | set(syscalls.EXEC))
-        maps.write_array(self.programs["syscall_specs"], self.table.specs(set(self.captured)))
+        asked = types & set(self.table.syscalls)
+        self.captured = sorted(asked | set(syscalls.EXEC))
+        self.programs.set_capture(self.table, set(self.captured), asked)
 
     def set_rate_limit(self, rate: int, burst: int) -> None:
         """Events per second one cgroup may emit on average (0: no limit), and at once."""

@@ -31,6 +31,7 @@ from sensor import layout
 from sensor.records import c_string, untrusted_text
 
 _COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
+_NO_RESULT = layout.events().constants["MAYFLY_SYSCALL_NO_RESULT"]
 _SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata", "fdpair"}
 _FIXED_LEN = {"open_how": 24, "capdata": 24, "fdpair": 8}
 
@@ -105,6 +106,14 @@ _define("dup3", "oldfd:fd newfd:fd flags:uint", "tracked stdio track")
 _define("fcntl", "fd:fd cmd:int arg:u64", "tracked dupfd track")
 
 EXEC = ("execve", "execveat")
+# Syscalls whose tracepoints the kernel names after another (SYSCALL_DEFINE) name.
+_TRACEPOINT_NAMES = {"umount2": "umount"}
+
+
+def exit_tracepoint(name: str) -> str:
+    """The per-syscall exit tracepoint (category/name) that sees `name`'s result."""
+    return f"syscalls/sys_exit_{_TRACEPOINT_NAMES.get(name, name)}"
+
 OPENS = ("open", "openat", "openat2", "creat")  # make an fd for a path
 
 
@@ -170,9 +179,12 @@ class SyscallTable:
     def name(self, nr: int) -> str:
         return self.names.get(nr, f"syscall_{nr}")
 
-    def specs(self, wanted: set[str]) -> np.ndarray:
+    def specs(self, wanted: set[str], results: set[str]) -> np.ndarray:
         """The `syscall_specs` map's contents: capture what is in `wanted` (plus the
-        exit codes, which lifecycle events need)."""
+        exit codes, which lifecycle events need). `results`: those whose exit tracepoint
+        is attached; the others are sent at enter, without a result, except an exec,
+        which is sent from sched_process_exec when it succeeds (a failed one is only
+        seen through its exit)."""
         events = layout.events()
         c = events.constants
         specs = np.zeros(c["MAYFLY_MAX_SYSCALLS"], events.structs["mayfly_syscall_spec"])
@@ -188,6 +200,8 @@ class SyscallTable:
             flags = sum(c[bits[f]] for f in syscall.flags)
             if syscall.name in wanted and "exit_code" not in syscall.flags:
                 flags |= c["MAYFLY_SPEC_EMIT"]
+                if syscall.name not in results and syscall.name not in EXEC:
+                    flags |= c["MAYFLY_SPEC_AT_ENTER"]
             elif "exit_code" not in syscall.flags:
                 continue
             spec = specs[syscall.nr]
@@ -202,7 +216,9 @@ class SyscallTable:
     def decode_args(self, event: np.void) -> dict:
         """The `evt` fields of a syscall event: its type, result and named arguments."""
         nr = int(event["nr"])
-        fields = {"type": self.name(nr), "res": int(event["result"])}
+        fields = {"type": self.name(nr)}
+        if not event["flags"] & _NO_RESULT:
+            fields["res"] = int(event["result"])
         syscall = self.by_nr.get(nr)
         if syscall is None:
             return fields

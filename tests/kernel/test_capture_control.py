@@ -3,6 +3,7 @@ token buckets, loss accounting, and the per-cgroup syscall counters."""
 
 import os
 import subprocess
+import sys
 import uuid
 
 from capture import collect, drain, events, own_cgroup, run_in_cgroup
@@ -68,6 +69,26 @@ def test_syscall_counts_per_cgroup_are_exact(sensor, fire):
     assert record["counts"]["getppid"] == N
     assert record["counts"]["execve"] == 1 and record["counts"]["exit_group"] == 1
     assert record["interval_s"] > 0
+
+
+def test_counts_follow_a_process_that_moves_between_cgroups(sensor):
+    """The kernel caches each CPU's last task and its counter row; a move to another
+    cgroup must take effect from the next syscall, back and forth."""
+    sensor.report()
+    with own_cgroup() as (first, first_id), own_cgroup() as (second, second_id):
+        mover = ("import os, sys\n"
+                 "def move(path):\n"
+                 "    with open(os.path.join(path, 'cgroup.procs'), 'w') as f: f.write(str(os.getpid()))\n"
+                 "for path, n in ((sys.argv[1], 7), (sys.argv[2], 11), (sys.argv[1], 13)):\n"
+                 "    move(path)\n"
+                 "    for _ in range(n): os.getppid()\n"
+                 "move(sys.argv[3])\n")
+        subprocess.run([sys.executable, "-c", mover, first, second, host.cgroup2_root()], check=True)
+        drain(sensor)
+        counts = {r["container"]["cgroup_id"]: r["counts"] for r in sensor.report()
+                  if r["kind"] == "syscall_counts" and "container" in r}
+    assert counts[first_id]["getppid"] == 7 + 13
+    assert counts[second_id]["getppid"] == 11
 
 
 def test_a_flooding_cgroup_is_limited_and_the_others_are_not(sensor, fire):

@@ -32,7 +32,8 @@ def test_argument_names_cannot_shadow_evt_fields():
 
 
 def spec(table, name, wanted=None):
-    return table.specs(wanted or {name})[table.numbers[name]]
+    wanted = wanted or {name}
+    return table.specs(wanted, results=wanted)[table.numbers[name]]
 
 
 def test_specs_say_what_to_read_where(table):
@@ -55,11 +56,29 @@ def test_specs_say_what_to_read_where(table):
 
 
 def test_only_wanted_syscalls_are_captured_but_exit_codes_always(table):
-    specs = table.specs({"openat"})
+    specs = table.specs({"openat"}, results={"openat"})
     captured = {table.name(nr) for nr in np.flatnonzero(specs["flags"] & C["MAYFLY_SPEC_EMIT"])}
     assert captured == {"openat"}
     exit_code = {table.name(nr) for nr in np.flatnonzero(specs["flags"] & C["MAYFLY_SPEC_EXIT_CODE"])}
     assert exit_code == {"exit", "exit_group"}
+
+
+def test_syscalls_without_an_attached_exit_are_sent_at_enter_but_execs_wait_for_sched_process_exec(table):
+    specs = table.specs({"openat", "init_module", "execve"}, results={"openat"})
+    at_enter = {table.name(nr) for nr in np.flatnonzero(specs["flags"] & C["MAYFLY_SPEC_AT_ENTER"])}
+    assert at_enter == {"init_module"}
+
+
+def test_an_event_sent_at_enter_has_no_result(table):
+    e = event(table, "init_module", 0)
+    e["flags"] = C["MAYFLY_SYSCALL_NO_RESULT"]
+    assert "res" not in table.decode_args(e)
+    assert table.decode_args(event(table, "init_module", -38))["res"] == -38
+
+
+def test_exit_tracepoints_carry_the_kernels_names():
+    assert syscalls.exit_tracepoint("openat") == "syscalls/sys_exit_openat"
+    assert syscalls.exit_tracepoint("umount2") == "syscalls/sys_exit_umount"
 
 
 def event(table, name, result, args=(), slots=(), truncated=0):
