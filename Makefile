@@ -41,6 +41,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/ringbuf.py
+	$(BIN)/python benchmarks/engine.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

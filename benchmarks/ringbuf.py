@@ -31,7 +31,6 @@ import argparse
 import ctypes
 import dataclasses
 import os
-import platform
 import re
 import resource
 import statistics
@@ -51,6 +50,8 @@ from sensor.cgroups import CgroupTable  # noqa: E402
 from sensor.decode import Decoder  # noqa: E402
 from sensor.layout import events as event_layout  # noqa: E402
 from sensor.ringbuf import RawBatch, RingReader  # noqa: E402
+
+from report import machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LOAD_CPU, CONSUMER_CPU = 0, 1
@@ -400,15 +401,6 @@ def _per_run(before: tuple[int, int], after: tuple[int, int]) -> tuple[float, in
     return ((after[0] - before[0]) / runs if runs else 0.0, runs)
 
 
-def machine() -> str:
-    with open("/proc/cpuinfo") as f:
-        model = re.search(r"model name\s*:\s*(.+)", f.read())
-    with open("/proc/cpuinfo") as f:
-        virtual = "hypervisor" in f.read()
-    return (f"{model.group(1) if model else platform.machine()}, {os.cpu_count()} CPUs, kernel "
-            f"{platform.release()}, {'VM' if virtual else 'bare metal'}, Python {platform.python_version()}")
-
-
 def lossless(steps: list[dict], load: str, consumer: str) -> float:
     """The highest rate delivered without loss."""
     return max((s["achieved"] for s in steps if s["load"] == load and s["consumer"] == consumer and s["lossless"]),
@@ -528,15 +520,6 @@ def report(results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -546,7 +529,7 @@ def main() -> None:
         sys.exit("the benchmark loads BPF programs: run it as root")
     results = Bench(args.quick).run()
     command = "make bench" if not args.quick else "benchmarks/ringbuf.py --quick"
-    write_section(args.output, report(results, command))
+    write_section(args.output, BEGIN, END, report(results, command))
     print(f"wrote {args.output}")
 
 

@@ -24,7 +24,7 @@ WORD_OPERATORS = ("contains", "icontains", "bcontains", "startswith", "bstartswi
 LIST_OPERATORS = ("in", "intersects", "pmatch")
 
 _BLANK = re.compile(r"\s*")
-_FIELD = re.compile(r"[A-Za-z_]\w*(\.\w+)+(\[[^\]\s]*\])?(\.\w+)*")
+FIELD = re.compile(r"[A-Za-z_]\w*(\.\w+)+(\[[^\]\s]*\])?(\.\w+)*")
 _NAME = re.compile(r"[A-Za-z_][\w-]*")
 _BARE = re.compile(r"[^\s(),'\"]+")
 _WORD = re.compile(r"[A-Za-z_]\w*")
@@ -128,7 +128,7 @@ class _Parser:
     def parse_check(self):
         self.skip()
         start = self.pos
-        field = _FIELD.match(self.text, self.pos)
+        field = FIELD.match(self.text, self.pos)
         if field is None:
             name = _NAME.match(self.text, self.pos)
             if name is None or name.group() in ("and", "or", "not"):

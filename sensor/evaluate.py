@@ -31,12 +31,20 @@ def evaluate(node, record: dict) -> bool:
     return _check(node, record)
 
 
-def _check(check: Check, record: dict) -> bool:
-    found = fields.lookup(check.field)
+def field_of(name: str) -> tuple[fields.Field, str | None]:
+    found = fields.lookup(name)
     if found is None:
-        raise ValueError(f"field {check.field} is not provided by Mayfly")
-    field, index = found
-    value = field.get(record, index)
+        raise ValueError(f"field {name} is not provided by Mayfly")
+    return found
+
+
+def _check(check: Check, record: dict) -> bool:
+    field, index = field_of(check.field)
+    return check_value(check, field, field.get(record, index))
+
+
+def check_value(check: Check, field: fields.Field, value) -> bool:
+    """One check against the value its field has: all that the result depends on."""
     if value is None or value == ():
         return False
     if check.op == "exists":
@@ -98,3 +106,15 @@ def _compare(value, op: str, expected) -> bool:
     if op == "pmatch":
         return any(value == p or value.startswith(p.rstrip("/") + "/") for p in expected)
     raise ValueError(f"operator {op} is not supported")
+
+
+class Reference:
+    """The reference evaluator behind the engine's interface (sensor.engine.Engine):
+    every rule against every record, in plain Python."""
+
+    def __init__(self, conditions: dict[str, object]):
+        self.conditions = conditions
+
+    def match(self, records) -> list[tuple[int, str]]:
+        return [(i, name) for i, record in enumerate(records)
+                for name, condition in self.conditions.items() if evaluate(condition, record)]

@@ -96,7 +96,7 @@ def _fd(record: Record) -> dict | None:
         return evt["fd"]
     if evt.get("type") in OPENS and evt.get("res", -1) >= 0:
         directory = syscalls.open_flags(evt) & os.O_DIRECTORY
-        return {"num": evt["res"], "type": "directory" if directory else "file", "name": text(evt["name"])}
+        return {"num": evt["res"], "type": "directory" if directory else "file", "name": text(evt.get("name"))}
     return None
 
 

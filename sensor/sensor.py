@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from sensor import host, layout, maps, records, resources, rule_loader, syscalls
+from sensor.alerts import Alerts
 from sensor.bpf_program import ProgramConfig, Programs
 from sensor.cgroups import CgroupTable
 from sensor.decode import OTHER_TYPES, Decoder, MonotonicClock
@@ -84,9 +85,16 @@ class Sensor:
             log.error("rule rejected", problem=str(problem))
         log.info("rules loaded", rules=len(self.ruleset.conditions), rejected=len(self.ruleset.rejected),
                  disabled=len(self.ruleset.disabled))
+        self.alerts = Alerts(self.ruleset)
         self.table = syscalls.table()
         self._check_types(self.emit_types or ())
-        capture = None if self.emit and self.emit_types is None else self.emit_types or ()
+        # What to decode: the emitted types and those the rules need (None: every type).
+        if (self.emit and self.emit_types is None) or (self.alerts.rules and self.alerts.types is None):
+            self._decode_types: frozenset[str] | None = None
+        else:
+            self._decode_types = (self.emit_types or frozenset()) | (self.alerts.types or frozenset())
+        known = set(self.table.syscalls) | set(OTHER_TYPES)
+        capture = None if self._decode_types is None else self._decode_types & known
 
         self.programs = Programs(self.config)
         try:
@@ -181,7 +189,8 @@ class Sensor:
         self.cgroups.account(arrays)
         self.processes.apply(arrays)
         fd_notes = self.fds.apply(arrays)
-        events = self.decoder.records(arrays, self.emit_types, fd_notes) if self.emit else []
+        decode = self._decode_types is None or self._decode_types
+        events = self.decoder.records(arrays, self._decode_types, fd_notes) if decode else []
         batch += [record for record in events if not self.cgroups.hold(record)]
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
@@ -189,9 +198,19 @@ class Sensor:
         for cgroup_id, ts in self.decoder.apply_cgroups(arrays, removals=True):
             self.cgroups.removed(cgroup_id, ts, self.reports.cgroup_losses(cgroup_id))
             self.reports.forget_cgroup(cgroup_id)
-        batch += self.cgroups.take()
+        batch = self._matched(batch + self.cgroups.take())
         self._dispatch(batch)
         return batch
+
+    def _matched(self, batch: list[Record]) -> list[Record]:
+        """The batch with the rules' alerts, and without the events that were decoded
+        for the rules only. Records held for a container's identity come here when it is
+        known, so rules see containers named."""
+        alerts = self.alerts([record for record in batch if record["kind"] == "event"])
+        return [record for record in batch if record["kind"] != "event" or self._emits(record)] + alerts
+
+    def _emits(self, record: Record) -> bool:
+        return self.emit and (self.emit_types is None or record["evt"]["type"] in self.emit_types)
 
     def report(self) -> list[Record]:
         """Flow and syscall-count records now (they also come every `report_interval`)."""
@@ -217,7 +236,7 @@ class Sensor:
             self.poll(0)
             if not self._ring.pending():
                 break
-        final = self.cgroups.flush() + self._reports()
+        final = self._matched(self.cgroups.flush()) + self._reports()
         final.append(records.new("sensor", self.clock.now(), state="stopped",
                                  uptime_s=round(time.monotonic() - self._started, 3),
                                  events=dict(self._delivered), records=self._emitted + 1,

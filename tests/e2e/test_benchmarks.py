@@ -31,3 +31,17 @@ def test_ringbuf_benchmark_quick_mode(tmp_path):
     # Mayfly's enter program ran in both bpf_stats runs, and its exit only when emitting.
     assert re.search(r"^\| raw_tracepoint__sys_enter \| [\d.]+ \| [1-9][\d,]* \| [\d.]+ \| [1-9]", report, re.M)
     assert re.search(r"^\| syscall_exit \| 0\.0 \| 0 \| [\d.]+ \| [1-9]", report, re.M)
+
+
+def test_engine_benchmark_quick_mode(tmp_path):
+    output = tmp_path / "RESULTS.md"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "engine.py"), "--quick", "--output", str(output)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = output.read_text()
+    assert "<!-- engine: begin -->" in report and "Command: `benchmarks/engine.py --quick`" in report
+    rows = re.findall(r"^\| ([^|]+) \| (\d+) \| (match-heavy|quiet) \| ([\d,]+) \| [\d,]+ \| ([\d,]+) \|", report, re.M)
+    assert {(r[1], r[2]) for r in rows} >= {(n, s) for n in ("10", "100", "1000") for s in ("match-heavy", "quiet")}
+    for _, _, stream, rate, matches in rows:
+        assert int(rate.replace(",", "")) > 0
+        assert (int(matches.replace(",", "")) > 0) is (stream == "match-heavy")

@@ -1,5 +1,7 @@
-"""The reference evaluator and Falco's fields on Mayfly's records, including rules of
-Falco's own file evaluated on records shaped as the kernel tier's containers make them."""
+"""Falco's fields and operators on Mayfly's records, including rules of Falco's own file
+evaluated on records shaped as the kernel tier's containers make them. Every test runs
+against both implementations (the `matcher` fixture): the reference evaluator and the
+compiled engine."""
 
 import os
 
@@ -7,7 +9,6 @@ import pytest
 
 from sensor import rule_loader
 from sensor.condition import parse
-from sensor.evaluate import evaluate
 from sensor.fields import lookup, open_flags_text
 
 
@@ -48,14 +49,14 @@ OPEN_SHADOW = record({"type": "openat", "res": 3, "dirfd": -100, "name": "/etc/s
     ("proc.pid > 9 and proc.ppid <= 9 and proc.pid != 11", True),
     ("evt.num = 0", False),
 ])
-def test_fields_and_operators_on_an_open(condition, expected):
-    assert evaluate(parse(condition), OPEN_SHADOW) is expected
+def test_fields_and_operators_on_an_open(matcher, condition, expected):
+    assert matcher(parse(condition), OPEN_SHADOW) is expected
 
 
-def test_failed_syscalls_say_their_errno():
+def test_failed_syscalls_say_their_errno(matcher):
     failed = record({"type": "openat", "res": -2, "dirfd": -100, "name": "/nope", "flags": 0, "mode": 0})
-    assert evaluate(parse("evt.res = ENOENT and evt.rawres = -2 and evt.failed = 1"), failed)
-    assert not evaluate(parse("fd.name exists"), failed)  # no fd was made
+    assert matcher(parse("evt.res = ENOENT and evt.rawres = -2 and evt.failed = 1"), failed)
+    assert not matcher(parse("fd.name exists"), failed)  # no fd was made
 
 
 CONNECTED = {"num": 0, "type": "ipv4", "name": "->10.0.0.9:4444", "l4proto": "tcp", "role": "client",
@@ -71,9 +72,9 @@ CONNECTED = {"num": 0, "type": "ipv4", "name": "->10.0.0.9:4444", "l4proto": "tc
     ("fd.net = '172.16.0.0/12' and fd.rnet = '10.0.0.0/24'", True),
     ("fd.typechar = 4 and fd.type in (ipv4, ipv6) and fd.num = 0", True),
 ])
-def test_socket_fields(condition, expected):
+def test_socket_fields(matcher, condition, expected):
     dup = record({"type": "dup2", "res": 0, "oldfd": 3, "newfd": 0, "fd": CONNECTED})
-    assert evaluate(parse(condition), dup) is expected
+    assert matcher(parse(condition), dup) is expected
 
 
 def test_open_flags_render_as_falco_does():
@@ -89,17 +90,17 @@ def test_lookup_knows_what_mayfly_provides(name, known):
     assert (lookup(name) is not None) is known
 
 
-def test_falcos_own_rules_on_mayfly_records(falco_corpus):
+def test_falcos_own_rules_on_mayfly_records(matcher, falco_corpus):
     conditions = rule_loader.load([falco_corpus / "falco_rules.yaml"]).conditions
     redirect = conditions["Redirect STDOUT/STDIN to Network Connection in Container"]
     reverse_shell = record({"type": "dup2", "res": 0, "oldfd": 3, "newfd": 0, "fd": CONNECTED}, comm="sh")
     into_pipe = record({"type": "dup2", "res": 1, "oldfd": 4, "newfd": 1,
                         "fd": {"num": 1, "type": "pipe", "name": ""}}, comm="sh")
     on_host = dict(reverse_shell, container={"id": "host", "cgroup_id": 1})
-    assert evaluate(redirect, reverse_shell)
-    assert not evaluate(redirect, into_pipe) and not evaluate(redirect, on_host)
+    assert matcher(redirect, reverse_shell)
+    assert not matcher(redirect, into_pipe) and not matcher(redirect, on_host)
     symlink = conditions["Create Symlink Over Sensitive Files"]
-    assert evaluate(symlink, record({"type": "symlinkat", "res": 0, "target": "/etc/shadow", "newdirfd": -100,
+    assert matcher(symlink, record({"type": "symlinkat", "res": 0, "target": "/etc/shadow", "newdirfd": -100,
                                      "linkpath": "/tmp/s"}, comm="ln"))
-    assert not evaluate(symlink, record({"type": "symlinkat", "res": 0, "target": "/tmp/a", "newdirfd": -100,
+    assert not matcher(symlink, record({"type": "symlinkat", "res": 0, "target": "/tmp/a", "newdirfd": -100,
                                          "linkpath": "/tmp/s"}, comm="ln"))
