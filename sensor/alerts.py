@@ -8,7 +8,8 @@ import re
 from collections.abc import Sequence
 
 from sensor import fields, records
-from sensor.condition import FIELD
+from sensor.condition import FIELD, checks
+from sensor.domains import DOMAINS
 from sensor.engine import Engine, event_types
 from sensor.records import Record
 from sensor.rule_loader import RuleSet
@@ -34,6 +35,10 @@ class Alerts:
     def __init__(self, ruleset: RuleSet):
         self.rules = {item.name: item for item in ruleset.rules if item.name in ruleset.conditions}
         self.engine = Engine(ruleset.conditions)
+        # Domain names rules compare addresses with are resolved from now on.
+        DOMAINS.watch(value for c in ruleset.conditions.values() for check in checks(c)
+                      if check.field.endswith("ip.name") and check.value is not None
+                      for value in (check.value if isinstance(check.value, tuple) else (check.value,)))
         types = [event_types(c) for c in ruleset.conditions.values()]
         # The event types the rules need (None: any type can match some rule).
         self.types: frozenset[str] | None = None if any(t is None for t in types) else frozenset().union(*types)

@@ -16,6 +16,7 @@ from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
 from sensor.ringbuf import RawBatch, group, scatter
 from sensor.syscalls import EXEC, SyscallTable
+from sensor.users import Users
 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
@@ -49,11 +50,12 @@ def ip_text(family: int, raw: np.ndarray) -> str:
 
 class Decoder:
     def __init__(self, table: SyscallTable, cgroups: CgroupTable, processes: ProcessTable | None = None,
-                 clock: MonotonicClock | None = None, events: layout.Layout | None = None):
+                 clock: MonotonicClock | None = None, events: layout.Layout | None = None, users: Users | None = None):
         self.table = table
         self.cgroups = cgroups
-        self.processes = processes or ProcessTable(table)
         self.clock = clock or MonotonicClock()
+        self.processes = processes or ProcessTable(table, self.clock)
+        self.users = users or Users()
         self.layout = events or layout.events()
         self.kinds = self.layout.kinds()
         self._dtypes = {number: self.layout.structs[f"mayfly_{name}_event"] for number, name in self.kinds.items()}
@@ -121,11 +123,13 @@ class Decoder:
         return result
 
     def _record(self, header: np.void, evt: dict, **proc) -> Record:
-        pid = int(header["pid"])
-        return records.new("event", self.clock.to_epoch(header["ktime_ns"]),
-                           container=self.cgroups.container(int(header["cgroup_id"])),
+        pid, uid, gid = int(header["pid"]), int(header["uid"]), int(header["gid"])
+        container = self.cgroups.container(int(header["cgroup_id"]))
+        user, group = self.users.names(container["id"], pid, uid, gid)
+        names = {k: v for k, v in (("user", user), ("group", group)) if v is not None}
+        return records.new("event", self.clock.to_epoch(header["ktime_ns"]), container=container,
                            proc={"pid": pid, "tid": int(header["tid"]), "ppid": int(header["ppid"]),
-                                 "uid": int(header["uid"]), "gid": int(header["gid"]), "comm": c_string(header["comm"]),
+                                 "uid": uid, "gid": gid, **names, "comm": c_string(header["comm"]),
                                  **self.processes.get(pid), **proc},
                            evt=evt)
 

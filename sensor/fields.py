@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sensor import syscalls
+from sensor.domains import DOMAINS
+from sensor.processes import capability_text
 from sensor.syscalls import OPENS
 
 Record = dict[str, Any]
@@ -137,6 +139,15 @@ def _anames(record: Record, index: str | None) -> Value:
     return names[n - 1] if 0 < n <= len(names) else (text(_proc(record).get("comm")) if n == 0 else None)
 
 
+def _bool(value: bool | None) -> str | None:
+    """Falco's booleans compare as the words true and false."""
+    return None if value is None else ("true" if value else "false")
+
+
+_SOCKETS = ("ipv4", "ipv6", "unix")
+_NAMING = ("connect", "accept", "accept4", "bind")  # the syscalls that give a socket its name
+
+
 def _container(*path: str) -> Callable[[Record, Any], Value]:
     def field(record: Record, _) -> Value:
         value: Any = record.get("container") or {}
@@ -198,6 +209,23 @@ _FIELDS = [
     Field("fd.lnet", _fd_field(lambda fd: (fd.get("local") or {}).get("addr")), network=True),
     Field("fd.rnet", _fd_field(lambda fd: (fd.get("remote") or {}).get("addr")), network=True),
     Field("fd.nameraw", _fd_field(lambda fd: text(fd.get("name")))),  # Mayfly keeps names as given
+    Field("fd.connected", _fd_field(lambda fd: _bool(bool(fd.get("remote"))) if fd.get("type") in _SOCKETS else None)),
+    Field("fd.name_changed", lambda r, _: None if _fd(r) is None else _bool(_evt(r).get("type") in _NAMING)),
+    Field("fd.sip.name", _fd_field(lambda fd: DOMAINS.names_of(_endpoint(fd, "server", "addr")))),
+    Field("fd.cip.name", _fd_field(lambda fd: DOMAINS.names_of(_endpoint(fd, "client", "addr")))),
+    Field("fd.lip.name", _fd_field(lambda fd: DOMAINS.names_of((fd.get("local") or {}).get("addr")))),
+    Field("fd.rip.name", _fd_field(lambda fd: DOMAINS.names_of((fd.get("remote") or {}).get("addr")))),
+    Field("proc.cwd", lambda r, _: None if _proc(r).get("cwd") is None else text(_proc(r)["cwd"]).rstrip("/") + "/"),
+    Field("proc.tty", lambda r, _: _proc(r).get("tty")),
+    Field("proc.duration", lambda r, _: None if _proc(r).get("start_ts") is None
+          else max(0, r.get("ts", 0) - _proc(r)["start_ts"])),
+    Field("proc.is_exe_from_memfd", lambda r, _: _bool(_proc(r).get("exe_from_memfd"))),
+    Field("proc.is_exe_upper_layer", lambda r, _: _bool(_proc(r).get("exe_upper_layer"))),
+    Field("thread.cap_effective", lambda r, _: None if _proc(r).get("cap_effective") is None
+          else capability_text(_proc(r)["cap_effective"])),
+    Field("user.name", lambda r, _: text(_proc(r).get("user"))),
+    Field("group.name", lambda r, _: text(_proc(r).get("group"))),
+    Field("container.privileged", lambda r, _: _bool((r.get("container") or {}).get("privileged"))),
     Field("container.id", _container("id")),
     Field("container.name", _container("name")),
     Field("container.image", _container("image", "name")),

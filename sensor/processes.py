@@ -1,17 +1,25 @@
 """pid -> name, exe, cmdline and parent, so that every record names its process and its
-lineage (Falco's proc.pname, proc.pexe, proc.pcmdline, proc.aname[N]).
+lineage (Falco's proc.pname, proc.pexe, proc.pcmdline, proc.aname[N]), and what Falco's
+rules ask of a process beyond that: when it started, its terminal, working directory
+and effective capabilities, and whether its executable came from a memfd or from a
+container's writable (upper) layer.
 
 Seeded from /proc at start and kept from fork (a child starts as a copy of its parent,
-as the kernel makes it), exec and exit events. An exited process stays known while
-its descendants may still name it as an ancestor; the table is bounded, and the
-entries used least recently go first when it is full.
+as the kernel makes it), exec and exit events. What the events do not carry is read
+from /proc/<pid> when the exec is applied, a few milliseconds after it: a process gone
+by then keeps what it inherited. An exited process stays known while its descendants
+may still name it as an ancestor; the table is bounded, and the entries used least
+recently go first when it is full.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 
 import numpy as np
 
@@ -21,11 +29,28 @@ from sensor.syscalls import EXEC, SyscallTable
 
 
 @dataclass(frozen=True)
+class Details:
+    """What /proc/<pid> says beyond the events; None where it could not be read."""
+    tty: int | None = None              # the controlling terminal's device number; 0: none
+    cwd: str | None = None
+    cap_effective: int | None = None    # bit i: capability i
+    exe_from_memfd: bool | None = None
+    exe_upper_layer: bool | None = None  # the executable is in its overlay root's upper dir
+
+
+@dataclass(frozen=True)
 class Process:
     name: str | bytes   # comm: what the kernel calls it (an exec's basename, at most 15 bytes)
     exe: str | bytes
     cmdline: str | bytes
     ppid: int
+    start_ns: int | None = None  # wall clock ns of its fork
+    details: Details = Details()
+
+
+def _stat_fields(stat: bytes) -> list[bytes]:
+    """/proc/<pid>/stat after the comm, which may hold spaces and parentheses."""
+    return stat[stat.rindex(b")") + 1:].split()
 
 
 def read_proc(pid: int) -> Process | None:
@@ -35,20 +60,103 @@ def read_proc(pid: int) -> Process | None:
             stat = f.read()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().rstrip(b"\0").split(b"\0")
-        exe = os.readlink(f"/proc/{pid}/exe")
+        exe = _below(os.readlink(f"/proc/{pid}/root"), os.readlink(f"/proc/{pid}/exe"))
     except OSError:
         return None
     try:
-        # comm may hold spaces and parentheses: the fields resume after the last ')'.
         name = stat[stat.index(b"(") + 1:stat.rindex(b")")]
-        ppid = int(stat[stat.rindex(b")") + 1:].split()[1])
+        fields = _stat_fields(stat)
+        ppid = int(fields[1])
+        # starttime: clock ticks after boot; the monotonic clock counts from boot too
+        start = int(fields[19]) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
     except (ValueError, IndexError):
         return None
-    return Process(untrusted_text(name), exe, cmdline([untrusted_text(a) for a in argv if a]), ppid)
+    return Process(untrusted_text(name), exe, cmdline([untrusted_text(a) for a in argv if a]), ppid,
+                   start_ns=start, details=read_details(pid))
+
+
+def read_details(pid: int) -> Details:
+    def read(name: str) -> bytes | None:
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def link(name: str) -> str | None:
+        try:
+            return os.readlink(f"/proc/{pid}/{name}")
+        except OSError:
+            return None
+
+    # /proc's links name paths from our root; the process sees them from its own
+    root = link("root")
+    stat, status, exe, cwd = read("stat"), read("status"), _below(root, link("exe")), _below(root, link("cwd"))
+    found = re.search(rb"^CapEff:\s*([0-9a-f]+)", status or b"", re.M)
+    try:
+        tty = int(_stat_fields(stat)[4]) if stat else None
+    except (ValueError, IndexError):
+        tty = None
+    return Details(tty=tty, cwd=cwd, cap_effective=int(found[1], 16) if found else None,
+                   exe_from_memfd=None if exe is None else exe.startswith("/memfd:"),
+                   exe_upper_layer=None if exe is None else _in_upper_layer(pid, exe))
+
+
+def _below(root: str | None, path: str | None) -> str | None:
+    """`path` (from our root) as a process whose root is `root` names it."""
+    if path is None or root in (None, "/") or not path.startswith("/"):
+        return path  # ours too, or not a path (a memfd's name)
+    if path == root:
+        return "/"
+    return path[len(root):] if path.startswith(root + "/") else path
+
+
+def _in_upper_layer(pid: int, exe: str) -> bool | None:
+    """Whether the executable is in the upper (writable) dir of the overlay the process's
+    root is: written after the container started. None when its root is no overlay."""
+    upper = _upper_dir(pid)
+    return None if upper is None else os.path.lexists(os.path.join(upper, exe.lstrip("/")))
+
+
+def _upper_dir(pid: int) -> str | None:
+    """The upper dir of the overlay mounted at the process's root, if it is one. (Read
+    at every exec: mount namespace ids are reused, so a cache by namespace could lie.)"""
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/" and " - overlay " in line:
+            found = re.search(r"(?:^|,)upperdir=([^,]+)", line.split(" - ", 1)[1].split()[-1])
+            if found:
+                return found[1]
+    return None
+
+
+@cache
+def capability_names() -> dict[int, str]:
+    """Capability numbers to names, from the uapi header (linux/capability.h)."""
+    try:
+        with open("/usr/include/linux/capability.h") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    return {int(number): name for name, number in re.findall(r"^#define (CAP_\w+)\s+(\d+)\s*$", text, re.M)}
+
+
+def capability_text(mask: int) -> str:
+    """Capabilities as Falco renders them: names, space-separated (CAP_<n> when unnamed)."""
+    names = capability_names()
+    return " ".join(names.get(bit, f"CAP_{bit}") for bit in range(64) if mask >> bit & 1)
 
 
 class ProcessTable:
-    def __init__(self, table: SyscallTable, capacity: int = 65536, ancestors: int = 5):
+    def __init__(self, table: SyscallTable, clock, capacity: int = 65536, ancestors: int = 5,
+                 details: Callable[[int], Details] = read_details):
+        self.clock = clock  # kernel (monotonic) time to wall clock
+        self.details = details  # what /proc says of a pid that just exec'ed
         self.capacity = capacity
         self.ancestors = ancestors  # how many generations records name (proc.anames)
         self.entries: OrderedDict[int, Process] = OrderedDict()
@@ -60,7 +168,7 @@ class ProcessTable:
             if entry.name.isdigit():
                 process = read_proc(int(entry.name))
                 if process:
-                    self._put(int(entry.name), process)
+                    self._put(int(entry.name), replace(process, start_ns=self.clock.to_epoch(process.start_ns)))
 
     def _put(self, pid: int, process: Process) -> None:
         self.entries[pid] = process
@@ -80,12 +188,16 @@ class ProcessTable:
             pid = int(header["pid"])
             if "child_pid" in event.dtype.names:
                 parent = self.entries.get(pid) or Process(c_string(header["comm"]), "", "", int(header["ppid"]))
-                self._put(int(event["child_pid"]), replace(parent, ppid=pid))
+                self._put(int(event["child_pid"]),
+                          replace(parent, ppid=pid, start_ns=self.clock.to_epoch(header["ktime_ns"])))
             else:
                 evt = self._table.decode_args(event)
-                known = self.entries.get(pid)
-                self._put(pid, Process(c_string(header["comm"]), evt["filename"], cmdline(evt.get("argv", [])),
-                                       known.ppid if known else int(header["ppid"])))
+                known = self.entries.get(pid) or Process("", "", "", int(header["ppid"]))
+                details = self.details(pid)
+                if details.cwd is None:  # gone already: what it had before the exec
+                    details = known.details
+                self._put(pid, replace(known, name=c_string(header["comm"]), exe=evt["filename"],
+                                       cmdline=cmdline(evt.get("argv", [])), details=details))
 
     def get(self, pid: int) -> dict:
         """The proc fields records carry: exe, cmdline, and the lineage (pname, pexe,
@@ -94,6 +206,9 @@ class ProcessTable:
         if process is None:
             return {}
         fields = {"exe": process.exe, "cmdline": process.cmdline}
+        if process.start_ns is not None:
+            fields["start_ts"] = process.start_ns
+        fields.update((k, v) for k, v in vars(process.details).items() if v is not None)
         parent = self.entries.get(process.ppid)
         if parent is not None:
             fields.update(pname=parent.name, pexe=parent.exe, pcmdline=parent.cmdline)

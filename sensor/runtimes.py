@@ -95,6 +95,7 @@ class Identity:
     labels: dict = field(default_factory=dict)      # labels and annotations
     k8s: dict = field(default_factory=dict)         # pod {name, namespace, uid}, container
     created: str | None = None
+    privileged: bool | None = None                  # CAP_SYS_ADMIN in its bounding set (Docker: --privileged)
     resolved: bool = True                           # False: the runtime's state was not (yet) readable
 
     @property
@@ -108,6 +109,8 @@ class Identity:
             value = getattr(self, name)
             if value:
                 result[name] = value
+        if self.privileged is not None:
+            result["privileged"] = self.privileged
         if not self.resolved:
             result["resolved"] = False
         return result
@@ -280,7 +283,8 @@ class Resolver:
             pairs = [str(x).partition("=") for x in config.get("labels") or [] if isinstance(x, str)]
             annotations = _bounded({k: v for k, sep, v in pairs if sep and k != "bundle"})
             identity = Identity(id=container_id, runtime="runc", labels=annotations,
-                                created=_str(state.get("created")))
+                                created=_str(state.get("created")),
+                                privileged=_privileged(_dict(config.get("capabilities")).get("Bounding")))
             _apply_annotations(identity, annotations)
             return identity
         return None
@@ -297,6 +301,9 @@ class Resolver:
                             created=_str(config.get("Created")))
         if _str(config.get("Image")):
             identity.image["id"] = config["Image"]
+        host_config = self._read("var/lib/docker/containers", container_id, "hostconfig.json")
+        if isinstance(host_config, dict) and isinstance(host_config.get("Privileged"), bool):
+            identity.privileged = host_config["Privileged"]
         _apply_annotations(identity, identity.labels)  # dockershim put k8s metadata in labels
         return identity
 
@@ -311,7 +318,8 @@ class Resolver:
             spec = self._read(CONTAINERD_TASKS, namespace, container_id, "config.json")
             if isinstance(spec, dict):
                 annotations = _bounded(spec.get("annotations"))
-                identity = Identity(id=container_id, runtime="containerd", labels=annotations)
+                identity = Identity(id=container_id, runtime="containerd", labels=annotations,
+                                    privileged=_spec_privileged(spec))
                 _apply_annotations(identity, annotations)
                 identity.labels = {**annotations, "io.containerd.namespace": namespace} if namespace != "k8s.io" \
                     else annotations
@@ -327,7 +335,8 @@ class Resolver:
                 annotations = _bounded(spec.get("annotations"))
                 if annotations.get("io.container.manager") == "libpod":
                     continue  # podman keeps its containers in the same storage (with some cri-o keys)
-                identity = Identity(id=container_id, runtime="cri-o", labels=annotations)
+                identity = Identity(id=container_id, runtime="cri-o", labels=annotations,
+                                    privileged=_spec_privileged(spec))
                 _apply_annotations(identity, annotations)
                 return identity
         return None
@@ -350,6 +359,7 @@ class Resolver:
                 identity.image = self._podman_image(storage, image_id)
             spec = self._read(storage, "overlay-containers", container_id, "userdata", "config.json")
             identity.labels = _bounded(_dict(spec).get("annotations"))
+            identity.privileged = _spec_privileged(spec)
             return identity
         return None
 
@@ -372,6 +382,17 @@ def _cgroup_matches(state: dict, cgroup_path: str) -> bool:
     wanted = "/" + cgroup_path.strip("/")
     return any(isinstance(p, str) and (p.rstrip("/").endswith(wanted) or p.rstrip("/").endswith(wanted + "/container"))
                for p in paths.values())
+
+
+def _privileged(bounding) -> bool | None:
+    """Whether a capability list grants CAP_SYS_ADMIN: what the escapes Falco's rules
+    watch for need, and what Docker's --privileged gives (with everything else)."""
+    return "CAP_SYS_ADMIN" in bounding if isinstance(bounding, list) else None
+
+
+def _spec_privileged(spec) -> bool | None:
+    """_privileged() of an OCI runtime spec (config.json)."""
+    return _privileged(_dict(_dict(_dict(spec).get("process")).get("capabilities")).get("bounding"))
 
 
 # Kubernetes metadata in annotations (CRI runtimes) or labels (dockershim, CRI-O).

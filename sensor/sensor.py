@@ -100,11 +100,11 @@ class Sensor:
         try:
             self.set_rate_limit(self.config.cgroup_rate, self.config.cgroup_burst)
             self.set_capture(capture)
-            self.processes = ProcessTable(self.table, ancestors=self.ancestors)
+            self.clock = MonotonicClock()
+            self.processes = ProcessTable(self.table, self.clock, ancestors=self.ancestors)
             self.processes.scan()
             self.fds = FdTable(self.table)
             self._seed_parents()
-            self.clock = MonotonicClock()
             self.cgroups = CgroupTable(host.cgroup2_root(), deadline_s=self.identity_deadline,
                                        grace_s=self.container_grace)
             self.cgroups.scan(self.clock.now())

@@ -5,9 +5,11 @@ import numpy as np
 from sensor import layout
 from sensor.cgroups import CgroupTable
 from sensor.decode import Decoder, MonotonicClock
+from sensor.processes import Details, ProcessTable
 from sensor.ringbuf import RawBatch
 from sensor.runtimes import Resolver
 from sensor.syscalls import SyscallTable
+from sensor.users import Users
 
 EVENTS = layout.events()
 C = EVENTS.constants
@@ -36,7 +38,10 @@ def decoder(paths=None):
     cgroups = CgroupTable("/nonexistent", Resolver("/nonexistent"))  # no runtime state anywhere
     for cgroup_id, path in (paths or {4242: "/mayfly-abc"}).items():
         cgroups.made(cgroup_id, path, 0)
-    return Decoder(TABLE, cgroups, clock=MonotonicClock())
+    clock = MonotonicClock()
+    # The events' pids are made up: /proc/<pid> is some other process, or none.
+    processes = ProcessTable(TABLE, clock, details=lambda pid: Details())
+    return Decoder(TABLE, cgroups, processes, clock, users=Users(root_of=lambda pid: "/nonexistent"))
 
 
 def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_000_000_000, **values) -> bytes:

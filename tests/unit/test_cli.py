@@ -82,15 +82,15 @@ def test_rules_check_prints_problems_then_the_summary(tmp_path):
     good.write_text("- rule: Shell\n  desc: d\n  condition: evt.type = execve and proc.name = sh\n"
                     "  output: o\n  priority: WARNING\n")
     mixed = tmp_path / "mixed.yaml"
-    mixed.write_text("- rule: Cwd\n  desc: d\n  condition: proc.cwd = /tmp\n  output: o\n  priority: INFO\n"
+    mixed.write_text("- rule: Login\n  desc: d\n  condition: user.loginuid = 0\n  output: o\n  priority: INFO\n"
                      "- rule: Fine\n  desc: d\n  condition: fd.name = /etc/shadow\n  output: o\n  priority: INFO\n")
     result = CliRunner().invoke(main, ["rules", "check", str(good)])
     assert (result.exit_code, result.output) == (0, "1 rules loaded, 0 rejected\n")
     result = CliRunner().invoke(main, ["rules", "check", str(good), str(mixed)])
     assert result.exit_code == 1
-    assert result.output == (f"{mixed}:3: Cwd: uses field Mayfly does not provide: proc.cwd\n"
+    assert result.output == (f"{mixed}:3: Login: uses field Mayfly does not provide: user.loginuid\n"
                              "2 rules loaded, 1 rejected\n")
     report = tmp_path / "compat.md"
     result = CliRunner().invoke(main, ["rules", "check", "--allow-rejected", "--report", str(report), str(mixed)])
     assert result.exit_code == 0
-    assert "| Cwd | 3 | uses field Mayfly does not provide: proc.cwd |" in report.read_text()
+    assert "| Login | 3 | uses field Mayfly does not provide: user.loginuid |" in report.read_text()

@@ -9,6 +9,7 @@ import pytest
 
 from sensor import rule_loader
 from sensor.condition import parse
+from sensor.domains import DOMAINS
 from sensor.fields import lookup, open_flags_text
 
 
@@ -84,7 +85,7 @@ def test_open_flags_render_as_falco_does():
 
 @pytest.mark.parametrize("name, known", [
     ("proc.aname", True), ("proc.aname[2]", True), ("proc.aname[x]", False), ("evt.arg.flags", True),
-    ("evt.arg", False), ("proc.cwd", False), ("user.name", False), ("container.image.tag", True),
+    ("evt.arg", False), ("user.loginuid", False), ("proc.aexepath[2]", False), ("container.image.tag", True),
 ])
 def test_lookup_knows_what_mayfly_provides(name, known):
     assert (lookup(name) is not None) is known
@@ -104,3 +105,47 @@ def test_falcos_own_rules_on_mayfly_records(matcher, falco_corpus):
                                      "linkpath": "/tmp/s"}, comm="ln"))
     assert not matcher(symlink, record({"type": "symlinkat", "res": 0, "target": "/tmp/a", "newdirfd": -100,
                                          "linkpath": "/tmp/s"}, comm="ln"))
+
+
+RICH = record({"type": "execve", "res": 0, "filename": "/dev/shm/x", "argv": ["./x"]}, comm="x",
+              tty=34816, cwd="/dev/shm", cap_effective=(1 << 21) | (1 << 16), start_ts=1,
+              exe_from_memfd=True, exe_upper_layer=False, user="www-data", group="www-data")
+RICH["ts"] = 4_000_000_001
+RICH["container"]["privileged"] = True
+
+
+@pytest.mark.parametrize("condition, expected", [
+    ("proc.tty != 0 and proc.tty = 34816", True),
+    ("proc.cwd = /dev/shm/ and proc.cwd startswith /dev/shm/", True),
+    ("thread.cap_effective contains CAP_SYS_ADMIN and thread.cap_effective icontains sys_module", True),
+    ("thread.cap_effective contains CAP_DAC_OVERRIDE", False),
+    ("proc.duration <= 5000000000 and proc.duration = 4000000000", True),
+    ("proc.is_exe_from_memfd = true and proc.is_exe_upper_layer = false", True),
+    ("user.name = www-data and group.name in (www-data, nogroup)", True),
+    ("container.privileged = true", True),
+])
+def test_process_details_and_names(matcher, condition, expected):
+    assert matcher(parse(condition), RICH) is expected
+
+
+def test_what_is_not_known_matches_nothing(matcher):
+    bare = record({"type": "execve", "res": 0, "filename": "/bin/x"})
+    for condition in ("proc.tty exists", "proc.cwd exists", "thread.cap_effective exists", "proc.duration exists",
+                      "proc.is_exe_from_memfd exists", "user.name exists", "container.privileged exists"):
+        assert not matcher(parse(condition), bare), condition
+
+
+def test_socket_state_fields(matcher):
+    connect = record({"type": "connect", "res": 0, "fd": CONNECTED})
+    dup = record({"type": "dup2", "res": 0, "oldfd": 3, "newfd": 0, "fd": CONNECTED})
+    assert matcher(parse("fd.connected = true and fd.name_changed = true"), connect)
+    assert matcher(parse("fd.connected = true and fd.name_changed = false"), dup)
+    assert not matcher(parse("fd.connected exists"), OPEN_SHADOW)  # a file
+
+
+def test_server_names_are_resolved_domains(matcher):
+    DOMAINS.watch(["localhost"])
+    DOMAINS.resolve_now()
+    local = dict(CONNECTED, remote={"family": "inet", "addr": "127.0.0.1", "port": 6443})
+    assert matcher(parse("fd.sip.name = localhost"), record({"type": "connect", "res": 0, "fd": local}))
+    assert not matcher(parse("fd.sip.name = localhost"), record({"type": "connect", "res": 0, "fd": CONNECTED}))

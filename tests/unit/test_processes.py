@@ -1,11 +1,14 @@
 """The process table: lineage from fork and exec events, seeded from /proc, bounded."""
 
 import os
+import re
+import subprocess
 import sys
 
 from fake_events import TABLE, batch_of, decoder, raw, syscall
 
-from sensor.processes import Process, ProcessTable, read_proc
+from sensor.testing.containers import wait_until
+from sensor.processes import Details, Process, ProcessTable, _below, capability_text, read_details, read_proc
 
 
 def test_lineage_from_forks_and_execs_in_time_order():
@@ -19,7 +22,7 @@ def test_lineage_from_forks_and_execs_in_time_order():
         syscall("execve", pid=11, ktime=20, filename="/bin/sh", argv=b"sh\0-c\0curl -s evil\0"),
         raw("fork", pid=11, ktime=30, child_pid=12)))
     table.apply(arrays)
-    assert table.get(11) == {"exe": "/bin/sh", "cmdline": "sh -c curl -s evil", "pname": "containerd-shim",
+    assert table.get(11) == {"start_ts": d.clock.to_epoch(10), "exe": "/bin/sh", "cmdline": "sh -c curl -s evil", "pname": "containerd-shim",
                              "pexe": "/usr/bin/containerd-shim", "pcmdline": "containerd-shim -id x",
                              "anames": ["containerd-shim"]}
     curl = table.get(12)
@@ -29,19 +32,19 @@ def test_lineage_from_forks_and_execs_in_time_order():
 
 
 def test_a_child_is_its_parent_until_it_execs_and_ancestors_are_bounded():
-    table = ProcessTable(TABLE, ancestors=2)
+    d = decoder()
+    table = ProcessTable(TABLE, d.clock, ancestors=2)
     for pid in range(1, 6):
         table.entries[pid] = Process(f"p{pid}", f"/bin/p{pid}", f"p{pid}", pid - 1)
     assert table.get(5)["anames"] == ["p4", "p3"]
-    d = decoder()
     d.processes = table
     arrays, _ = d.split(batch_of(raw("fork", pid=5, child_pid=6)))
     table.apply(arrays)
-    assert table.entries[6] == Process("p5", "/bin/p5", "p5", 5)
+    assert table.entries[6] == Process("p5", "/bin/p5", "p5", 5, start_ns=d.clock.to_epoch(5_000_000_000))
 
 
 def test_loops_in_parent_links_end():
-    table = ProcessTable(TABLE)
+    table = ProcessTable(TABLE, decoder().clock)
     table.entries[7] = Process("a", "/a", "a", 8)
     table.entries[8] = Process("b", "/b", "b", 7)
     assert table.get(7)["anames"] == ["b"]
@@ -49,7 +52,7 @@ def test_loops_in_parent_links_end():
 
 def test_the_table_is_bounded():
     d = decoder()
-    d.processes = table = ProcessTable(TABLE, capacity=100)
+    d.processes = table = ProcessTable(TABLE, d.clock, capacity=100)
     for pid in range(1000, 1500):
         arrays, _ = d.split(batch_of(raw("fork", pid=1, child_pid=pid)))
         table.apply(arrays)
@@ -61,3 +64,31 @@ def test_seed_from_proc():
     assert me.exe == os.path.realpath(sys.executable) and me.ppid == os.getppid()
     assert me.cmdline.startswith(sys.executable) or me.cmdline.split()[0].endswith("python")
     assert read_proc(2 ** 22 + 1) is None
+
+
+def test_details_of_a_live_process_from_proc(tmp_path):
+    child = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    try:
+        wait_until(lambda: os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"))
+        details = read_details(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert details.cwd == str(tmp_path) and details.exe_from_memfd is False
+    with open(f"/proc/{os.getpid()}/status") as f:
+        mine = int(re.search(r"^CapEff:\s*(\w+)", f.read(), re.M)[1], 16)
+    assert details.cap_effective == mine  # a child keeps its parent's capabilities
+    assert details.tty is not None
+    assert read_details(2 ** 22 + 1) == Details()
+
+
+def test_capabilities_render_as_falco_does():
+    assert capability_text(1 << 21 | 1 << 1) == "CAP_DAC_OVERRIDE CAP_SYS_ADMIN"
+    assert capability_text(0) == ""
+
+
+def test_paths_are_named_from_the_processes_own_root():
+    assert _below("/c/merged", "/c/merged/bin/sh") == "/bin/sh" and _below("/c/merged", "/c/merged") == "/"
+    assert _below("/", "/bin/sh") == "/bin/sh" and _below(None, "/bin/sh") == "/bin/sh"
+    assert _below("/c/merged", "/memfd:x (deleted)") == "/memfd:x (deleted)"
+    assert _below("/c/m", "/c/mx/y") == "/c/mx/y"  # not below it: as /proc said
