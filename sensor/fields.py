@@ -13,11 +13,12 @@ import errno
 import os
 import posixpath
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sensor import syscalls
+from sensor import syscalls, uapi
 from sensor.domains import DOMAINS
 from sensor.processes import capability_text
 from sensor.syscalls import OPENS
@@ -77,11 +78,27 @@ def _evt_res(record: Record, _) -> Value:
 def _evt_arg(record: Record, name: str | None) -> Value:
     evt = _evt(record)
     value = evt.get(name)
-    if name == "flags" and evt.get("type") in OPENS and isinstance(value, int):
-        return open_flags_text(value)
+    render = _RENDERED.get((evt.get("type"), name))
+    if render is not None and isinstance(value, int):
+        return render(value)
     if isinstance(value, (list, tuple)):
         return " ".join(str(text(v)) for v in value)
     return text(value) if isinstance(value, (str, bytes, int)) else (None if value is None else str(value))
+
+
+def _family(value: int) -> str:
+    try:
+        return socket.AddressFamily(value).name
+    except ValueError:
+        return str(value)
+
+
+# Arguments Falco renders as names: evt.arg.flags of an open, evt.arg.request of ptrace...
+_RENDERED: dict[tuple[str, str], Callable[[int], str]] = {
+    **{(name, "flags"): open_flags_text for name in OPENS},
+    ("ptrace", "request"): lambda value: uapi.ptrace_requests().get(value, str(value)),
+    **{(name, "domain"): _family for name in ("socket", "socketpair")},
+}
 
 
 def _open_mode(record: Record) -> int | None:
@@ -167,8 +184,8 @@ _FIELDS = [
     Field("evt.rawres", lambda r, _: _evt(r).get("res")),
     Field("evt.failed", lambda r, _: None if _evt(r).get("res") is None else int(_evt(r)["res"] < 0)),
     Field("evt.arg", _evt_arg, indexed=True),
-    Field("evt.is_open_read", lambda r, _: None if _open_mode(r) is None else int(_open_mode(r) != os.O_WRONLY)),
-    Field("evt.is_open_write", lambda r, _: None if _open_mode(r) is None else int(_open_mode(r) != os.O_RDONLY)),
+    Field("evt.is_open_read", lambda r, _: None if _open_mode(r) is None else _bool(_open_mode(r) != os.O_WRONLY)),
+    Field("evt.is_open_write", lambda r, _: None if _open_mode(r) is None else _bool(_open_mode(r) != os.O_RDONLY)),
     Field("proc.name", lambda r, _: text(_proc(r).get("comm"))),
     Field("proc.pid", lambda r, _: _proc(r).get("pid")),
     Field("proc.ppid", lambda r, _: _proc(r).get("ppid")),

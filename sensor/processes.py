@@ -19,10 +19,10 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
 
 import numpy as np
 
+from sensor import uapi
 from sensor.batches import in_time_order
 from sensor.records import c_string, cmdline, untrusted_text
 from sensor.syscalls import EXEC, SyscallTable
@@ -135,20 +135,9 @@ def _upper_dir(pid: int) -> str | None:
     return None
 
 
-@cache
-def capability_names() -> dict[int, str]:
-    """Capability numbers to names, from the uapi header (linux/capability.h)."""
-    try:
-        with open("/usr/include/linux/capability.h") as f:
-            text = f.read()
-    except OSError:
-        return {}
-    return {int(number): name for name, number in re.findall(r"^#define (CAP_\w+)\s+(\d+)\s*$", text, re.M)}
-
-
 def capability_text(mask: int) -> str:
     """Capabilities as Falco renders them: names, space-separated (CAP_<n> when unnamed)."""
-    names = capability_names()
+    names = uapi.capabilities()
     return " ".join(names.get(bit, f"CAP_{bit}") for bit in range(64) if mask >> bit & 1)
 
 

@@ -182,15 +182,17 @@ class ContainerRig:
         return self._image
 
     def create(self, args: list[str], *, host_network: bool = False, files: dict[str, str] | None = None,
-               annotations: dict[str, str] | None = None, env: dict[str, str] | None = None) -> Container:
+               annotations: dict[str, str] | None = None, env: dict[str, str] | None = None,
+               capabilities: list[str] = (), uid: int = 0) -> Container:
         """A created (not yet started) container. `files` maps paths in the container to host
-        files copied into its upper dir."""
+        files copied into its upper dir. `capabilities` are granted beyond runc's default
+        ones; `uid` is the user its process runs as."""
         container_id = f"{ID_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         container = Container(self, container_id, os.path.join(self.workdir, "containers", container_id))
         self.containers[container_id] = container
         try:
             self._prepare_rootfs(container, files or {})
-            self._write_config(container, args, host_network, annotations or {}, env or {})
+            self._write_config(container, args, host_network, annotations or {}, env or {}, list(capabilities), uid)
             pid_file = os.path.join(container.dir, "pid")
             with open(os.path.join(container.dir, "stdout"), "w") as out, \
                     open(os.path.join(container.dir, "stderr"), "w") as err:
@@ -250,7 +252,7 @@ class ContainerRig:
 
     @staticmethod
     def _write_config(container: Container, args: list[str], host_network: bool,
-                      annotations: dict[str, str], env: dict[str, str]) -> None:
+                      annotations: dict[str, str], env: dict[str, str], capabilities: list[str], uid: int) -> None:
         _run("runc", "spec", "--bundle", container.bundle)
         path = os.path.join(container.bundle, "config.json")
         with open(path) as f:
@@ -260,6 +262,9 @@ class ContainerRig:
         process = config["process"]
         process.update(args=list(args), terminal=False, cwd="/")
         process["env"] += [f"{k}={v}" for k, v in env.items()]
+        process["user"] = {"uid": uid, "gid": uid}
+        for kind in ("bounding", "effective", "permitted"):
+            process["capabilities"][kind] += [c for c in capabilities if c not in process["capabilities"][kind]]
         if host_network:
             config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
         config["annotations"] = dict(annotations)

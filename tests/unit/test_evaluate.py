@@ -30,7 +30,7 @@ OPEN_SHADOW = record({"type": "openat", "res": 3, "dirfd": -100, "name": "/etc/s
     ("evt.type = openat and evt.dir = <", True),
     ("evt.type in (open, openat) and fd.name = /etc/shadow", True),
     ("fd.directory = /etc and fd.filename = shadow and fd.typechar = f and fd.num = 3", True),
-    ("evt.is_open_read = 1 and evt.is_open_write = 0", True),
+    ("evt.is_open_read = true and evt.is_open_write = false", True),
     ("evt.arg.flags contains O_RDONLY and evt.arg.flags contains O_CLOEXEC", True),
     ("evt.arg.flags contains O_CREAT", False),
     ("evt.res = SUCCESS and evt.rawres >= 3 and evt.rawres < 4", True),
@@ -149,3 +149,12 @@ def test_server_names_are_resolved_domains(matcher):
     local = dict(CONNECTED, remote={"family": "inet", "addr": "127.0.0.1", "port": 6443})
     assert matcher(parse("fd.sip.name = localhost"), record({"type": "connect", "res": 0, "fd": local}))
     assert not matcher(parse("fd.sip.name = localhost"), record({"type": "connect", "res": 0, "fd": CONNECTED}))
+
+
+@pytest.mark.parametrize("evt, condition", [
+    ({"type": "ptrace", "res": 0, "request": 0, "pid": 0}, "evt.arg.request contains PTRACE_TRACEME"),
+    ({"type": "ptrace", "res": 0, "request": 0x4206, "pid": 7}, "evt.arg.request = PTRACE_SEIZE"),
+    ({"type": "socket", "res": 3, "domain": 17, "socktype": 3, "protocol": 768}, "evt.arg.domain contains AF_PACKET"),
+])
+def test_enumerated_arguments_render_as_falco_names_them(matcher, evt, condition):
+    assert matcher(parse(condition), record(evt))
