@@ -9,12 +9,15 @@ from collections.abc import Sequence
 
 from sensor import fields, records
 from sensor.condition import FIELD, checks
+from sensor.condition import fields as fields_of
+from sensor.correlate import Correlator
 from sensor.domains import DOMAINS
 from sensor.engine import Engine, event_types
 from sensor.records import Record
 from sensor.rule_loader import RuleSet
 
 MISSING = "<NA>"  # how Falco renders a field the event does not have
+RATE = -1  # the part of a rate rule the engine matches
 _TEMPLATE = re.compile(rf"%({FIELD.pattern})")
 
 
@@ -30,26 +33,63 @@ def render(template: str, record: Record) -> str:
 
 
 class Alerts:
-    """The enabled rules of a rule set, compiled once."""
+    """The enabled rules of a rule set, compiled once: plain rules alert on one event;
+    the steps of sequence rules and the conditions of rate rules are matched by the same
+    engine and feed their state (sensor.correlate)."""
 
     def __init__(self, ruleset: RuleSet):
-        self.rules = {item.name: item for item in ruleset.rules if item.name in ruleset.conditions}
-        self.engine = Engine(ruleset.conditions)
+        loaded = set(ruleset.conditions) | set(ruleset.sequences) | set(ruleset.rates)
+        self.rules = {item.name: item for item in ruleset.rules if item.name in loaded}
+        conditions = dict(ruleset.conditions)
+        self._parts: dict[str, tuple[str, int | None]] = {name: (name, None) for name in conditions}
+        for name, sequence in ruleset.sequences.items():
+            for step, spec in enumerate(sequence.steps):
+                conditions[f"{name}\0{step}"] = spec.condition
+                self._parts[f"{name}\0{step}"] = (name, step)
+        for name, rate in ruleset.rates.items():
+            conditions[f"{name}\0rate"] = rate.condition
+            self._parts[f"{name}\0rate"] = (name, RATE)
+        self.engine = Engine(conditions)
+        self.correlator = Correlator(ruleset.sequences, ruleset.rates)
         # Domain names rules compare addresses with are resolved from now on.
-        DOMAINS.watch(value for c in ruleset.conditions.values() for check in checks(c)
+        DOMAINS.watch(value for c in conditions.values() for check in checks(c)
                       if check.field.endswith("ip.name") and check.value is not None
                       for value in (check.value if isinstance(check.value, tuple) else (check.value,)))
-        types = [event_types(c) for c in ruleset.conditions.values()]
+        # Rules that read fd.* need the fd table, which learns from the fd syscalls.
+        self.reads_fds = any(name.startswith("fd.") for c in conditions.values() for name in fields_of(c))
+        types = [event_types(c) for c in conditions.values()]
         # The event types the rules need (None: any type can match some rule).
         self.types: frozenset[str] | None = None if any(t is None for t in types) else frozenset().union(*types)
 
-    def __call__(self, events: Sequence[Record]) -> list[Record]:
-        alerts = []
+    def __call__(self, batch: Sequence[Record]) -> list[Record]:
+        """The alerts of a batch's events; a container that exits in it is forgotten."""
+        events = [record for record in batch if record["kind"] == "event"]
+        matched: dict[int, list[tuple[str, int | None]]] = {}
         for i, name in self.engine.match(events):
-            event, rule = events[i], self.rules[name].body
-            alerts.append(records.new(
-                "alert", event["ts"], rule=name, priority=str(rule.get("priority", "")).upper(),
-                tags=[str(t) for t in rule.get("tags") or ()], output=render(str(rule.get("output", "")), event),
-                source_file=self.rules[name].path, container=event.get("container"), proc=event.get("proc"),
-                evt=event.get("evt")))
+            matched.setdefault(i, []).append(self._parts[name])
+        alerts = []
+        for i, parts in matched.items():
+            # An event that matches several steps counts for the last one it can finish.
+            for rule, part in sorted(parts, key=lambda p: -1 if p[1] is None else -p[1]):
+                if part is None:
+                    alerts.append(self._alert(rule, events[i]))
+                    continue
+                found = self.correlator.feed_rate(rule, events[i]) if part == RATE else \
+                    self.correlator.feed_step(rule, part, events[i])
+                if found:
+                    alerts.append(self._alert(rule, events[i], found))
+        for record in batch:
+            if record["kind"] == "container" and record.get("state") == "exit":
+                self.correlator.forget(record["container"]["id"])
         return alerts
+
+    def _alert(self, name: str, event: Record, contributing: list[Record] | None = None) -> Record:
+        rule = self.rules[name].body
+        alert = records.new(
+            "alert", event["ts"], rule=name, priority=str(rule.get("priority", "")).upper(),
+            tags=[str(t) for t in rule.get("tags") or ()], output=render(str(rule.get("output", "")), event),
+            source_file=self.rules[name].path, container=event.get("container"), proc=event.get("proc"),
+            evt=event.get("evt"))
+        if contributing is not None:
+            alert["events"] = [{"ts": e["ts"], "proc": e.get("proc"), "evt": e.get("evt")} for e in contributing]
+        return alert

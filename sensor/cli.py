@@ -108,7 +108,7 @@ def rules_check(paths, allow_rejected: bool, report: str | None) -> None:
     ruleset = rule_loader.load(paths)
     for problem in ruleset.problems:
         click.echo(str(problem))
-    summary = f"{len(ruleset.conditions)} rules loaded, {len(ruleset.rejected)} rejected"
+    summary = f"{ruleset.loaded} rules loaded, {len(ruleset.rejected)} rejected"
     if ruleset.disabled:
         summary += f" ({len(ruleset.disabled)} more loaded but disabled)"
     click.echo(summary)

@@ -111,7 +111,7 @@ def _open_mode(record: Record) -> int | None:
 def _fd(record: Record) -> dict | None:
     """What the event's fd is: the one it names, or the one an open made."""
     evt = _evt(record)
-    if evt.get("fd") is not None:
+    if isinstance(evt.get("fd"), dict):  # the fd note (an argument named fd is its number)
         return evt["fd"]
     if evt.get("type") in OPENS and evt.get("res", -1) >= 0:
         directory = syscalls.open_flags(evt) & os.O_DIRECTORY

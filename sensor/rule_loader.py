@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sensor import condition, fields
+from sensor.correlate import Rate, Sequence, Step, duration_ns
 from sensor.evaluate import UNSUPPORTED_OPERATORS
 
 PRIORITIES = ("EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL",
@@ -27,6 +28,7 @@ _ITEM_KEYS = {
     "list": {"items"},
 }
 _TOP_LEVEL_KEYS = {"required_engine_version", "required_plugin_versions"}
+_CORRELATIONS = ("sequence", "rate")  # Mayfly's rules beyond Falco's (docs/rules.md)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class RuleSet:
     items: list[Item] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     conditions: dict[str, Any] = field(default_factory=dict)  # enabled rule name -> expanded condition AST
+    sequences: dict[str, Sequence] = field(default_factory=dict)  # enabled sequence rules
+    rates: dict[str, Rate] = field(default_factory=dict)  # enabled rate rules
+
+    @property
+    def loaded(self) -> int:
+        return len(self.conditions) + len(self.sequences) + len(self.rates)
 
     @property
     def rules(self) -> list[Item]:
@@ -69,7 +77,8 @@ class RuleSet:
 
     @property
     def disabled(self) -> list[str]:
-        return [r.name for r in self.rules if r.name not in self.conditions]
+        return [r.name for r in self.rules if r.name not in self.conditions and r.name not in self.sequences
+                and r.name not in self.rates]
 
 
 def load(paths) -> RuleSet:
@@ -135,9 +144,59 @@ def _compile(ruleset: RuleSet) -> None:
         if reason:
             del ruleset.conditions[name]
             ruleset.problems.append(Problem(item.path, item.condition_line or item.line, reason, name, "rule"))
-    rejected = {("rule", name) for (kind, name) in texts if kind == "rule"} - \
-        {("rule", name) for name in ruleset.conditions} - {("rule", n) for n, on in enabled.items() if not on}
+    for item in ruleset.items:
+        if item.kind == "rule" and enabled.get(item.name, True) and item.body.keys() & set(_CORRELATIONS):
+            _correlation(item, macros, lists, broken, ruleset)
+    loaded = set(ruleset.conditions) | set(ruleset.sequences) | set(ruleset.rates)
+    rejected = {("rule", i.name) for i in ruleset.items if i.kind == "rule"} - {("rule", n) for n in loaded} - \
+        {("rule", n) for n, on in enabled.items() if not on}
     ruleset.items = [i for i in ruleset.items if (i.kind, i.name) not in rejected]
+
+
+def _correlation(item: Item, macros: dict, lists: dict, broken: dict, ruleset: RuleSet) -> None:
+    """A sequence or rate rule's spec into the rule set, or its problem."""
+    kind = "sequence" if "sequence" in item.body else "rate"
+    spec = item.body[kind]
+
+    def problem(reason: str) -> None:
+        ruleset.problems.append(Problem(item.path, item.line, reason, item.name, "rule"))
+
+    def parse(text) -> Any:
+        parsed = condition.expand(condition.parse(str(text)), macros, lists)
+        reason = _unsupported(parsed)
+        if reason:
+            raise condition.ConditionError(reason, 0)
+        return parsed
+
+    def known(name) -> str | None:
+        if name is None or name in ("container", "process") or fields.lookup(str(name)) is not None:
+            return None if name is None else str(name)
+        raise condition.ConditionError(f"uses field Mayfly does not provide: {name}", 0)
+
+    try:
+        if not isinstance(spec, dict):
+            raise ValueError(f"{kind} must be a mapping")
+        by = known(spec.get("by", "container"))
+        if kind == "sequence":
+            steps = spec.get("steps")
+            if not isinstance(steps, list) or len(steps) < 2 or not all(isinstance(s, dict) for s in steps):
+                raise ValueError("a sequence has two or more steps, each a mapping with a condition")
+            parsed = tuple(Step(parse(s.get("condition")), known(s.get("same"))) for s in steps)
+            if len({s.same is None for s in parsed}) > 1:
+                raise ValueError("`same` is given for every step or for none")
+            ruleset.sequences[item.name] = Sequence(parsed, duration_ns(spec.get("within", "")), by)
+        else:
+            threshold = spec.get("threshold")
+            if not isinstance(threshold, int) or threshold < 1:
+                raise ValueError("a rate needs a threshold: a positive integer")
+            ruleset.rates[item.name] = Rate(parse(spec.get("condition")), duration_ns(spec.get("window", "")),
+                                            threshold, by, known(spec.get("distinct")))
+    except condition.ConditionError as e:
+        missing = e.reason.removeprefix("undefined macro ")
+        problem(f"uses macro {missing}, which did not load ({broken[missing].reason})" if missing in broken
+                else f"{kind}: {e.reason}")
+    except ValueError as e:
+        problem(f"{kind}: {e}")
 
 
 def _unsupported(expanded) -> str | None:
@@ -212,7 +271,12 @@ def _item(body: Any, path: str, line: int, condition_line: int) -> tuple[Item | 
     if not isinstance(name, str) or not name:
         return None, Problem(path, line, f"the {kind} name must be a non-empty string")
     amends = body.get("append") or "override" in body
-    missing = sorted(_ITEM_KEYS[kind] - body.keys())
+    correlation = [k for k in _CORRELATIONS if k in body] if kind == "rule" else []
+    if len(correlation) + ("condition" in body) > 1:
+        return None, Problem(path, line, "a rule has one of condition, sequence or rate", name, kind)
+    if correlation and amends:
+        return None, Problem(path, line, f"a {correlation[0]} rule cannot be appended to or overridden", name, kind)
+    missing = sorted(_ITEM_KEYS[kind] - body.keys() - ({"condition"} if correlation else set()))
     if missing and not amends and body.get("enabled") is None:
         return None, Problem(path, line, f"{kind} lacks {', '.join(missing)}", name, kind)
     priority = body.get("priority")

@@ -12,7 +12,7 @@ from sensor.alerts import Alerts
 from sensor.bpf_program import ProgramConfig, Programs
 from sensor.cgroups import CgroupTable
 from sensor.decode import OTHER_TYPES, Decoder, MonotonicClock
-from sensor.fds import FdTable
+from sensor.fds import FD_SYSCALLS, FdTable
 from sensor.log import get_logger
 from sensor.processes import ProcessTable
 from sensor.records import Record
@@ -83,7 +83,7 @@ class Sensor:
         self.ruleset = rule_loader.load(self.rule_paths)
         for problem in self.ruleset.problems:
             log.error("rule rejected", problem=str(problem))
-        log.info("rules loaded", rules=len(self.ruleset.conditions), rejected=len(self.ruleset.rejected),
+        log.info("rules loaded", rules=self.ruleset.loaded, rejected=len(self.ruleset.rejected),
                  disabled=len(self.ruleset.disabled))
         self.alerts = Alerts(self.ruleset)
         self.table = syscalls.table()
@@ -95,6 +95,8 @@ class Sensor:
             self._decode_types = (self.emit_types or frozenset()) | (self.alerts.types or frozenset())
         known = set(self.table.syscalls) | set(OTHER_TYPES)
         capture = None if self._decode_types is None else self._decode_types & known
+        if capture is not None and self.alerts.reads_fds:
+            capture |= FD_SYSCALLS  # captured for the fd table, not decoded
 
         self.programs = Programs(self.config)
         try:
@@ -206,7 +208,7 @@ class Sensor:
         """The batch with the rules' alerts, and without the events that were decoded
         for the rules only. Records held for a container's identity come here when it is
         known, so rules see containers named."""
-        alerts = self.alerts([record for record in batch if record["kind"] == "event"])
+        alerts = self.alerts(batch)
         return [record for record in batch if record["kind"] != "event" or self._emits(record)] + alerts
 
     def _emits(self, record: Record) -> bool:

@@ -79,6 +79,12 @@ int main(int argc, char **argv)
         close(open(argv[3], O_RDONLY));
     } else if (!strcmp(action, "connect") && argc > 3) {     /* ADDRESS PORT, not waiting for it */
         close(connect_to(argv[2], atoi(argv[3]), 1));
+    } else if (!strcmp(action, "scan") && argc > 4) {        /* PREFIX COUNT PORT: PREFIX.1 .. PREFIX.COUNT */
+        for (int i = 1; i <= atoi(argv[3]); i++) {
+            char address[64];
+            snprintf(address, sizeof(address), "%s.%d", argv[2], i);
+            close(connect_to(address, atoi(argv[4]), 1));
+        }
     } else if (!strcmp(action, "redirect") && argc > 2) {    /* a reverse shell's stdin and stdout */
         int fd = connect_to("127.0.0.1", atoi(argv[2]), 0);
         dup2(fd, 0);

@@ -1,8 +1,12 @@
 """Rules in `mayfly run`: a rule's alert names the container it fired in, and a benign
 neighbour raises none."""
 
+from pathlib import Path
+
 from running import RunningSensor
 from test_container_identity import of_cgroup, read_records
+
+ATTACK = "/usr/local/bin/attack"
 
 
 def test_a_shell_in_a_container_raises_the_builtin_alert_and_a_plain_binary_does_not(rig, tmp_path):
@@ -24,3 +28,34 @@ def test_a_shell_in_a_container_raises_the_builtin_alert_and_a_plain_binary_does
     assert f"container.id={shell.id}" in alert["output"] and "proc.name=sh" in alert["output"]
     assert [r for r in of_cgroup(records, benign.cgroup_id) if r["kind"] == "alert"] == []
     assert not [r for r in records if r["kind"] == "event"]  # decoded for the rules, not emitted
+
+
+def test_a_file_dropped_made_executable_and_run_is_one_sequence_alert_and_a_scan_a_rate_alert(rig, tmp_path):
+    attack = rig.compile_static("attack", (Path(__file__).parent / "attack.c").read_text())
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600")
+    try:
+        dropped = rig.run(["/bin/sh", "-c", "cp /bin/busybox /tmp/tool && chmod +x /tmp/tool && /tmp/tool true"])
+        # neighbours: the same steps without the run, and with the run of another file
+        unrun = rig.run(["/bin/sh", "-c", "cp /bin/busybox /tmp/tool && chmod +x /tmp/tool"])
+        other = rig.run(["/bin/sh", "-c", "cp /bin/busybox /tmp/tool && chmod +x /tmp/tool && /bin/true"])
+        scan = rig.run([ATTACK, "scan", "198.51.100", "25", "80"], files={ATTACK: attack}, host_network=True)
+        few = rig.run([ATTACK, "scan", "198.51.100", "5", "80"], files={ATTACK: attack}, host_network=True)
+    finally:
+        sensor.stop()
+    records = read_records(output)
+
+    def alerts(result):  # the shell each of them starts has its own alert: not this test's
+        return [r for r in of_cgroup(records, result.cgroup_id)
+                if r["kind"] == "alert" and r["rule"] != "Shell Spawned in Container"]
+
+    (sequence,) = alerts(dropped)
+    assert sequence["rule"] == "Drop, Make Executable and Run in Container"
+    assert [(e["evt"]["type"], e["proc"]["comm"]) for e in sequence["events"]] == [
+        ("openat", "cp"), ("chmod", "chmod"), ("execve", "tool")]
+    assert sequence["container"]["id"] == dropped.id and "file=/tmp/tool" in sequence["output"]
+    assert alerts(unrun) == [] and alerts(other) == []
+    (rate,) = alerts(scan)
+    assert rate["rule"] == "Network Scan from Container" and rate["container"]["id"] == scan.id
+    assert len({e["evt"]["fd"]["remote"]["addr"] for e in rate["events"]}) == len(rate["events"]) == 16
+    assert alerts(few) == []

@@ -11,7 +11,9 @@ def test_builtin_rules_load_cleanly():
     assert [f.name for f in files] == ["mayfly_rules.yaml"]
     ruleset = rule_loader.load(files)
     assert ruleset.problems == []
-    assert [r.name for r in ruleset.rules] == ["Shell Spawned in Container"]
+    assert [r.name for r in ruleset.rules] == ["Shell Spawned in Container", "Drop, Make Executable and Run in Container",
+                                               "Network Scan from Container"]
+    assert (len(ruleset.conditions), len(ruleset.sequences), len(ruleset.rates)) == (1, 1, 1)
 
 
 def test_a_broken_item_rejects_itself_only(tmp_path):
