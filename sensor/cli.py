@@ -76,6 +76,7 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
                     identity_deadline=identity_deadline, container_grace=container_grace, ancestors=ancestors)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sensor.stop())
+    signal.signal(signal.SIGHUP, lambda *_: sensor.reload())
     deadline = time.monotonic() + duration if duration is not None else None
     try:
         with sensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ log = get_logger("sensor")
 
 ALL = "all"
 PENDING_RETRY_MS = 5  # how often a cgroup whose identity is pending is looked at again
+RULES_CHECK_S = 1.0   # how often the rule files are looked at for changes
 
 
 class Sensor:
@@ -80,28 +82,17 @@ class Sensor:
             yield from self.poll()
 
     def start(self) -> None:
-        self.ruleset = rule_loader.load(self.rule_paths)
-        for problem in self.ruleset.problems:
-            log.error("rule rejected", problem=str(problem))
-        log.info("rules loaded", rules=self.ruleset.loaded, rejected=len(self.ruleset.rejected),
-                 disabled=len(self.ruleset.disabled))
-        self.alerts = Alerts(self.ruleset)
         self.table = syscalls.table()
         self._check_types(self.emit_types or ())
-        # What to decode: the emitted types and those the rules need (None: every type).
-        if (self.emit and self.emit_types is None) or (self.alerts.rules and self.alerts.types is None):
-            self._decode_types: frozenset[str] | None = None
-        else:
-            self._decode_types = (self.emit_types or frozenset()) | (self.alerts.types or frozenset())
-        known = set(self.table.syscalls) | set(OTHER_TYPES)
-        capture = None if self._decode_types is None else self._decode_types & known
-        if capture is not None and self.alerts.reads_fds:
-            capture |= FD_SYSCALLS  # captured for the fd table, not decoded
+        self.ruleset, self.alerts = self._load_rules()
+        self._next_rules: tuple[rule_loader.RuleSet, Alerts] | None = None
+        self._reloading: threading.Thread | None = None
+        self._rule_stamps, self._stamped = _stamps(self.rule_paths), time.monotonic()
 
         self.programs = Programs(self.config)
         try:
             self.set_rate_limit(self.config.cgroup_rate, self.config.cgroup_burst)
-            self.set_capture(capture)
+            self._apply_rules()
             self.clock = MonotonicClock()
             self.processes = ProcessTable(self.table, self.clock, ancestors=self.ancestors)
             self.processes.scan()
@@ -126,6 +117,57 @@ class Sensor:
         self._dispatch([records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
                                     programs=self.programs.attached, captured=self.captured)]
                        + self.cgroups.take())  # the containers already running
+
+    def _load_rules(self) -> tuple[rule_loader.RuleSet, Alerts]:
+        ruleset = rule_loader.load(self.rule_paths)
+        for problem in ruleset.problems:
+            log.error("rule rejected", problem=str(problem))
+        log.info("rules loaded", rules=ruleset.loaded, rejected=len(ruleset.rejected), disabled=len(ruleset.disabled))
+        return ruleset, Alerts(ruleset)
+
+    def _apply_rules(self) -> None:
+        """Decode what is emitted and what the rules need, and have the kernel capture it."""
+        if (self.emit and self.emit_types is None) or (self.alerts.rules and self.alerts.types is None):
+            self._decode_types: frozenset[str] | None = None  # every type
+        else:
+            self._decode_types = (self.emit_types or frozenset()) | (self.alerts.types or frozenset())
+        known = set(self.table.syscalls) | set(OTHER_TYPES)
+        capture = None if self._decode_types is None else self._decode_types & known
+        if capture is not None and self.alerts.reads_fds:
+            capture |= FD_SYSCALLS  # captured for the fd table, not decoded
+        self.set_capture(capture)
+
+    def reload(self) -> None:
+        """Load the rule files again, aside, and use them from the next batch on; if any
+        problem is found, the rules in use stay, and the problems are logged. Safe to call
+        from a signal handler (SIGHUP) or any thread; `mayfly run` also calls it when a
+        rule file changes."""
+        if self._reloading is None or not self._reloading.is_alive():
+            self._reloading = threading.Thread(target=self._load_aside, name="mayfly-rules", daemon=True)
+            self._reloading.start()
+
+    def _load_aside(self) -> None:
+        ruleset = rule_loader.load(self.rule_paths)
+        if ruleset.problems:
+            for problem in ruleset.problems:
+                log.error("rule problem", problem=str(problem))
+            log.error("rules not reloaded: the rules in use stay", problems=len(ruleset.problems))
+            return
+        self._next_rules = ruleset, Alerts(ruleset)
+
+    def _swap_rules(self) -> None:
+        """Between batches: a reloaded rule set, if one is ready; a changed rule file
+        (looked at every RULES_CHECK_S) asks for one."""
+        if self._next_rules is not None:
+            (self.ruleset, self.alerts), self._next_rules = self._next_rules, None
+            self._apply_rules()
+            log.info("rules reloaded", rules=self.ruleset.loaded, disabled=len(self.ruleset.disabled))
+        if time.monotonic() - self._stamped >= RULES_CHECK_S:
+            stamps, self._stamped = _stamps(self.rule_paths), time.monotonic()
+            if stamps != self._rule_stamps:
+                self._rule_stamps = stamps
+                log.info("a rule file changed: reloading")
+                self.reload()
 
     def _check_types(self, types: Iterable[str]) -> None:
         known = set(self.table.syscalls) | set(OTHER_TYPES)
@@ -177,6 +219,7 @@ class Sensor:
         """Wait up to `timeout_ms` for events; return (and dispatch) the records."""
         if self._ring is None:
             raise RuntimeError("the sensor is not running: use it as a context manager or call start()")
+        self._swap_rules()
         if self.cgroups.pending:
             # A new container's runtime writes its state a few ms after its cgroup, and may
             # remove it a few ms after its exec: look again soon, not at the next event.
@@ -269,3 +312,15 @@ class Sensor:
         parent_of = self.programs["parent_of"]
         for pid, ppid in self.processes.parents().items():
             parent_of[parent_of.Key(pid)] = parent_of.Leaf(ppid)
+
+
+def _stamps(paths) -> list[tuple | None]:
+    """What says a file changed: its inode, size and modification time (None: gone)."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return stamps

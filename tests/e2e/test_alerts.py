@@ -1,10 +1,13 @@
 """Rules in `mayfly run`: a rule's alert names the container it fired in, and a benign
 neighbour raises none."""
 
+import signal
 from pathlib import Path
 
 from running import RunningSensor
 from test_container_identity import of_cgroup, read_records
+
+from sensor.testing.containers import wait_until
 
 ATTACK = "/usr/local/bin/attack"
 
@@ -59,3 +62,39 @@ def test_a_file_dropped_made_executable_and_run_is_one_sequence_alert_and_a_scan
     assert rate["rule"] == "Network Scan from Container" and rate["container"]["id"] == scan.id
     assert len({e["evt"]["fd"]["remote"]["addr"] for e in rate["events"]}) == len(rate["events"]) == 16
     assert alerts(few) == []
+
+
+def test_rules_reload_on_sighup_and_on_change_and_a_broken_file_keeps_the_old_ones(rig, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rule = ("- rule: Ran {name}\n  desc: d\n  condition: evt.type = execve and proc.name = {name}\n"
+            "  output: ran %proc.name\n  priority: NOTICE\n")
+    rules.write_text(rule.format(name="true"))
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--rules", str(rules), "--output", f"file:{output}", "--report-interval", "3600")
+
+    def reloaded(count):
+        return sum(e["event"] == "rules reloaded" for e in sensor.logs()) >= count
+
+    try:
+        first = rig.run(["/bin/true"])
+        rules.write_text(rule.format(name="echo"))  # a change is seen within a second
+        wait_until(lambda: reloaded(1))
+        second = rig.run(["/bin/sh", "-c", "/bin/true; /bin/echo"])
+        rules.write_text(rule.format(name="true") + "- rule: Broken\n  desc: d\n  condition: proc.name =\n")
+        wait_until(lambda: any(e["event"].startswith("rules not reloaded") for e in sensor.logs()))
+        third = rig.run(["/bin/sh", "-c", "/bin/true; /bin/echo"])  # still the rules of the second
+        rules.write_text(rule.format(name="true"))
+        wait_until(lambda: reloaded(2))
+        fourth = rig.run(["/bin/sh", "-c", "/bin/true; /bin/echo"])
+        sensor.proc.send_signal(signal.SIGHUP)  # no change: reloaded because it is asked
+        wait_until(lambda: reloaded(3))
+    finally:
+        sensor.stop()
+    records = read_records(output)
+
+    def fired(result):
+        return [r["rule"] for r in of_cgroup(records, result.cgroup_id) if r["kind"] == "alert"]
+
+    assert fired(first) == ["Ran true"]
+    assert fired(second) == fired(third) == ["Ran echo"]
+    assert fired(fourth) == ["Ran true"]
