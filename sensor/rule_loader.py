@@ -96,9 +96,14 @@ def _compile(ruleset: RuleSet) -> None:
     texts: dict[tuple[str, str], tuple[str, Item]] = {}  # (kind, name) -> (condition text, defining item)
     enabled: dict[str, bool] = {}
     definitions: dict[tuple[str, str], Item] = {}  # a redefinition replaces, an amendment folds in
+    exceptions: dict[str, dict[str, dict]] = {}  # rule -> exception name -> its spec (values grow with appends)
     for item in ruleset.items:
         key = (item.kind, item.name)
         mode = "append" if item.body.get("append") else (item.body.get("override") or {}).get("condition")
+        if item.kind == "rule" and isinstance(item.body.get("exceptions"), list):
+            _add_exceptions(exceptions.setdefault(item.name, {}), item.body["exceptions"],
+                            merge=bool(item.body.get("append")) or (item.body.get("override") or {}).get(
+                                "exceptions") == "append")
         if item.kind == "list":
             items = condition.expand_items([str(x) for x in item.body.get("items") or []], lists)
             lists[item.name] = lists.get(item.name, ()) + items if mode == "append" else items
@@ -132,6 +137,9 @@ def _compile(ruleset: RuleSet) -> None:
     for name, parsed in list(ruleset.conditions.items()):
         item = texts["rule", name][1]
         try:
+            unless = _exceptions_ast(exceptions.get(name, {}))
+            if unless is not None:
+                parsed = condition.And((parsed, condition.Not(unless)))
             ruleset.conditions[name] = expanded = condition.expand(parsed, macros, lists)
         except condition.ConditionError as e:
             del ruleset.conditions[name]
@@ -197,6 +205,51 @@ def _correlation(item: Item, macros: dict, lists: dict, broken: dict, ruleset: R
                 else f"{kind}: {e.reason}")
     except ValueError as e:
         problem(f"{kind}: {e}")
+
+
+def _add_exceptions(known: dict[str, dict], items: list, merge: bool) -> None:
+    """Falco's exceptions, by name: an append adds values to a named one (or adds it)."""
+    for spec in items:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            continue
+        values = [v for v in spec.get("values") or [] if v is not None]
+        if merge and spec["name"] in known:
+            known[spec["name"]]["values"] = known[spec["name"]]["values"] + values
+        else:
+            known[spec["name"]] = {"fields": spec.get("fields"), "comps": spec.get("comps"), "values": values}
+
+
+def _exceptions_ast(specs: dict[str, dict]):
+    """What a rule's exceptions exclude, as one condition (None: nothing). Each exception
+    names fields and comparisons (= by default; `in` for a single field named alone);
+    each of its values is a tuple of one value per field, and matching all of a tuple
+    excepts the event."""
+    alternatives = []
+    for spec in specs.values():
+        names, comps, values = spec["fields"], spec["comps"], spec["values"]
+        if isinstance(names, str):  # one field: its values are one list
+            items = tuple(str(v) for v in values for v in (v if isinstance(v, list) else [v]))
+            if items:
+                alternatives.append(condition.Check(names, str(comps or "in"), items))
+            continue
+        names = [str(n) for n in names or []]
+        comps = [str(c) for c in comps] if isinstance(comps, list) else ["="] * len(names)
+        for row in values:
+            row = row if isinstance(row, list) else [row]
+            if len(row) != len(names):
+                raise condition.ConditionError(f"exception {spec} has a value of {len(row)} items for "
+                                               f"{len(names)} fields", 0)
+            checks = []
+            for field_name, comp, value in zip(names, comps, row):
+                if comp in condition.LIST_OPERATORS:
+                    value = tuple(str(v) for v in (value if isinstance(value, list) else [value]))
+                    checks.append(condition.Check(field_name, comp, value))
+                else:
+                    checks.append(condition.Check(field_name, "=" if comp == "==" else comp, str(value)))
+            alternatives.append(checks[0] if len(checks) == 1 else condition.And(tuple(checks)))
+    if not alternatives:
+        return None
+    return alternatives[0] if len(alternatives) == 1 else condition.Or(tuple(alternatives))
 
 
 def _unsupported(expanded) -> str | None:

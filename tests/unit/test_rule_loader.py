@@ -189,3 +189,44 @@ def test_append_override_and_enabled_follow_falco(tmp_path):
     assert ruleset.conditions == {"R": Or((And((Check("proc.name", "in", ("ls", "cat")), Check("evt.num", ">", "3"))),
                                               Check("proc.name", "=", "vi")))}
     assert [r.name for r in ruleset.rules] == ["R", "Disabled"]  # loaded, and off
+
+
+def test_exceptions_follow_falco(tmp_path):
+    from sensor.evaluate import evaluate
+
+    path = tmp_path / "rules.yaml"
+    path.write_text("""
+- list: package_managers
+  items: [apk, dpkg]
+- rule: Write below bin
+  desc: d
+  condition: evt.type = openat and fd.directory = /usr/bin
+  output: o
+  priority: ERROR
+  exceptions:
+    - name: managers
+      fields: proc.name
+      comps: in
+      values: [package_managers]
+    - name: writer_and_dir
+      fields: [proc.name, fd.directory]
+      comps: ["=", "="]
+      values:
+        - [cp, /usr/bin]
+- rule: Write below bin
+  append: true
+  exceptions:
+    - name: writer_and_dir
+      values:
+        - [install, /usr/bin]
+""")
+    ruleset = rule_loader.load([path])
+    assert ruleset.problems == []
+    rule = ruleset.conditions["Write below bin"]
+
+    def writes(comm):
+        return evaluate(rule, {"proc": {"comm": comm}, "evt": {"type": "openat", "res": 3, "name": "/usr/bin/x",
+                                                                "flags": 1}})
+    assert writes("curl")
+    assert not writes("apk") and not writes("dpkg")  # the list the exception names
+    assert not writes("cp") and not writes("install")  # a tuple, and one an append added
