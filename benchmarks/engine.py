@@ -19,7 +19,6 @@ Not a test: timings on a VM are noisy; only ratios within one run are compared.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import subprocess
@@ -35,7 +34,7 @@ from sensor.condition import parse  # noqa: E402
 from sensor.engine import Engine  # noqa: E402
 from sensor.evaluate import Reference  # noqa: E402
 
-from report import machine, write_section  # noqa: E402
+from report import machine, main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FALCO = HERE.parents[1] / "shared" / "compat" / "falco" / "falco_rules.yaml"
@@ -217,16 +216,5 @@ def report(results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
-    args = parser.parse_args()
-    results = run(args.quick)
-    command = "make bench" if not args.quick else "benchmarks/engine.py --quick"
-    write_section(args.output, BEGIN, END, report(results, command))
-    print(f"wrote {args.output}")
-
-
 if __name__ == "__main__":
-    main()
+    main("engine", __doc__, BEGIN, END, run, report)

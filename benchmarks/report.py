@@ -3,7 +3,10 @@ the section in place between its markers."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from collections.abc import Callable
 import platform
 import re
 from pathlib import Path
@@ -26,3 +29,18 @@ def write_section(path: Path, begin: str, end: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+def main(name: str, doc: str, begin: str, end: str, run: Callable[[bool], dict], render: Callable[[dict, str], str],
+         needs_root: bool = False) -> None:
+    """The command line every benchmark has: [--quick] [--output RESULTS.md]."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    args = parser.parse_args()
+    if needs_root and os.geteuid() != 0:
+        sys.exit(f"the {name} benchmark loads BPF programs: run it as root")
+    results = run(args.quick)
+    write_section(args.output, begin, end, render(results, "make bench" if not args.quick
+                                                  else f"benchmarks/{name}.py --quick"))
+    print(f"wrote {args.output}")

@@ -27,7 +27,6 @@ cost is the best of several runs, and only ratios within one run are compared.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import dataclasses
 import os
@@ -51,7 +50,7 @@ from sensor.decode import Decoder  # noqa: E402
 from sensor.layout import events as event_layout  # noqa: E402
 from sensor.ringbuf import RawBatch, RingReader  # noqa: E402
 
-from report import machine, write_section  # noqa: E402
+from report import machine, main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LOAD_CPU, CONSUMER_CPU = 0, 1
@@ -520,18 +519,5 @@ def report(results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("the benchmark loads BPF programs: run it as root")
-    results = Bench(args.quick).run()
-    command = "make bench" if not args.quick else "benchmarks/ringbuf.py --quick"
-    write_section(args.output, BEGIN, END, report(results, command))
-    print(f"wrote {args.output}")
-
-
 if __name__ == "__main__":
-    main()
+    main("ringbuf", __doc__, BEGIN, END, lambda quick: Bench(quick).run(), report, needs_root=True)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 
 from sensor import fields, records
-from sensor.condition import FIELD, checks
+from sensor.condition import FIELD, And, Check, Not, checks
 from sensor.condition import fields as fields_of
 from sensor.correlate import Correlator
 from sensor.domains import DOMAINS
@@ -30,6 +30,16 @@ def render(template: str, record: Record) -> str:
             return MISSING
         return ",".join(map(str, got)) if isinstance(got, tuple) else str(got)
     return _TEMPLATE.sub(value, template)
+
+
+def _in_containers(node) -> bool:
+    """Whether a condition can only be true in a container (it requires container.id !=
+    host at its top level, as Falco's `container` macro does)."""
+    if isinstance(node, And):
+        return any(_in_containers(item) for item in node.items)
+    if isinstance(node, Not) and isinstance(node.item, Check):
+        node = Check(node.item.field, "!=" if node.item.op == "=" else "", node.item.value)
+    return isinstance(node, Check) and node.field == "container.id" and node.op == "!=" and node.value == "host"
 
 
 class Alerts:
@@ -55,6 +65,8 @@ class Alerts:
         DOMAINS.watch(value for c in conditions.values() for check in checks(c)
                       if check.field.endswith("ip.name") and check.value is not None
                       for value in (check.value if isinstance(check.value, tuple) else (check.value,)))
+        # Only container rules: the host's events need not leave the kernel.
+        self.containers_only = bool(conditions) and all(_in_containers(c) for c in conditions.values())
         # Rules that read fd.* need the fd table, which learns from the fd syscalls.
         self.reads_fds = any(name.startswith("fd.") for c in conditions.values() for name in fields_of(c))
         types = [event_types(c) for c in conditions.values()]

@@ -99,6 +99,7 @@ class CgroupTable:
         self._removed: OrderedDict[int, None] = OrderedDict()  # in removal order, for the grace period
         self._out: list[Record] = []                           # lifecycle records not yet taken
         self._pending: set[int] = set()                         # cgroups whose records are held
+        self._hosts: list[int] = []                             # known to be the host's, not yet taken
         self._watcher: _Watcher | None = None
 
     def start_watching(self, interval_s: float = 0.002) -> None:
@@ -140,6 +141,13 @@ class CgroupTable:
                 self._watcher.watch(cgroup_id, path)
         elif identity.is_container:
             self._started(entry)
+        else:
+            self._hosts.append(cgroup_id)
+
+    def take_hosts(self) -> list[int]:
+        """The cgroups known to be the host's since the last call."""
+        hosts, self._hosts = self._hosts, []
+        return hosts
 
     def removed(self, cgroup_id: int, now_ns: int, losses: dict[str, int]) -> None:
         """The cgroup is gone: an `exit` record for a container (after anything held for
@@ -239,6 +247,8 @@ class CgroupTable:
         self._pending.discard(cgroup_id)
         if identity.is_container:
             self._started(entry)
+        else:
+            self._hosts.append(cgroup_id)
         self._out.extend(entry.held)
         entry.held = []
 

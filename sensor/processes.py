@@ -6,8 +6,8 @@ container's writable (upper) layer.
 
 Seeded from /proc at start and kept from fork (a child starts as a copy of its parent,
 as the kernel makes it), exec and exit events. What the events do not carry is read
-from /proc/<pid> when the exec is applied, a few milliseconds after it: a process gone
-by then keeps what it inherited. An exited process stays known while its descendants
+from /proc/<pid> when the exec is applied, a few milliseconds after it: for a process
+gone by then, it is not known. An exited process stays known while its descendants
 may still name it as an ancestor; the table is bounded, and the entries used least
 recently go first when it is full.
 """
@@ -182,9 +182,9 @@ class ProcessTable:
             else:
                 evt = self._table.decode_args(event)
                 known = self.entries.get(pid) or Process("", "", "", int(header["ppid"]))
+                # Gone already: unknown. (What it had before the exec could be another
+                # root's, and capabilities change at exec.)
                 details = self.details(pid)
-                if details.cwd is None:  # gone already: what it had before the exec
-                    details = known.details
                 self._put(pid, replace(known, name=c_string(header["comm"]), exe=evt["filename"],
                                        cmdline=cmdline(evt.get("argv", [])), details=details))
 

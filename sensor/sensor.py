@@ -88,6 +88,7 @@ class Sensor:
         self._next_rules: tuple[rule_loader.RuleSet, Alerts] | None = None
         self._reloading: threading.Thread | None = None
         self._rule_stamps, self._stamped = _stamps(self.rule_paths), time.monotonic()
+        self._ignored_hosts: set[int] = set()
 
         self.programs = Programs(self.config)
         try:
@@ -101,6 +102,7 @@ class Sensor:
             self.cgroups = CgroupTable(host.cgroup2_root(), deadline_s=self.identity_deadline,
                                        grace_s=self.container_grace)
             self.cgroups.scan(self.clock.now())
+            self._take_hosts()
             self.cgroups.start_watching()
             self.decoder = Decoder(self.table, self.cgroups, self.processes, self.clock)
             self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock,
@@ -136,6 +138,25 @@ class Sensor:
         if capture is not None and self.alerts.reads_fds:
             capture |= FD_SYSCALLS  # captured for the fd table, not decoded
         self.set_capture(capture)
+        # With only container rules and nothing else emitted, the host's cgroups send nothing.
+        self._containers_only = self.alerts.containers_only and not self.emit
+        if not self._containers_only:
+            for cgroup_id in self._ignored_hosts:
+                self.set_policy(cgroup_id, track=True)
+            self._ignored_hosts = set()
+        elif getattr(self, "cgroups", None) is not None:
+            self._ignore_hosts([i for i, e in self.cgroups.entries.items() if not e.identity.is_container])
+
+    def _take_hosts(self) -> None:
+        hosts = self.cgroups.take_hosts()
+        if self._containers_only:
+            self._ignore_hosts(hosts)
+
+    def _ignore_hosts(self, cgroup_ids) -> None:
+        for cgroup_id in cgroup_ids:
+            if cgroup_id not in self._ignored_hosts:
+                self.set_policy(cgroup_id, track=False)
+                self._ignored_hosts.add(cgroup_id)
 
     def reload(self) -> None:
         """Load the rule files again, aside, and use them from the next batch on; if any
@@ -243,7 +264,12 @@ class Sensor:
         for cgroup_id, ts in self.decoder.apply_cgroups(arrays, removals=True):
             self.cgroups.removed(cgroup_id, ts, self.reports.cgroup_losses(cgroup_id))
             self.reports.forget_cgroup(cgroup_id)
+            if cgroup_id in self._ignored_hosts:
+                self._ignored_hosts.discard(cgroup_id)
+                policy = self.programs["cgroup_policy"]
+                policy.pop(policy.Key(cgroup_id), None)
         batch = self._matched(batch + self.cgroups.take())
+        self._take_hosts()
         self._dispatch(batch)
         return batch
 

@@ -3,7 +3,7 @@
  * Built with gcc -static by the container rig and run inside a runc container, under
  * whatever name the rule looks for (nginx, ssh, debugfs...). Each action waits 300 ms
  * first: what /proc says of a process (its capabilities) is read when the sensor
- * applies its exec, and a process gone by then keeps what it inherited. */
+ * applies its exec: of a process gone by then it is not known. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>

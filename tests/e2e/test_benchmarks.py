@@ -9,14 +9,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_ringbuf_benchmark_quick_mode(tmp_path):
+def quick(name, tmp_path):
+    """A benchmark's quick mode: the section it writes."""
     output = tmp_path / "RESULTS.md"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ringbuf.py"), "--quick", "--output", str(output)],
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--quick", "--output", str(output)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     report = output.read_text()
-    assert "<!-- ringbuf: begin -->" in report and "<!-- ringbuf: end -->" in report
-    assert "Command: `benchmarks/ringbuf.py --quick`" in report
+    assert f"<!-- {name}: begin -->" in report and f"<!-- {name}: end -->" in report
+    assert f"Command: `benchmarks/{name}.py --quick`" in report
+    return report
+
+
+def test_ringbuf_benchmark_quick_mode(tmp_path):
+    report = quick("ringbuf", tmp_path)
     steps = re.findall(r"^\| (transport|captured) \| (numba|bcc) \| ([\d,]+) \| [\d,]+ \| ([\d,]+) \| ([\d,]+) \| "
                        r"([\d,]+) \|", report, re.M)
     assert {s[:2] for s in steps} == {(load, consumer) for load in ("transport", "captured")
@@ -34,12 +40,7 @@ def test_ringbuf_benchmark_quick_mode(tmp_path):
 
 
 def test_engine_benchmark_quick_mode(tmp_path):
-    output = tmp_path / "RESULTS.md"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "engine.py"), "--quick", "--output", str(output)],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    report = output.read_text()
-    assert "<!-- engine: begin -->" in report and "Command: `benchmarks/engine.py --quick`" in report
+    report = quick("engine", tmp_path)
     rows = re.findall(r"^\| ([^|]+) \| (\d+) \| (match-heavy|quiet) \| ([\d,]+) \| [\d,]+ \| ([\d,]+) \|", report, re.M)
     assert {(r[1], r[2]) for r in rows} >= {(n, s) for n in ("10", "100", "1000") for s in ("match-heavy", "quiet")}
     for _, _, stream, rate, matches in rows:

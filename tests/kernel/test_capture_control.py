@@ -9,6 +9,7 @@ import uuid
 from capture import collect, drain, events, own_cgroup, run_in_cgroup
 
 from sensor import ProgramConfig, Sensor, host
+from sensor.testing.containers import wait_until
 
 N = 97  # prime
 
@@ -121,7 +122,7 @@ def test_a_flooding_cgroup_is_limited_and_the_others_are_not(sensor, fire):
 def test_a_full_ring_buffer_loses_nothing_unaccounted(fire):
     """Delivered + counted lost = generated, for a cgroup that floods a one-page ring."""
     seen = []
-    with Sensor(config=ProgramConfig(ringbuf_pages=1, cgroup_rate=0, flows=False),
+    with Sensor(config=ProgramConfig(ringbuf_pages=1, cgroup_rate=0, flows=False), rules=[],  # what it emits only
                 emit_events=["openat", "execve", "procexit"], on_record=seen.append) as small:
         with own_cgroup() as (path, cgroup_id):
             run_in_cgroup(path, [fire, "openat", str(N * 10)])  # nothing polls meanwhile
@@ -152,7 +153,7 @@ def test_threads_sharing_a_pending_slot_lose_nothing(tmp_path):
     opens go through the hash: every event arrives whole."""
     import sys
     seen = []
-    with Sensor(config=ProgramConfig(pending_slots=1, cgroup_rate=0, flows=False),
+    with Sensor(config=ProgramConfig(pending_slots=1, cgroup_rate=0, flows=False), rules=[],
                 emit_events=["accept", "accept4", "openat"], on_record=seen.append) as small:
         with own_cgroup() as (path, cgroup_id):
             assert run_in_cgroup(path, [sys.executable, "-c", THREADS_SCRIPT]).returncode == 0
@@ -174,7 +175,8 @@ def test_counter_slots_are_recycled_and_overflow_is_counted(fire):
         subprocess.run(["mkdir", *paths], check=True)
         return paths
 
-    with Sensor(config=ProgramConfig(count_slots=8, cgroup_rate=0, flows=False), report_interval=3600) as small:
+    with Sensor(config=ProgramConfig(count_slots=8, cgroup_rate=0, flows=False), rules=[],
+                report_interval=3600) as small:
         small.report()
         for _ in range(20):
             (path,) = make(1)
@@ -198,3 +200,27 @@ def test_counter_slots_are_recycled_and_overflow_is_counted(fire):
     assert 0 < len(attributed) < 10 and len(unattributed) == 1
     assert all(r["counts"]["getppid"] == N for r in attributed)
     assert unattributed[0]["counts"]["getppid"] >= (10 - len(attributed)) * N
+
+
+def test_with_only_container_rules_the_host_sends_nothing_but_is_counted(tmp_path, fire):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- rule: In a container\n  desc: d\n  output: o\n  priority: INFO\n"
+                     "  condition: evt.type = openat and container.id != host\n")
+    seen = []
+    path = os.path.join(host.cgroup2_root(), f"mayfly-test-{uuid.uuid4().hex[:8]}.slice")  # a systemd unit's
+    with Sensor(config=ProgramConfig(cgroup_rate=0, flows=False), rules=[rules], on_record=seen.append,
+                report_interval=3600) as only:
+        subprocess.run(["mkdir", path], check=True)  # by another process: the sensor does not see its own doings
+        try:
+            cgroup_id = host.cgroup_id(path)
+            wait_until(lambda: only.poll(0) is not None and cgroup_id in only._ignored_hosts)  # known as the host's
+            run_in_cgroup(path, [fire, "openat", str(N)])
+            drain(only)
+            counts = [r for r in only.report() if r["kind"] == "syscall_counts"
+                      and r.get("container", {}).get("cgroup_id") == cgroup_id]
+        finally:
+            os.rmdir(path)
+        assert only._containers_only
+        delivered = only._delivered["syscall"]
+    assert counts[0]["counts"]["openat"] >= N
+    assert delivered < N  # the host's opens never left the kernel

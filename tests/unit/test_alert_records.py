@@ -41,3 +41,13 @@ def test_the_rules_say_which_event_types_and_whether_the_fd_table_is_needed(tmp_
 def test_render_joins_several_values():
     record = {"proc": {"anames": ["sh", "runc"]}}
     assert render("%proc.aname and %proc.aname[2] and %proc.aname[9]", record) == "sh,runc and runc and <NA>"
+
+
+def test_rules_that_all_require_a_container_let_the_host_be_ignored(tmp_path):
+    inside = RULE.format(name="In", condition="container.id != host and proc.name = x", output="o", priority="INFO")
+    also = RULE.format(name="Also", condition="evt.type = openat and (not container.id = host) and fd.name = y",
+                       output="o", priority="INFO")
+    anywhere = RULE.format(name="Any", condition="container.id != host or proc.name = x", output="o",
+                           priority="INFO")
+    assert load(tmp_path, inside + also).containers_only
+    assert not load(tmp_path, inside + anywhere).containers_only
