@@ -133,6 +133,9 @@ def test_churn_keeps_the_tables_and_memory_flat(rig, tmp_path):
         sensor.stop()
     records = read_records(output)
     execs = {r["container"]["cgroup_id"]: r["container"] for r in records if r["kind"] == "event"}
+    missing = [(r.id, r.exit_code, r.stderr[-300:]) for r in results if r.cgroup_id not in execs]
+    lost = [r for r in records if r["kind"] == "lost"]
+    assert missing == [], (missing, lost)
     assert all(execs[r.cgroup_id]["id"] == r.id for r in results)  # every one attributed...
     # ...and named by runc's state, unless the sensor could not look during the ~20 ms
     # between `runc create` and `runc delete` on two busy CPUs: then it says so.
