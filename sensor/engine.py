@@ -26,7 +26,7 @@ import numpy as np
 from sensor import evaluate
 from sensor.condition import And, Check, Not, Or
 
-MAX_VALUES = 1 << 14
+MAX_VALUES = 1 << 16
 TYPE_FIELD = "evt.type"
 
 # Jump code: one (op, arg) row per instruction; the result is in an accumulator.

