@@ -105,7 +105,7 @@ def rules() -> None:
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the rejected rules as a Markdown table.")
 def rules_check(paths, allow_rejected: bool, report: str | None) -> None:
     """Load rule files as `mayfly run` would: print each problem (file:line: rule:
-    reason), then `N rules loaded, M rejected`. Exit 1 if a rule was rejected."""
+    reason), then `N rules loaded, M rejected`. Exit 1 if there was any problem."""
     ruleset = rule_loader.load(paths)
     for problem in ruleset.problems:
         click.echo(str(problem))
@@ -116,7 +116,8 @@ def rules_check(paths, allow_rejected: bool, report: str | None) -> None:
     if report:
         with open(report, "w") as f:
             f.write(rule_loader.markdown_report(ruleset, ["mayfly", "rules", "check", *paths]))
-    sys.exit(0 if allow_rejected or not ruleset.rejected else 1)
+    # A file that could not be read at all lost its rules too: that is not a pass either.
+    sys.exit(0 if allow_rejected or not ruleset.problems else 1)
 
 
 @main.command("doctor")

@@ -6,6 +6,7 @@
  * applies its exec: of a process gone by then it is not known. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <linux/if_ether.h>
 #include <netinet/in.h>
@@ -97,6 +98,14 @@ int main(int argc, char **argv)
         sendfile(fd, source, NULL, st.st_size);
         syscall(SYS_execveat, fd, "", argv + 3, environ, AT_EMPTY_PATH);
         return 127;
+    } else if (!strcmp(action, "unshare")) {
+        unshare(CLONE_NEWUTS);
+    } else if (!strcmp(action, "bpf")) {
+        syscall(SYS_bpf, 5 /* BPF_PROG_LOAD */, NULL, 0);
+    } else if (!strcmp(action, "setuid0")) {
+        setuid(0);
+    } else if (!strcmp(action, "socket")) {
+        close(socket(AF_INET, SOCK_DGRAM, 0));
     } else if (!strcmp(action, "init_module")) {
         syscall(SYS_init_module, "\177ELF", 4, "");
     } else {

@@ -8,12 +8,15 @@ from sensor.condition import And, Check, Not, Or
 
 def test_builtin_rules_load_cleanly():
     files = resources.builtin_rule_files()
-    assert [f.name for f in files] == ["mayfly_rules.yaml"]
+    assert [f.name for f in files] == ["mayfly_rules.yaml", "mayfly_rules-incubating.yaml"]  # stable first
     ruleset = rule_loader.load(files)
     assert ruleset.problems == []
-    assert [r.name for r in ruleset.rules] == ["Shell Spawned in Container", "Drop, Make Executable and Run in Container",
-                                               "Network Scan from Container"]
-    assert (len(ruleset.conditions), len(ruleset.sequences), len(ruleset.rates)) == (1, 1, 1)
+    assert len(ruleset.rules) >= 30 and (len(ruleset.sequences), len(ruleset.rates)) == (1, 1)
+    for rule in ruleset.rules:  # each with its maturity and a MITRE ATT&CK technique
+        tags = rule.body["tags"]
+        assert {t for t in tags if t.startswith("maturity_")} == {
+            "maturity_incubating" if "incubating" in rule.path else "maturity_stable"}, rule.name
+        assert any(t.startswith("mitre_") for t in tags) and any(t[:2] == "T1" for t in tags), rule.name
 
 
 def test_a_broken_item_rejects_itself_only(tmp_path):
