@@ -2,16 +2,10 @@
 benign neighbour, doing something close to it, raises none of it. One `mayfly run` with
 the built-in rules (container rules only: the host's cgroups are filtered in the kernel)."""
 
-import socket
-from pathlib import Path
-
-from running import RunningSensor
-from test_container_identity import of_cgroup, read_records
+from scenarios import ATTACK, run_scenarios
 
 from sensor import rule_loader
 from sensor.resources import builtin_rule_files
-
-ATTACK = "/usr/local/bin/attack"
 
 
 def sh(script, **options):
@@ -23,8 +17,8 @@ def attack(*args, **options):
 
 
 TRUE = {"args": ["/bin/true"]}
-# rule -> (what fires it, a benign neighbour). "files" map container paths to "shadow"
-# (a stand-in secret) or "attack" (the helper); "port" is the test's listener.
+# rule -> (what fires it, a benign neighbour), in the scenario format of
+# scenarios.run_scenarios.
 CASES = {
     "Shell Spawned in Container": (sh("true"), TRUE),
     "Drop, Make Executable and Run in Container": (
@@ -32,18 +26,18 @@ CASES = {
         sh("cp /bin/busybox /tmp/tool && chmod +x /tmp/tool")),
     "Network Scan from Container": (attack("scan", "198.51.100", "25", "80", host_network=True),
                                     attack("scan", "198.51.100", "5", "80", host_network=True)),
-    "Sensitive File Read in Container": ({"args": ["/bin/cat", "/etc/shadow"], "files": {"/etc/shadow": "shadow"}},
+    "Sensitive File Read in Container": ({"args": ["/bin/cat", "/etc/shadow"], "files": {"/etc/shadow": "secret"}},
                                          {"args": ["/bin/cat", "/etc/passwd"]}),
-    "Private Key Read in Container": ({"args": ["/bin/cat", "/root/.ssh/id_rsa"], "files": {"/root/.ssh/id_rsa": "shadow"}},
+    "Private Key Read in Container": ({"args": ["/bin/cat", "/root/.ssh/id_rsa"], "files": {"/root/.ssh/id_rsa": "secret"}},
                                       {"args": ["/bin/cat", "/root/.ssh/known_hosts"],
-                                       "files": {"/root/.ssh/known_hosts": "shadow"}}),
+                                       "files": {"/root/.ssh/known_hosts": "secret"}}),
     "Cloud Credentials Read in Container": (
-        {"args": ["/bin/cat", "/root/.aws/credentials"], "files": {"/root/.aws/credentials": "shadow"}},
-        {"args": ["/bin/cat", "/root/.aws/notes"], "files": {"/root/.aws/notes": "shadow"}}),
+        {"args": ["/bin/cat", "/root/.aws/credentials"], "files": {"/root/.aws/credentials": "secret"}},
+        {"args": ["/bin/cat", "/root/.aws/notes"], "files": {"/root/.aws/notes": "secret"}}),
     "Service Account Token Read in Container": (
         {"args": ["/bin/cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"],
-         "files": {"/var/run/secrets/kubernetes.io/serviceaccount/token": "shadow"}},
-        {"args": ["/bin/cat", "/var/run/secrets/other/token"], "files": {"/var/run/secrets/other/token": "shadow"}}),
+         "files": {"/var/run/secrets/kubernetes.io/serviceaccount/token": "secret"}},
+        {"args": ["/bin/cat", "/var/run/secrets/other/token"], "files": {"/var/run/secrets/other/token": "secret"}}),
     "Write Below Binary Directory in Container": (sh("echo x > /usr/bin/evil"), sh("echo x > /tmp/fine")),
     "Write Below Etc in Container": (sh("echo x > /etc/motd"), sh("cat /etc/passwd > /tmp/copy")),
     "Persistence Through Cron or SSH Keys in Container": (sh("mkdir -p /root/.ssh && echo key > /root/.ssh/authorized_keys"),
@@ -55,7 +49,7 @@ CASES = {
     "Symlink Over Sensitive File in Container": ({"args": ["/bin/ln", "-s", "/etc/shadow", "/tmp/s"]},
                                                  {"args": ["/bin/ln", "-s", "/etc/hostname", "/tmp/s"]}),
     "Hardlink Over Sensitive File in Container": ({"args": ["/bin/ln", "/etc/shadow", "/tmp/h"],
-                                                   "files": {"/etc/shadow": "shadow"}},
+                                                   "files": {"/etc/shadow": "secret"}},
                                                   {"args": ["/bin/ln", "/etc/passwd", "/tmp/h"]}),
     "Setuid Bit Set in Container": (sh("touch /tmp/x && chmod 4755 /tmp/x"), sh("touch /tmp/x && chmod 755 /tmp/x")),
     "Package Manager Run in Container": ({"args": ["/bin/rpm", "-q", "x"]}, TRUE),
@@ -88,34 +82,7 @@ def test_the_cases_cover_every_builtin_rule():
 
 
 def test_every_builtin_rule_fires_and_its_benign_neighbour_does_not(rig, tmp_path):
-    helper = rig.compile_static("attack", (Path(__file__).parent / "attack.c").read_text())
-    secret = tmp_path / "secret"
-    secret.write_text("root:*:19000:0:99999:7:::\n")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    output = tmp_path / "records.msgpack"
-    sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600")
-    ran = {}
-    try:
-        for rule, cases in CASES.items():
-            for role, case in zip(("attack", "benign"), cases):
-                files = {path: str(secret) if name == "shadow" else str(helper) for path, name in
-                         case.get("files", {}).items()}
-                if case.get("attack"):
-                    files[ATTACK] = helper
-                args = [str(listener.getsockname()[1]) if a == "port" else a for a in case["args"]]
-                ran[rule, role] = rig.run(args, files=files, host_network=case.get("host_network", False),
-                                          capabilities=case.get("capabilities", ()), uid=case.get("uid", 0))
-    finally:
-        sensor.stop()
-        listener.close()
-    records = read_records(output)
-    wrong = {}
-    for (rule, role), result in ran.items():
-        alerts = [r for r in of_cgroup(records, result.cgroup_id) if r["kind"] == "alert"]
-        assert all(a["container"]["id"] == result.id and a["container"]["runtime"] == "runc" for a in alerts)
-        fired = rule in {a["rule"] for a in alerts}
-        if fired != (role == "attack"):
-            wrong[rule, role] = sorted({a["rule"] for a in alerts})
+    scenarios = {(rule, role): case for rule, cases in CASES.items() for role, case in zip(("attack", "benign"), cases)}
+    fired = run_scenarios(rig, tmp_path, [], scenarios)
+    wrong = {key: sorted(names) for key, names in fired.items() if (key[0] in names) != (key[1] == "attack")}
     assert wrong == {}, wrong

@@ -1,14 +1,10 @@
 """Every rule of Falco's falco_rules.yaml, loaded by `mayfly run --rules`, fires from a
 real runc container doing what the rule describes, and names the container."""
 
-import socket
 from pathlib import Path
 
 import pytest
-from running import RunningSensor
-from test_container_identity import of_cgroup, read_records
-
-ATTACK = "/usr/local/bin/attack"
+from scenarios import ATTACK, run_scenarios
 K8S_API = ("127.0.0.3", "kubernetes.default.svc.cluster.local")
 
 
@@ -21,13 +17,12 @@ def attack_as(path, *args):
     return {"args": [path, *args], "files": {path: "attack"}}
 
 
-# rule -> how a container triggers it: args, and the rig's options ("attack" in files
-# is the helper; "shadow" a stand-in /etc/shadow; "port" the test's listener)
+# rule -> how a container triggers it (the scenario format of scenarios.run_scenarios)
 CASES = {
     "Directory traversal monitored file read": {"args": ["/bin/cat", "/etc/../etc/../etc/passwd"]},
     "Read sensitive file trusted after startup": {**attack_as("/usr/sbin/nginx", "sleep_open", "6", "/etc/shadow"),
-                                                  "shadow": True},
-    "Read sensitive file untrusted": {"args": ["/bin/cat", "/etc/shadow"], "shadow": True},
+                                                  "files": {"/usr/sbin/nginx": "attack", "/etc/shadow": "secret"}},
+    "Read sensitive file untrusted": {"args": ["/bin/cat", "/etc/shadow"], "files": {"/etc/shadow": "secret"}},
     "Run shell untrusted": attack_as("/usr/sbin/nginx", "spawn", "/bin/sh", "-c", "true"),
     "System user interactive": {"args": ["/bin/login", "-f", "nobody"], "uid": 65534},
     "Terminal shell in container": {"args": [ATTACK, "tty", "/bin/sh", "-c", "sleep 0.5"], "attack": True},
@@ -38,7 +33,8 @@ CASES = {
     "Clear Log Activities": {"args": sh("mkdir -p /var/log && : > /var/log/app.log")},
     "Remove Bulk Data from Disk": {"args": sh("ln -s /bin/busybox /tmp/shred; /tmp/shred -u /tmp/nothing")},
     "Create Symlink Over Sensitive Files": {"args": ["/bin/ln", "-s", "/etc/shadow", "/tmp/s"]},
-    "Create Hardlink Over Sensitive Files": {"args": ["/bin/ln", "/etc/shadow", "/tmp/h"], "shadow": True},
+    "Create Hardlink Over Sensitive Files": {"args": ["/bin/ln", "/etc/shadow", "/tmp/h"],
+                                             "files": {"/etc/shadow": "secret"}},
     "Packet socket created in container": {"args": [ATTACK, "packet_socket"], "attack": True},
     "Redirect STDOUT/STDIN to Network Connection in Container": {"args": [ATTACK, "redirect", "port"],
                                                                  "attack": True, "host_network": True},
@@ -74,34 +70,5 @@ def k8s_api_name():
 
 
 def test_every_rule_of_falcos_stable_file_fires_from_a_container(rig, tmp_path, falco_corpus, k8s_api_name):
-    attack = rig.compile_static("attack", (Path(__file__).parent / "attack.c").read_text())
-    shadow = tmp_path / "shadow"
-    shadow.write_text("root:*:19000:0:99999:7:::\n")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    output = tmp_path / "records.msgpack"
-    sensor = RunningSensor(tmp_path, "--rules", str(falco_corpus / "falco_rules.yaml"), "--output", f"file:{output}",
-                           "--report-interval", "3600")
-    ran = {}
-    try:
-        for rule, case in CASES.items():
-            files = {path: attack if name == "attack" else name for path, name in case.get("files", {}).items()}
-            if case.get("attack"):
-                files[ATTACK] = attack
-            if case.get("shadow"):
-                files["/etc/shadow"] = str(shadow)
-            args = [str(listener.getsockname()[1]) if a == "port" else a for a in case["args"]]
-            ran[rule] = rig.run(args, files=files, host_network=case.get("host_network", False),
-                                capabilities=case.get("capabilities", ()), uid=case.get("uid", 0))
-    finally:
-        sensor.stop()
-        listener.close()
-    records = read_records(output)
-    missed = {}
-    for rule, result in ran.items():
-        alerts = [r for r in of_cgroup(records, result.cgroup_id) if r["kind"] == "alert"]
-        assert all(a["container"]["id"] == result.id and a["container"]["runtime"] == "runc" for a in alerts)
-        if rule not in {a["rule"] for a in alerts}:
-            missed[rule] = sorted({a["rule"] for a in alerts})
-    assert missed == {}, missed
+    fired = run_scenarios(rig, tmp_path, ["--rules", str(falco_corpus / "falco_rules.yaml")], CASES)
+    assert {rule: sorted(names) for rule, names in fired.items() if rule not in names} == {}
