@@ -24,8 +24,7 @@ _TEMPLATE = re.compile(rf"%({FIELD.pattern})")
 def render(template: str, record: Record) -> str:
     """A rule's output with each %field replaced by the record's value."""
     def value(match) -> str:
-        found = fields.lookup(match[1])
-        got = found[0].get(record, found[1]) if found else None
+        got = fields.value(match[1], record)
         if got is None or got == ():
             return MISSING
         return ",".join(map(str, got)) if isinstance(got, tuple) else str(got)
@@ -37,9 +36,7 @@ def _in_containers(node) -> bool:
     host at its top level, as Falco's `container` macro does)."""
     if isinstance(node, And):
         return any(_in_containers(item) for item in node.items)
-    if isinstance(node, Not) and isinstance(node.item, Check):
-        node = Check(node.item.field, "!=" if node.item.op == "=" else "", node.item.value)
-    return isinstance(node, Check) and node.field == "container.id" and node.op == "!=" and node.value == "host"
+    return node in (Check("container.id", "!=", "host"), Not(Check("container.id", "=", "host")))
 
 
 class Alerts:

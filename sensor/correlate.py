@@ -59,11 +59,6 @@ class Rate:
     distinct: str | None = None  # count distinct values of this field instead of events
 
 
-def _value(name: str, record: dict):
-    found = fields.lookup(name)
-    return found[0].get(record, found[1]) if found else None
-
-
 def key_of(by: str, record: dict) -> tuple:
     """What a rule correlates on; always within one container."""
     container = (record.get("container") or {}).get("id")
@@ -71,7 +66,7 @@ def key_of(by: str, record: dict) -> tuple:
         return (container,)
     if by == "process":
         return container, (record.get("proc") or {}).get("pid")
-    return container, _value(by, record)
+    return container, fields.value(by, record)
 
 
 class Correlator:
@@ -87,7 +82,7 @@ class Correlator:
     def feed_step(self, rule: str, step: int, event: dict) -> list[dict] | None:
         spec = self.sequences[rule]
         key = key_of(spec.by, event)
-        same = _value(spec.steps[step].same, event) if spec.steps[step].same else None
+        same = fields.value(spec.steps[step].same, event) if spec.steps[step].same else None
         partials = _entry(self._partials[rule], key, list)
         ts = event["ts"]
         partials[:] = [p for p in partials if ts - p[2][0]["ts"] <= spec.within_ns]  # expired ones go
@@ -112,7 +107,7 @@ class Correlator:
     def feed_rate(self, rule: str, event: dict) -> list[dict] | None:
         spec = self.rates[rule]
         window = _entry(self._windows[rule], key_of(spec.by, event), deque)
-        window.append((event["ts"], _value(spec.distinct, event) if spec.distinct else None, event))
+        window.append((event["ts"], fields.value(spec.distinct, event) if spec.distinct else None, event))
         while window and event["ts"] - window[0][0] > spec.window_ns or len(window) > MAX_RATE_EVENTS:
             window.popleft()
         count = len({v for _, v, _ in window if v is not None}) if spec.distinct else len(window)

@@ -29,7 +29,8 @@ from sensor.condition import And, Check, Not, Or
 MAX_VALUES = 1 << 16
 TYPE_FIELD = "evt.type"
 
-# Jump code: one (op, arg) row per instruction; the result is in an accumulator.
+# Jump code: one (op, arg) row per instruction; the result is in an accumulator. (Numba
+# reads these as compile-time constants.)
 CHECK, JUMP_IF_FALSE, JUMP_IF_TRUE, NOT = 0, 1, 2, 3
 
 
@@ -123,7 +124,6 @@ class Engine:
         self._done = [0] * len(p.fields)  # per field: value ids whose checks are in the table
         self._checks_of = [np.flatnonzero(p.check_field == f) for f in range(len(p.fields))]
         self._table = np.zeros((len(p.checks), 1024), np.uint8)
-        self._any_type = [r for r, t in enumerate(p.types) if t is None]
         self._index_types = 0  # type ids the index covers
         self._index_start = np.zeros(1, np.int32)
         self._index_rules = np.zeros(0, np.int32)
@@ -230,12 +230,12 @@ def _run(ids, check_field, table, code, rule_code, index_start, index_rules, sta
             pc, end, acc = rule_code[r], rule_code[r + 1], False
             while pc < end:
                 op, arg = code[pc, 0], code[pc, 1]
-                if op == 0:  # CHECK
+                if op == CHECK:
                     acc = table[arg, ids[check_field[arg], i]] != 0
                     pc += 1
-                elif op == 1:  # JUMP_IF_FALSE
+                elif op == JUMP_IF_FALSE:
                     pc = pc + 1 if acc else arg
-                elif op == 2:  # JUMP_IF_TRUE
+                elif op == JUMP_IF_TRUE:
                     pc = arg if acc else pc + 1
                 else:  # NOT
                     acc = not acc

@@ -271,3 +271,10 @@ def lookup(name: str) -> tuple[Field, str | None] | None:
     if field.name == "proc.aname" and not (index or "").isdigit():
         return None
     return field, index
+
+
+def value(name: str, record: Record) -> Value:
+    """A field's value for a record; None when the record lacks it or Mayfly does not
+    provide the field."""
+    found = lookup(name)
+    return found[0].get(record, found[1]) if found else None

@@ -1,5 +1,6 @@
-"""Names of the kernel's uapi constants (capabilities, ptrace requests), read from the
-uapi headers the system has, so that Mayfly keeps no copy of them."""
+"""The kernel's uapi constants Python needs (capability and ptrace request names,
+openat2's resolve flags), read from the uapi headers the system has, so that Mayfly
+keeps no copy of them."""
 
 from __future__ import annotations
 
@@ -10,20 +11,33 @@ INCLUDE = "/usr/include"
 
 
 @cache
-def names(headers: tuple[str, ...], prefix: str, exclude: tuple[str, ...] = ()) -> dict[int, str]:
-    """value -> name of the `#define <prefix>NAME <number>` lines of the headers (the
-    first name of a value wins); {} when the headers are not installed."""
-    found: dict[int, str] = {}
+def defines(headers: tuple[str, ...], prefix: str) -> tuple[tuple[str, int], ...]:
+    """(name, value) of the `#define <prefix>NAME <number>` lines of the headers, in
+    order; none when the headers are not installed."""
+    found = []
     for header in headers:
         try:
             with open(f"{INCLUDE}/{header}") as f:
                 text = f.read()
         except OSError:
             continue
-        for name, number in re.findall(rf"^#define ({prefix}\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*(?:/\*.*)?$", text, re.M):
-            if not name.startswith(exclude):
-                found.setdefault(int(number, 0), name)
+        found += [(name, int(number, 0)) for name, number in
+                  re.findall(rf"^#define ({prefix}\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*(?:/\*.*)?$", text, re.M)]
+    return tuple(found)
+
+
+def names(headers: tuple[str, ...], prefix: str, exclude: tuple[str, ...] = ()) -> dict[int, str]:
+    """value -> name (the first name of a value wins)."""
+    found: dict[int, str] = {}
+    for name, value in defines(headers, prefix):
+        if not name.startswith(exclude):
+            found.setdefault(value, name)
     return found
+
+
+def resolve_flags() -> dict[str, int]:
+    """openat2's RESOLVE_* flags by name."""
+    return dict(defines(("linux/openat2.h",), "RESOLVE_"))
 
 
 def capabilities() -> dict[int, str]:

@@ -14,10 +14,10 @@ import stat
 import time
 from collections import OrderedDict
 
+from sensor import syscalls, uapi
+
 MAX_BYTES = 1 << 20
 REFRESH_S = 5.0  # an unknown id makes a root's files be read again, at most this often
-_SYS_OPENAT2 = 437  # x86_64
-_RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
 
 
 class _OpenHow(ctypes.Structure):
@@ -34,8 +34,11 @@ def read_in_root(root: str, path: str) -> bytes | None:
     except OSError:
         return None
     try:
-        how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-        fd = _libc.syscall(_SYS_OPENAT2, root_fd, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
+        resolve = uapi.resolve_flags()
+        how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, 0,
+                       resolve["RESOLVE_IN_ROOT"] | resolve["RESOLVE_NO_MAGICLINKS"])
+        fd = _libc.syscall(syscalls.table().numbers["openat2"], root_fd, path.encode(), ctypes.byref(how),
+                           ctypes.sizeof(how))
         if fd < 0:
             return None
         with os.fdopen(fd, "rb") as f:
