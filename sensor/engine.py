@@ -9,9 +9,15 @@ indexed by value id. What runs per record and rule is then the and/or/not struct
 table lookups with short-circuit jumps, in Numba, and only for the rules that can
 match the record's `evt.type` (rules are indexed by the types their conditions allow).
 
-Distinct values are kept per field up to MAX_VALUES; past that, the field's table
-starts over, so a field with unbounded values (a pid, a port) costs memory, not
-correctness.
+Two ways in: `match(records)` reads fields from records (dicts), and `match_rows(rows)`
+from a batch's syscall rows (sensor.rows), where a field is read once per distinct
+part of an event (its `evt`, `proc` or `container`, by the part's key), not once per
+event. The value ids of each `evt` key seen are kept from batch to batch; those of
+`proc` and `container` keys for one batch.
+
+Distinct values are kept per field up to MAX_VALUES, and `evt` keys up to MAX_PARTS;
+past that, the table starts over, so a field with unbounded values (a pid, a port)
+costs memory, not correctness.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import numpy as np
 
 from sensor import evaluate
 from sensor.condition import And, Check, Not, Or
+from sensor.rows import PARTS, Rows
 
 MAX_VALUES = 1 << 16
+MAX_PARTS = 1 << 17
 TYPE_FIELD = "evt.type"
 
 # Jump code: one (op, arg) row per instruction; the result is in an accumulator. (Numba
@@ -113,6 +121,31 @@ class _Values:
         return found
 
 
+class _Part:
+    """The value ids of one part's fields for each key seen: table[:, rows[key]]."""
+
+    def __init__(self, fields: list[int]):
+        self.fields = fields
+        self.rows = numba.typed.Dict.empty(numba.types.uint64, numba.types.int64)
+        self.table = np.zeros((len(fields), 1024), np.int32)
+
+    def clear(self) -> None:
+        self.rows.clear()
+
+    def add(self, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Rows for new keys, with their fields' value ids (ids[:, k] for keys[k])."""
+        start = len(self.rows)
+        end = start + len(keys)
+        if end > self.table.shape[1]:
+            grown = np.zeros((len(self.fields), max(2 * self.table.shape[1], end)), np.int32)
+            grown[:, :start] = self.table[:, :start]
+            self.table = grown
+        self.table[:, start:end] = ids
+        rows = np.arange(start, end, dtype=np.int64)
+        _insert(self.rows, keys, rows)
+        return rows
+
+
 class Engine:
     """Matches batches of `event` records against compiled rules. Not thread-safe: one
     engine per polling thread."""
@@ -124,6 +157,9 @@ class Engine:
         self._done = [0] * len(p.fields)  # per field: value ids whose checks are in the table
         self._checks_of = [np.flatnonzero(p.check_field == f) for f in range(len(p.fields))]
         self._table = np.zeros((len(p.checks), 1024), np.uint8)
+        part_of = [getter[0].part for getter in self._getters]
+        self._parts = {part: _Part([f for f in range(len(p.fields)) if part_of[f] == part]) for part in PARTS}
+        self._per_record = [f for f in range(len(p.fields)) if part_of[f] == "record"]
         self._index_types = 0  # type ids the index covers
         self._index_start = np.zeros(1, np.int32)
         self._index_rules = np.zeros(0, np.int32)
@@ -132,6 +168,8 @@ class Engine:
         # a sensor that has short-lived containers to name.
         _run(np.zeros((1, 0), np.int32), p.check_field, self._table, p.code, p.rule_code, self._index_start,
              self._index_rules, 0, np.empty((0, 2), np.int32))
+        _known(np.zeros(0, np.uint64), self._parts["evt"].rows, np.zeros(0, np.int64))
+        _insert(self._parts["evt"].rows, np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
     def match(self, records: Sequence[dict]) -> list[tuple[int, str]]:
         """(record index, rule name) of every match, in record order, then rule order."""
@@ -140,22 +178,64 @@ class Engine:
             return []
         started = time.perf_counter()
         self._start_over_if_full()
-        n = len(records)
-        ids = np.zeros((len(p.fields), n), np.int32)
+        ids = np.zeros((len(p.fields), len(records)), np.int32)
         types, (type_field, type_index) = self._values[0], self._getters[0]
         for i, record in enumerate(records):
             ids[0, i] = types.intern(type_field.get(record, type_index))
         self._extend_index()
-        for f, values in enumerate(self._values):
-            if f == 0:
-                continue
-            # Only the fields that the rules of the record's type read are read.
-            field, index = self._getters[f]
-            row = ids[f]
-            for i in np.flatnonzero(self._reads[f][ids[0]]):
-                row[i] = values.intern(field.get(records[i], index))
+        for f in range(1, len(p.fields)):
+            self._read_field(f, ids, records.__getitem__)
+        return self._evaluate(ids, started)
+
+    def match_rows(self, rows: Rows) -> list[tuple[int, str]]:
+        """(row, rule name) of every match of a batch's syscall rows, in row order, then
+        rule order."""
+        p = self.program
+        if not p.names or not rows.n:
+            return []
+        started = time.perf_counter()
+        self._start_over_if_full()
+        ids = np.zeros((len(p.fields), rows.n), np.int32)
+        self._read_part("evt", rows, ids)  # evt.type among them
+        self._extend_index()
+        for part in ("proc", "container"):
+            self._parts[part].clear()  # the process and cgroup tables move on between batches
+            self._read_part(part, rows, ids)
+        for f in self._per_record:
+            self._read_field(f, ids, rows.record)
+        return self._evaluate(ids, started)
+
+    def _read_field(self, f: int, ids: np.ndarray, record) -> None:
+        """Field f of the records whose type has rules that read it."""
+        (field, index), values, row = self._getters[f], self._values[f], ids[f]
+        for i in np.flatnonzero(self._reads[f][ids[0]]):
+            row[i] = values.intern(field.get(record(int(i)), index))
+
+    def _read_part(self, part: str, rows: Rows, ids: np.ndarray) -> None:
+        """A part's fields for every row: looked up by key, read for keys not seen yet
+        from one row that has it."""
+        known = self._parts[part]
+        if not known.fields:
+            return
+        keys = rows.keys[part]
+        at = np.empty(rows.n, np.int64)
+        if _known(keys, known.rows, at):
+            missing = np.flatnonzero(at < 0)
+            new, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
+            getters = [self._getters[f] for f in known.fields]
+            values = [self._values[f] for f in known.fields]
+            read = np.empty((len(known.fields), len(new)), np.int32)
+            for k, i in enumerate(missing[first].tolist()):
+                record = rows.record(i)
+                read[:, k] = [v.intern(field.get(record, index)) for (field, index), v in zip(getters, values)]
+            at[missing] = known.add(new, read)[inverse]
+        ids[known.fields] = known.table[:, at]
+
+    def _evaluate(self, ids: np.ndarray, started: float) -> list[tuple[int, str]]:
+        p = self.program
         self._fill_table()
         read = time.perf_counter()
+        n = ids.shape[1]
         out = np.empty((n + len(p.names), 2), np.int32)
         found, start = [], 0
         while start < n:
@@ -171,8 +251,11 @@ class Engine:
             if len(values.values) > MAX_VALUES:
                 self._values[f] = _Values()
                 self._done[f] = 0
+                self._parts["evt"].clear()  # its rows hold ids of the old values
                 if f == 0:
                     self._index_types = 0
+        if len(self._parts["evt"].rows) > MAX_PARTS:
+            self._parts["evt"].clear()
 
     def _extend_index(self) -> None:
         """Rules by type id, for the type ids interned so far (rebuilt when one is new)."""
@@ -245,3 +328,20 @@ def _run(ids, check_field, table, code, rule_code, index_start, index_rules, sta
                 out[count, 1] = r
                 count += 1
     return count, n
+
+
+@numba.njit(cache=True, nogil=True)
+def _known(keys, rows, at):
+    """The row of each key (-1 when not seen); returns how many were not."""
+    missing = 0
+    for i in range(keys.shape[0]):
+        at[i] = rows.get(keys[i], -1)
+        if at[i] < 0:
+            missing += 1
+    return missing
+
+
+@numba.njit(cache=True, nogil=True)
+def _insert(rows, keys, values):
+    for i in range(keys.shape[0]):
+        rows[keys[i]] = values[i]

@@ -1,7 +1,7 @@
 """From drained ring-buffer bytes to per-kind arrays and `event` records."""
 
 import numpy as np
-from fake_events import EVENTS, TABLE, C, batch_of, decoder, raw
+from sensor.testing.events import EVENTS, TABLE, C, batch_of, decoder, raw
 
 
 def test_split_groups_by_kind_and_counts_unknown_kinds():

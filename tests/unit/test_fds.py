@@ -4,7 +4,7 @@ import errno
 import os
 import socket
 
-from fake_events import TABLE, batch_of, decoder, inet, raw, syscall
+from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 
 from sensor.fds import FdTable
 

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from fake_events import TABLE, batch_of, decoder, raw, syscall
+from sensor.testing.events import TABLE, batch_of, decoder, raw, syscall
 
 from sensor.testing.containers import wait_until
 from sensor.processes import Details, Process, ProcessTable, _below, capability_text, read_details, read_proc

@@ -1,4 +1,5 @@
-"""Raw kernel records for unit tests, laid out by events.h as the ring delivers them."""
+"""Raw kernel records, laid out by events.h as the ring delivers them, and a decoder
+with nothing of the host behind it: for tests and benchmarks."""
 
 import numpy as np
 
@@ -16,12 +17,14 @@ C = EVENTS.constants
 TABLE = SyscallTable.from_headers(None)
 
 
-def raw(kind: str, cgroup_id=4242, pid=100, ktime=5_000_000_000, **fields) -> bytes:
+def raw(kind: str, cgroup_id=4242, pid=100, ktime=5_000_000_000, tid=None, ppid=1, uid=0, gid=0, comm=b"sh",
+        **fields) -> bytes:
     event = np.zeros(1, EVENTS.structs[f"mayfly_{kind}_event"])
     hdr = event["hdr"]
     hdr["kind"] = C[f"MAYFLY_EVENT_{kind.upper()}"]
     hdr["size"], hdr["ktime_ns"] = event.dtype.itemsize, ktime
-    hdr["cgroup_id"], hdr["pid"], hdr["tid"], hdr["ppid"], hdr["uid"], hdr["comm"] = cgroup_id, pid, pid, 1, 0, b"sh"
+    hdr["cgroup_id"], hdr["pid"], hdr["tid"], hdr["ppid"] = cgroup_id, pid, pid if tid is None else tid, ppid
+    hdr["uid"], hdr["gid"], hdr["comm"] = uid, gid, comm
     for name, value in fields.items():
         event[name] = value
     return event.tobytes()
@@ -44,9 +47,10 @@ def decoder(paths=None):
     return Decoder(TABLE, cgroups, processes, clock, users=Users(root_of=lambda pid: "/nonexistent"))
 
 
-def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_000_000_000, **values) -> bytes:
+def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_000_000_000,
+            header: dict | None = None, **values) -> bytes:
     """A syscall record as the kernel sends it: registers in args, strings and sockaddrs
-    (str or bytes values) in their slots."""
+    (str or bytes values) in their slots. `header`: more of raw()'s header fields."""
     spec = TABLE.syscalls[syscall_name]
     args, slot_len = [0] * 6, [0, 0, 0]
     data = np.zeros(C["MAYFLY_DATA_LEN"], np.uint8)
@@ -60,7 +64,11 @@ def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_0
             slot_len[slot_of[index]] = len(content)
         else:
             args[index] = value & (2 ** 64 - 1)
-    return raw("syscall", pid=pid, ktime=ktime, nr=spec.nr, result=result, args=args, slot_len=slot_len, data=data)
+    record = raw("syscall", pid=pid, ktime=ktime, nr=spec.nr, result=result, args=args, slot_len=slot_len, data=data,
+                 **(header or {}))
+    # Sent without the unused tail, as the kernel does.
+    used = max((slot * C["MAYFLY_STR_LEN"] + length for slot, length in enumerate(slot_len) if length), default=0)
+    return record[:EVENTS.structs["mayfly_syscall_event"].fields["data"][1] + used]
 
 
 def inet(addr: str, port: int) -> bytes:
