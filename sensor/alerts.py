@@ -14,6 +14,7 @@ from sensor.correlate import Correlator
 from sensor.domains import DOMAINS
 from sensor.engine import Engine, event_types
 from sensor.records import Record
+from sensor.rows import Rows
 from sensor.rule_loader import RuleSet
 
 MISSING = "<NA>"  # how Falco renders a field the event does not have
@@ -70,23 +71,29 @@ class Alerts:
         # The event types the rules need (None: any type can match some rule).
         self.types: frozenset[str] | None = None if any(t is None for t in types) else frozenset().union(*types)
 
-    def __call__(self, batch: Sequence[Record]) -> list[Record]:
-        """The alerts of a batch's events; a container that exits in it is forgotten."""
-        events = [record for record in batch if record["kind"] == "event"]
-        matched: dict[int, list[tuple[str, int | None]]] = {}
-        for i, name in self.engine.match(events):
-            matched.setdefault(i, []).append(self._parts[name])
+    def __call__(self, batch: Sequence[Record], rows: Sequence[Rows] = (), seen: Sequence[Record] = ()) -> list[Record]:
+        """The alerts of a batch: of its event records but those in `seen`, and of `rows`
+        (syscall arrays, matched by the engine straight from them: `seen` are records of
+        theirs). A container that exits in the batch is forgotten."""
+        skip = set(map(id, seen))
+        events = [record for record in batch if record["kind"] == "event" and id(record) not in skip]
+        found = [(events[i], name) for i, name in self.engine.match(events)]
+        found += [(rows[a].record(i), name) for a, i, name in self.engine.match_rows(rows)]
+        found.sort(key=lambda match: match[0]["ts"])  # stable: an event's rules stay in rule order
+        matched: dict[int, tuple[Record, list[tuple[str, int | None]]]] = {}
+        for record, name in found:
+            matched.setdefault(id(record), (record, []))[1].append(self._parts[name])
         alerts = []
-        for i, parts in matched.items():
+        for event, parts in matched.values():
             # An event that matches several steps counts for the last one it can finish.
             for rule, part in sorted(parts, key=lambda p: -1 if p[1] is None else -p[1]):
                 if part is None:
-                    alerts.append(self._alert(rule, events[i]))
+                    alerts.append(self._alert(rule, event))
                     continue
-                found = self.correlator.feed_rate(rule, events[i]) if part == RATE else \
-                    self.correlator.feed_step(rule, part, events[i])
-                if found:
-                    alerts.append(self._alert(rule, events[i], found))
+                found_events = self.correlator.feed_rate(rule, event) if part == RATE else \
+                    self.correlator.feed_step(rule, part, event)
+                if found_events:
+                    alerts.append(self._alert(rule, event, found_events))
         for record in batch:
             if record["kind"] == "container" and record.get("state") == "exit":
                 self.correlator.forget(record["container"]["id"])

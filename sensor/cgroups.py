@@ -231,6 +231,10 @@ class CgroupTable:
         """How many cgroups have records held (safe to read from another thread)."""
         return len(self._pending)
 
+    def pending_ids(self) -> list[int]:
+        """The cgroups whose records are held."""
+        return list(self._pending)
+
     # ---- internals ----
 
     def _resolve(self, cgroup_id: int, entry: Entry, final: bool) -> None:

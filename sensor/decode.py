@@ -15,7 +15,7 @@ from sensor.cgroups import CgroupTable
 from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
 from sensor.ringbuf import RawBatch, group, scatter
-from sensor.rows import Decoding, Rows
+from sensor.rows import Decoding, Notes, Rows
 from sensor.syscalls import EXEC, SyscallTable
 from sensor.users import Users
 
@@ -62,6 +62,10 @@ class Decoder:
         self._dtypes = {number: self.layout.structs[f"mayfly_{name}_event"] for number, name in self.kinds.items()}
         self._mkdir = self.layout.constants["MAYFLY_CGROUP_MKDIR"]
         self._decoding = Decoding(table)
+        # The rule engine's hashing compiled (or loaded from Numba's cache) now, not at
+        # the first batch.
+        Rows(np.zeros(0, self._dtypes[self.layout.constants["MAYFLY_EVENT_SYSCALL"]]), self._decoding, Notes({}),
+             self.syscall_record)
         self._fd_notes: dict[tuple[int, int], dict] = {}
         # Buffers reused by every split (its arrays are views of them): grouping keys,
         # group counts (kind x row width in 8-byte units) and the grouped rows.
@@ -127,7 +131,8 @@ class Decoder:
     def rows(self, groups: list[np.ndarray], fds: dict[tuple[int, int], dict]) -> list[Rows]:
         """Syscall arrays as the rule engine reads them; a row's record is made only when
         the engine needs it. `fds` as for records()."""
-        return [Rows(events, self._decoding, fds, self.syscall_record) for events in groups if len(events)]
+        notes = Notes(fds)
+        return [Rows(events, self._decoding, notes, self.syscall_record) for events in groups if len(events)]
 
     def syscall_record(self, event: np.void, fds: dict[tuple[int, int], dict]) -> Record:
         self._fd_notes = fds

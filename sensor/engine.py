@@ -126,16 +126,21 @@ class _Part:
 
     def __init__(self, fields: list[int]):
         self.fields = fields
+        # Used from compiled code only: from Python, each operation on a typed dict is
+        # compiled when first used, which would stall the first batch.
         self.rows = numba.typed.Dict.empty(numba.types.uint64, numba.types.int64)
+        self.size = 0
         self.table = np.zeros((len(fields), 1024), np.int32)
 
     def clear(self) -> None:
-        self.rows.clear()
+        if self.size:
+            self.rows = numba.typed.Dict.empty(numba.types.uint64, numba.types.int64)
+            self.size = 0
 
     def add(self, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Rows for new keys, with their fields' value ids (ids[:, k] for keys[k])."""
-        start = len(self.rows)
-        end = start + len(keys)
+        start = self.size
+        end = self.size = start + len(keys)
         if end > self.table.shape[1]:
             grown = np.zeros((len(self.fields), max(2 * self.table.shape[1], end)), np.int32)
             grown[:, :start] = self.table[:, :start]
@@ -187,23 +192,27 @@ class Engine:
             self._read_field(f, ids, records.__getitem__)
         return self._evaluate(ids, started)
 
-    def match_rows(self, rows: Rows) -> list[tuple[int, str]]:
-        """(row, rule name) of every match of a batch's syscall rows, in row order, then
-        rule order."""
+    def match_rows(self, batch: Sequence[Rows]) -> list[tuple[int, int, str]]:
+        """(array, row, rule name) of every match of a batch's syscall arrays, in array
+        and row order, then rule order."""
         p = self.program
-        if not p.names or not rows.n:
-            return []
-        started = time.perf_counter()
-        self._start_over_if_full()
-        ids = np.zeros((len(p.fields), rows.n), np.int32)
-        self._read_part("evt", rows, ids)  # evt.type among them
-        self._extend_index()
+        found: list[tuple[int, int, str]] = []
+        if not p.names:
+            return found
         for part in ("proc", "container"):
             self._parts[part].clear()  # the process and cgroup tables move on between batches
-            self._read_part(part, rows, ids)
-        for f in self._per_record:
-            self._read_field(f, ids, rows.record)
-        return self._evaluate(ids, started)
+        for a, rows in enumerate(batch):
+            started = time.perf_counter()
+            self._start_over_if_full()
+            ids = np.zeros((len(p.fields), rows.n), np.int32)
+            self._read_part("evt", rows, ids)  # evt.type among them
+            self._extend_index()
+            for part in ("proc", "container"):
+                self._read_part(part, rows, ids)
+            for f in self._per_record:
+                self._read_field(f, ids, rows.record)
+            found += [(a, i, name) for i, name in self._evaluate(ids, started)]
+        return found
 
     def _read_field(self, f: int, ids: np.ndarray, record) -> None:
         """Field f of the records whose type has rules that read it."""
@@ -254,7 +263,7 @@ class Engine:
                 self._parts["evt"].clear()  # its rows hold ids of the old values
                 if f == 0:
                     self._index_types = 0
-        if len(self._parts["evt"].rows) > MAX_PARTS:
+        if self._parts["evt"].size > MAX_PARTS:
             self._parts["evt"].clear()
 
     def _extend_index(self) -> None:

@@ -58,22 +58,30 @@ class Decoding:
         self.no_result = layout.events().constants["MAYFLY_SYSCALL_NO_RESULT"]
 
 
+class Notes:
+    """A batch's fd notes (FdTable.apply: by thread and kernel time), sorted by time,
+    each with a hash of its content."""
+
+    def __init__(self, notes: dict[tuple[int, int], dict]):
+        self.notes = notes
+        order = sorted(notes, key=lambda key: key[1])
+        self.ktime = np.array([key[1] for key in order], np.uint64)
+        self.tid = np.array([key[0] for key in order], np.uint32)
+        self.hash = np.array([_content_hash(notes[key]) for key in order], np.uint64)
+
+
 class Rows:
     """One array of syscall events (as Decoder.split gives them): `n`, the part keys
-    (`keys[part]`, uint64 per row), the rows' kernel times, and each row's record."""
+    (`keys[part]`, uint64 per row), and each row's record, made on demand."""
 
-    def __init__(self, events: np.ndarray, decoding: Decoding, notes: dict[tuple[int, int], dict], make_record):
+    def __init__(self, events: np.ndarray, decoding: Decoding, notes: Notes, make_record):
         self.events = np.ascontiguousarray(events)
         self.n = len(self.events)
         self.notes = notes
-        self._make_record = make_record  # (event, notes) -> Record
+        self._make_record = make_record  # (event, fd notes) -> Record
         self._records: dict[int, Record] = {}
-        self.ktime = self.events["hdr"]["ktime_ns"]
         words = self.events.view(np.uint64).reshape(self.n, self.events.dtype.itemsize // 8)
-        noted = np.zeros(self.n, np.uint64)
-        if notes:
-            for i, note in _noted_rows(self.events, notes):
-                noted[i] = hash(_frozen(note)) & 0xFFFFFFFFFFFFFFFF
+        noted = _noted(self.events["hdr"]["ktime_ns"], self.events["hdr"]["tid"], notes.ktime, notes.tid, notes.hash)
         evt, proc, container = _keys(words, self.events.dtype.itemsize, decoding.offsets, decoding.args,
                                      decoding.slots, decoding.execs, decoding.slot_len, decoding.no_result, noted)
         self.keys = {"evt": evt, "proc": proc, "container": container}
@@ -81,22 +89,16 @@ class Rows:
     def record(self, i: int) -> Record:
         record = self._records.get(i)
         if record is None:
-            record = self._records[i] = self._make_record(self.events[i], self.notes)
+            record = self._records[i] = self._make_record(self.events[i], self.notes.notes)
         return record
 
 
-def _noted_rows(events: np.ndarray, notes: dict[tuple[int, int], dict]):
-    """(row, note) of the rows an fd note is about (by thread and kernel time)."""
-    order = np.argsort(events["hdr"]["ktime_ns"], kind="stable")
-    times = events["hdr"]["ktime_ns"][order]
-    tids = events["hdr"]["tid"]
-    for (tid, ktime), note in notes.items():
-        at = int(np.searchsorted(times, ktime))
-        while at < len(times) and times[at] == ktime:
-            if tids[order[at]] == tid:
-                yield int(order[at]), note
-                break
-            at += 1
+def _content_hash(note: dict) -> int:
+    """A hash of an fd note's content (a file's is flat; a socket's holds addresses)."""
+    try:
+        return hash(tuple(note.items())) & 0xFFFFFFFFFFFFFFFF
+    except TypeError:
+        return hash(_frozen(note)) & 0xFFFFFFFFFFFFFFFF
 
 
 def _frozen(value):
@@ -106,6 +108,22 @@ def _frozen(value):
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, *map(_frozen, value))
     return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _noted(ktime, tid, note_ktime, note_tid, note_hash):
+    """Each row's note hash (0: no note), by kernel time and thread."""
+    noted = np.zeros(ktime.shape[0], np.uint64)
+    if note_ktime.shape[0] == 0:
+        return noted
+    for i in range(ktime.shape[0]):
+        at = np.searchsorted(note_ktime, ktime[i])
+        while at < note_ktime.shape[0] and note_ktime[at] == ktime[i]:
+            if note_tid[at] == tid[i]:
+                noted[i] = note_hash[at]
+                break
+            at += 1
+    return noted
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
+
 from sensor import host, layout, maps, records, resources, rule_loader, syscalls
 from sensor.alerts import Alerts
 from sensor.bpf_program import ProgramConfig, Programs
@@ -19,6 +21,7 @@ from sensor.processes import ProcessTable
 from sensor.records import Record
 from sensor.reports import KernelReports
 from sensor.ringbuf import RingReader
+from sensor.rows import Rows
 from sensor.sinks import CallbackSink, Sink
 
 log = get_logger("sensor")
@@ -135,6 +138,8 @@ class Sensor:
             self._decode_types = (self.emit_types or frozenset()) | (self.alerts.types or frozenset())
         known = set(self.table.syscalls) | set(OTHER_TYPES)
         capture = None if self._decode_types is None else self._decode_types & known
+        rule_types = self.table.syscalls if self.alerts.types is None else self.alerts.types
+        self._rule_nrs = np.array([self.table.numbers[t] for t in rule_types if t in self.table.numbers], np.uint32)
         if capture is not None and self.alerts.reads_fds:
             capture |= FD_SYSCALLS  # captured for the fd table, not decoded
         self.set_capture(capture)
@@ -255,9 +260,17 @@ class Sensor:
         self.cgroups.account(arrays)
         self.processes.apply(arrays)
         fd_notes = self.fds.apply(arrays)
+        # The syscalls of containers whose identity is known are matched straight from
+        # their arrays, and become records only when they match or are emitted. The rest
+        # (other kinds, held containers' syscalls) become records first, as rules need.
+        live, held = self._split_held(arrays.get("syscall", []))
+        rows = self.decoder.rows([events[np.isin(events["nr"], self._rule_nrs)] for events in live], fd_notes) \
+            if self.alerts.rules else []
         decode = self._decode_types is None or self._decode_types
-        events = self.decoder.records(arrays, self._decode_types, fd_notes) if decode else []
-        batch += [record for record in events if not self.cgroups.hold(record)]
+        events = self.decoder.records(dict(arrays, syscall=held), self._decode_types, fd_notes) if decode else []
+        events = [record for record in events if not self.cgroups.hold(record)]
+        emitted = self.decoder.records({"syscall": live}, self.emit_types, fd_notes) if self.emit else []
+        batch += sorted(events + emitted, key=lambda record: record["ts"])
         batch += self.reports.lost(Counter(unknown_kind=unknown))
         if time.monotonic() - self._last_report >= self.report_interval:
             batch += self._reports()
@@ -268,16 +281,26 @@ class Sensor:
                 self._ignored_hosts.discard(cgroup_id)
                 policy = self.programs["cgroup_policy"]
                 policy.pop(policy.Key(cgroup_id), None)
-        batch = self._matched(batch + self.cgroups.take())
+        batch = self._matched(batch + self.cgroups.take(), rows, emitted)
         self._take_hosts()
         self._dispatch(batch)
         return batch
 
-    def _matched(self, batch: list[Record]) -> list[Record]:
+    def _split_held(self, groups: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Syscall arrays split into the events of cgroups whose records go out now and
+        those of cgroups whose records are held for their identity."""
+        pending = self.cgroups.pending_ids()
+        if not pending:
+            return groups, []
+        held = [np.isin(events["hdr"]["cgroup_id"], pending) for events in groups]
+        return [g[~h] for g, h in zip(groups, held)], [g[h] for g, h in zip(groups, held)]
+
+    def _matched(self, batch: list[Record], rows: list[Rows] = (), emitted: list[Record] = ()) -> list[Record]:
         """The batch with the rules' alerts, and without the events that were decoded
-        for the rules only. Records held for a container's identity come here when it is
-        known, so rules see containers named."""
-        alerts = self.alerts(batch)
+        for the rules only. The rules see the batch's records but `emitted` (events of
+        `rows`, which they read from the arrays). Records held for a container's
+        identity come here when it is known, so rules see containers named."""
+        alerts = self.alerts(batch, rows, emitted)
         return [record for record in batch if record["kind"] != "event" or self._emits(record)] + alerts
 
     def _emits(self, record: Record) -> bool:

@@ -82,8 +82,8 @@ def matches_both_ways(rules: dict, batches: list[list[bytes]]) -> tuple[list, li
         notes = fds.apply(arrays)
         records = d.records(arrays, None, notes)
         expected += [(_identity(records[i]), name) for i, name in reference.match(records)]
-        for rows in d.rows(arrays.get("syscall", []), notes):
-            got += [(_identity(rows.record(i)), name) for i, name in engine.match_rows(rows)]
+        batch = d.rows(arrays.get("syscall", []), notes)
+        got += [(_identity(batch[a].record(i)), name) for a, i, name in engine.match_rows(batch)]
     return sorted(got), sorted(expected)
 
 
@@ -123,10 +123,10 @@ def test_rows_that_differ_only_in_a_pointer_share_their_evt_key():
     arrays, _ = d.split(batch_of(first, first))
     (rows,) = d.rows(arrays["syscall"], {})
     rows.events["args"][1, 1] = 0x7FFD_0000_1234  # the path's address: not in the record
-    rows = type(rows)(rows.events, d._decoding, {}, d.syscall_record)
+    rows = type(rows)(rows.events, d._decoding, rows.notes, d.syscall_record)
     assert rows.keys["evt"][0] == rows.keys["evt"][1]
     rows.events["args"][1, 2] = os.O_WRONLY  # the flags: in the record
-    rows = type(rows)(rows.events, d._decoding, {}, d.syscall_record)
+    rows = type(rows)(rows.events, d._decoding, rows.notes, d.syscall_record)
     assert rows.keys["evt"][0] != rows.keys["evt"][1]
 
 
@@ -143,5 +143,5 @@ def test_a_row_record_is_made_only_when_a_rule_needs_a_new_value():
     engine = Engine({"shadow": parse("evt.type = openat and fd.name = /etc/shadow and proc.name = sh")})
     (rows,) = d.rows(arrays["syscall"], {})
     rows._make_record = record
-    assert len(engine.match_rows(rows)) == 100
+    assert len(engine.match_rows([rows])) == 100
     assert len(made) == 1  # one row read for its evt, proc and container parts alike
