@@ -2,8 +2,8 @@
 over a batch of records.
 
 A check (FIELD OP VALUE) depends on nothing but the value its field has. So each field
-a rule uses is read once per record and interned: a record becomes a column of value
-ids, one row per field. A check's result for each distinct value is computed once, with
+a rule uses is read once per record and interned: a record becomes a row of value
+ids, one column per field. A check's result for each distinct value is computed once, with
 the reference evaluator's own function (`evaluate.check_value`), and kept in a table
 indexed by value id. What runs per record and rule is then the and/or/not structure:
 table lookups with short-circuit jumps, in Numba, and only for the rules that can
@@ -122,7 +122,7 @@ class _Values:
 
 
 class _Part:
-    """The value ids of one part's fields for each key seen: table[:, rows[key]]."""
+    """The value ids of one part's fields for each key seen: table[rows[key]]."""
 
     def __init__(self, fields: list[int]):
         self.fields = fields
@@ -130,7 +130,7 @@ class _Part:
         # compiled when first used, which would stall the first batch.
         self.rows = numba.typed.Dict.empty(numba.types.uint64, numba.types.int64)
         self.size = 0
-        self.table = np.zeros((len(fields), 1024), np.int32)
+        self.table = np.zeros((1024, len(fields)), np.int32)
 
     def clear(self) -> None:
         if self.size:
@@ -138,14 +138,14 @@ class _Part:
             self.size = 0
 
     def add(self, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Rows for new keys, with their fields' value ids (ids[:, k] for keys[k])."""
+        """Rows for new keys, with their fields' value ids (ids[k] for keys[k])."""
         start = self.size
         end = self.size = start + len(keys)
-        if end > self.table.shape[1]:
-            grown = np.zeros((len(self.fields), max(2 * self.table.shape[1], end)), np.int32)
-            grown[:, :start] = self.table[:, :start]
+        if end > self.table.shape[0]:
+            grown = np.zeros((max(2 * self.table.shape[0], end), len(self.fields)), np.int32)
+            grown[:start] = self.table[:start]
             self.table = grown
-        self.table[:, start:end] = ids
+        self.table[start:end] = ids
         rows = np.arange(start, end, dtype=np.int64)
         _insert(self.rows, keys, rows)
         return rows
@@ -171,7 +171,7 @@ class Engine:
         self.seconds = {"read": 0.0, "evaluate": 0.0}  # where match() spends its time, in total
         # Compiled (or loaded from Numba's cache) now: at the first batch it would stall
         # a sensor that has short-lived containers to name.
-        _run(np.zeros((1, 0), np.int32), p.check_field, self._table, p.code, p.rule_code, self._index_start,
+        _run(np.zeros((0, 1), np.int32), p.check_field, self._table, p.code, p.rule_code, self._index_start,
              self._index_rules, 0, np.empty((0, 2), np.int32))
         _known(np.zeros(0, np.uint64), self._parts["evt"].rows, np.zeros(0, np.int64))
         _insert(self._parts["evt"].rows, np.zeros(0, np.uint64), np.zeros(0, np.int64))
@@ -183,10 +183,10 @@ class Engine:
             return []
         started = time.perf_counter()
         self._start_over_if_full()
-        ids = np.zeros((len(p.fields), len(records)), np.int32)
+        ids = np.zeros((len(records), len(p.fields)), np.int32)
         types, (type_field, type_index) = self._values[0], self._getters[0]
         for i, record in enumerate(records):
-            ids[0, i] = types.intern(type_field.get(record, type_index))
+            ids[i, 0] = types.intern(type_field.get(record, type_index))
         self._extend_index()
         for f in range(1, len(p.fields)):
             self._read_field(f, ids, records.__getitem__)
@@ -204,7 +204,7 @@ class Engine:
         for a, rows in enumerate(batch):
             started = time.perf_counter()
             self._start_over_if_full()
-            ids = np.zeros((len(p.fields), rows.n), np.int32)
+            ids = np.zeros((rows.n, len(p.fields)), np.int32)
             self._read_part("evt", rows, ids)  # evt.type among them
             self._extend_index()
             for part in ("proc", "container"):
@@ -216,8 +216,8 @@ class Engine:
 
     def _read_field(self, f: int, ids: np.ndarray, record) -> None:
         """Field f of the records whose type has rules that read it."""
-        (field, index), values, row = self._getters[f], self._values[f], ids[f]
-        for i in np.flatnonzero(self._reads[f][ids[0]]):
+        (field, index), values, row = self._getters[f], self._values[f], ids[:, f]
+        for i in np.flatnonzero(self._reads[f][ids[:, 0]]):
             row[i] = values.intern(field.get(record(int(i)), index))
 
     def _read_part(self, part: str, rows: Rows, ids: np.ndarray) -> None:
@@ -233,18 +233,18 @@ class Engine:
             new, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
             getters = [self._getters[f] for f in known.fields]
             values = [self._values[f] for f in known.fields]
-            read = np.empty((len(known.fields), len(new)), np.int32)
+            read = np.empty((len(new), len(known.fields)), np.int32)
             for k, i in enumerate(missing[first].tolist()):
                 record = rows.record(i)
-                read[:, k] = [v.intern(field.get(record, index)) for (field, index), v in zip(getters, values)]
+                read[k] = [v.intern(field.get(record, index)) for (field, index), v in zip(getters, values)]
             at[missing] = known.add(new, read)[inverse]
-        ids[known.fields] = known.table[:, at]
+        ids[:, known.fields] = known.table[at]
 
     def _evaluate(self, ids: np.ndarray, started: float) -> list[tuple[int, str]]:
         p = self.program
         self._fill_table()
         read = time.perf_counter()
-        n = ids.shape[1]
+        n = ids.shape[0]
         out = np.empty((n + len(p.names), 2), np.int32)
         found, start = [], 0
         while start < n:
@@ -312,18 +312,18 @@ def _run(ids, check_field, table, code, rule_code, index_start, index_rules, sta
     room for another record's matches; returns (matches written, next record)."""
     count = 0
     room = out.shape[0] - (rule_code.shape[0] - 1)  # a record may match every rule
-    n = ids.shape[1]
+    n = ids.shape[0]
     for i in range(start, n):
         if count > room:
             return count, i
-        t = ids[0, i]
+        t = ids[i, 0]
         for j in range(index_start[t], index_start[t + 1]):
             r = index_rules[j]
             pc, end, acc = rule_code[r], rule_code[r + 1], False
             while pc < end:
                 op, arg = code[pc, 0], code[pc, 1]
                 if op == CHECK:
-                    acc = table[arg, ids[check_field[arg], i]] != 0
+                    acc = table[arg, ids[i, check_field[arg]]] != 0
                     pc += 1
                 elif op == JUMP_IF_FALSE:
                     pc = pc + 1 if acc else arg
