@@ -40,6 +40,7 @@ TYPE_FIELD = "evt.type"
 # Jump code: one (op, arg) row per instruction; the result is in an accumulator. (Numba
 # reads these as compile-time constants.)
 CHECK, JUMP_IF_FALSE, JUMP_IF_TRUE, NOT = 0, 1, 2, 3
+DEFERRED = -1  # the value id of a field not read yet (read when a check needs it)
 
 
 def event_types(node) -> frozenset[str] | None:
@@ -171,8 +172,7 @@ class Engine:
         self.seconds = {"read": 0.0, "evaluate": 0.0}  # where match() spends its time, in total
         # Compiled (or loaded from Numba's cache) now: at the first batch it would stall
         # a sensor that has short-lived containers to name.
-        _run(np.zeros((0, 1), np.int32), p.check_field, self._table, p.code, p.rule_code, self._index_start,
-             self._index_rules, 0, np.empty((0, 2), np.int32))
+        self._run(np.zeros((0, 1), np.int32), np.zeros(0, np.int64), np.zeros(0, np.bool_))
         _known(np.zeros(0, np.uint64), self._parts["evt"].rows, np.zeros(0, np.int64))
         _insert(self._parts["evt"].rows, np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
@@ -209,16 +209,16 @@ class Engine:
             self._extend_index()
             for part in ("proc", "container"):
                 self._read_part(part, rows, ids)
-            for f in self._per_record:
-                self._read_field(f, ids, rows.record)
-            found += [(a, i, name) for i, name in self._evaluate(ids, started)]
+            ids[:, self._per_record] = DEFERRED
+            found += [(a, i, name) for i, name in self._evaluate(ids, started, rows.record)]
         return found
 
-    def _read_field(self, f: int, ids: np.ndarray, record) -> None:
-        """Field f of the records whose type has rules that read it."""
+    def _read_field(self, f: int, ids: np.ndarray, record, among: np.ndarray | None = None) -> None:
+        """Field f of the records (of those `among`) whose type has rules that read it."""
         (field, index), values, row = self._getters[f], self._values[f], ids[:, f]
-        for i in np.flatnonzero(self._reads[f][ids[:, 0]]):
-            row[i] = values.intern(field.get(record(int(i)), index))
+        rows = np.flatnonzero(self._reads[f][ids[:, 0]]) if among is None else among
+        for i in rows.tolist():
+            row[i] = values.intern(field.get(record(i), index))
 
     def _read_part(self, part: str, rows: Rows, ids: np.ndarray) -> None:
         """A part's fields for every row: looked up by key, read for keys not seen yet
@@ -240,20 +240,34 @@ class Engine:
             at[missing] = known.add(new, read)[inverse]
         ids[:, known.fields] = known.table[at]
 
-    def _evaluate(self, ids: np.ndarray, started: float) -> list[tuple[int, str]]:
-        p = self.program
+    def _evaluate(self, ids: np.ndarray, started: float, record=None) -> list[tuple[int, str]]:
+        """Run the rules over ids. Fields left DEFERRED are read (from `record(i)`) only
+        for the rows whose evaluation reaches a check on one, and those rows run again."""
         self._fill_table()
         read = time.perf_counter()
-        n = ids.shape[0]
-        out = np.empty((n + len(p.names), 2), np.int32)
-        found, start = [], 0
-        while start < n:
-            count, start = _run(ids, p.check_field, self._table, p.code, p.rule_code, self._index_start,
-                                self._index_rules, start, out)
-            found.extend(map(tuple, out[:count].tolist()))
+        deferred = np.zeros(ids.shape[0], np.bool_)
+        found = self._run(ids, np.arange(ids.shape[0]), deferred)
+        again = np.flatnonzero(deferred)
+        if len(again):
+            evaluating = time.perf_counter()
+            for f in self._per_record:
+                self._read_field(f, ids, record, again)
+            self._fill_table()
+            read += time.perf_counter() - evaluating
+            found = sorted(found + self._run(ids, again, np.zeros_like(deferred)), key=lambda match: match[0])
         self.seconds["read"] += read - started
         self.seconds["evaluate"] += time.perf_counter() - read
-        return [(i, p.names[r]) for i, r in found]
+        return [(i, self.program.names[r]) for i, r in found]
+
+    def _run(self, ids: np.ndarray, order: np.ndarray, deferred: np.ndarray) -> list[tuple[int, int]]:
+        p = self.program
+        out = np.empty((len(order) + len(p.names), 2), np.int32)
+        found, start = [], 0
+        while start < len(order):
+            count, start = _run(ids, p.check_field, self._table, p.code, p.rule_code, self._index_start,
+                                self._index_rules, order, start, out, deferred)
+            found.extend(map(tuple, out[:count].tolist()))
+        return found
 
     def _start_over_if_full(self) -> None:
         for f, values in enumerate(self._values):
@@ -307,15 +321,18 @@ class Engine:
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(ids, check_field, table, code, rule_code, index_start, index_rules, start, out):
-    """Evaluate records from `start` into `out` (record, rule) until done or `out` has no
-    room for another record's matches; returns (matches written, next record)."""
+def _run(ids, check_field, table, code, rule_code, index_start, index_rules, order, start, out, deferred):
+    """Evaluate the records order[start:] into `out` (record, rule) until done or `out`
+    has no room for another record's matches; returns (matches written, next position).
+    A record that reaches a check on a DEFERRED field is marked in `deferred`, and its
+    matches are dropped: it runs again once the field is read."""
     count = 0
     room = out.shape[0] - (rule_code.shape[0] - 1)  # a record may match every rule
-    n = ids.shape[0]
-    for i in range(start, n):
+    for k in range(start, order.shape[0]):
         if count > room:
-            return count, i
+            return count, k
+        i = order[k]
+        first = count
         t = ids[i, 0]
         for j in range(index_start[t], index_start[t + 1]):
             r = index_rules[j]
@@ -323,7 +340,11 @@ def _run(ids, check_field, table, code, rule_code, index_start, index_rules, sta
             while pc < end:
                 op, arg = code[pc, 0], code[pc, 1]
                 if op == CHECK:
-                    acc = table[arg, ids[i, check_field[arg]]] != 0
+                    value = ids[i, check_field[arg]]
+                    if value == DEFERRED:
+                        deferred[i] = True
+                        break
+                    acc = table[arg, value] != 0
                     pc += 1
                 elif op == JUMP_IF_FALSE:
                     pc = pc + 1 if acc else arg
@@ -332,11 +353,14 @@ def _run(ids, check_field, table, code, rule_code, index_start, index_rules, sta
                 else:  # NOT
                     acc = not acc
                     pc += 1
+            if deferred[i]:
+                count = first
+                break
             if acc:
                 out[count, 0] = i
                 out[count, 1] = r
                 count += 1
-    return count, n
+    return count, order.shape[0]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor import resources, rule_loader
-from sensor.condition import parse
+from sensor.condition import And, Check, Or, parse
 from sensor.engine import Engine
 from sensor.evaluate import Reference
 from sensor.fds import FdTable
@@ -114,6 +114,18 @@ def test_falco_rules_match_the_same_on_rows_and_records(batches):
 @given(rules=st.lists(conditions, min_size=1, max_size=4), batches=streams())
 def test_random_conditions_match_the_same_on_rows_and_records(rules, batches):
     got, expected = matches_both_ways({f"r{i}": rule for i, rule in enumerate(rules)}, batches)
+    assert got == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(rules=st.lists(conditions, min_size=1, max_size=3), batches=streams(),
+       op=st.sampled_from(["<", "<=", ">", ">=", "=", "!="]), threshold=st.sampled_from([0, 5, 300, 5000000000]),
+       join=st.sampled_from([And, Or]))
+def test_fields_read_only_when_a_check_needs_them_match_the_same(rules, batches, op, threshold, join):
+    """proc.duration (it changes with time) is read for a row only when a check on it is
+    reached; the row then runs again."""
+    duration = Check("proc.duration", op, str(threshold))
+    got, expected = matches_both_ways({f"r{i}": join((rule, duration)) for i, rule in enumerate(rules)}, batches)
     assert got == expected
 
 
