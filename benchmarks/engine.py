@@ -239,9 +239,10 @@ def report(results: dict, command: str) -> str:
     builtin = by["built-in rules", "quiet"]
     cold, warm = results["compile"]["cold"], results["compile"]["warm"]
     falco = [r for r in rows if r["rules"].startswith("Falco") and r["stream"] == "quiet"]
-    falco_note = (f" With Falco's rules the rate is {falco[0]['engine_steady']:,.0f} events/s: their `proc_is_new` "
-                  "macro reads proc.duration, which depends on the event's time, so every open needs its record "
-                  "(fields whose values change with time are read per event).") if falco else ""
+    falco_note = (f" With Falco's rules (quiet) the rate is {falco[0]['engine_steady']:,.0f} events/s: some of "
+                  "their checks read fields whose values change with time (fd.sip.name in the Kubernetes API rule, "
+                  "on every connect; proc.duration in `proc_is_new`), and an event whose evaluation reaches one "
+                  "needs its own record.") if falco else ""
     lines += ["", "Compile times (built-in rules, each in a fresh process): loading the rule files "
               f"{cold[0]:.3f} s; compiling them into an engine and the row hashing, Numba functions included, "
               f"{cold[1]:.3f} s with an empty Numba cache (cold) and {warm[1]:.3f} s with the cache the cold run "
