@@ -65,7 +65,7 @@ class Decoder:
         # The rule engine's hashing compiled (or loaded from Numba's cache) now, not at
         # the first batch.
         Rows(np.zeros(0, self._dtypes[self.layout.constants["MAYFLY_EVENT_SYSCALL"]]), self._decoding, Notes({}),
-             self.syscall_record)
+             self.syscall_record, np.zeros(0, np.uint64))
         self._fd_notes: dict[tuple[int, int], dict] = {}
         # Buffers reused by every split (its arrays are views of them): grouping keys,
         # group counts (kind x row width in 8-byte units) and the grouped rows.
@@ -132,7 +132,18 @@ class Decoder:
         """Syscall arrays as the rule engine reads them; a row's record is made only when
         the engine needs it. `fds` as for records()."""
         notes = Notes(fds)
-        return [Rows(events, self._decoding, notes, self.syscall_record) for events in groups if len(events)]
+        return [Rows(events, self._decoding, notes, self.syscall_record, self._proc_versions(events))
+                for events in groups if len(events)]
+
+    def _proc_versions(self, events: np.ndarray) -> np.ndarray:
+        """Per event, what its `proc` depends on beyond its own bytes (the process
+        table's entries for it and its ancestors, its container's user names), as a
+        number that changes when they do."""
+        pairs, inverse = np.unique(np.stack([events["hdr"]["pid"].astype(np.uint64), events["hdr"]["cgroup_id"]]),
+                                   axis=1, return_inverse=True)
+        versions = [hash((self.processes.version(pid), self.users.version(self.cgroups.container(cgroup)["id"])))
+                    & 0xFFFFFFFFFFFFFFFF for pid, cgroup in pairs.T.tolist()]
+        return np.array(versions, np.uint64)[inverse.reshape(-1)]
 
     def syscall_record(self, event: np.void, fds: dict[tuple[int, int], dict]) -> Record:
         self._fd_notes = fds

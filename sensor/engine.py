@@ -12,10 +12,10 @@ match the record's `evt.type` (rules are indexed by the types their conditions a
 Two ways in: `match(records)` reads fields from records (dicts), and `match_rows(rows)`
 from a batch's syscall rows (sensor.rows), where a field is read once per distinct
 part of an event (its `evt`, `proc` or `container`, by the part's key), not once per
-event. The value ids of each `evt` key seen are kept from batch to batch; those of
-`proc` and `container` keys for one batch.
+event. The value ids of each `evt` and `proc` key seen are kept from batch to batch;
+those of `container` keys for one batch.
 
-Distinct values are kept per field up to MAX_VALUES, and `evt` keys up to MAX_PARTS;
+Distinct values are kept per field up to MAX_VALUES, and keys per part up to MAX_PARTS;
 past that, the table starts over, so a field with unbounded values (a pid, a port)
 costs memory, not correctness.
 """
@@ -199,8 +199,7 @@ class Engine:
         found: list[tuple[int, int, str]] = []
         if not p.names:
             return found
-        for part in ("proc", "container"):
-            self._parts[part].clear()  # the process and cgroup tables move on between batches
+        self._parts["container"].clear()  # a container's identity is filled in in place
         for a, rows in enumerate(batch):
             started = time.perf_counter()
             self._start_over_if_full()
@@ -274,11 +273,13 @@ class Engine:
             if len(values.values) > MAX_VALUES:
                 self._values[f] = _Values()
                 self._done[f] = 0
-                self._parts["evt"].clear()  # its rows hold ids of the old values
+                for part in self._parts.values():
+                    part.clear()  # their rows hold ids of the old values
                 if f == 0:
                     self._index_types = 0
-        if self._parts["evt"].size > MAX_PARTS:
-            self._parts["evt"].clear()
+        for part in self._parts.values():
+            if part.size > MAX_PARTS:
+                part.clear()
 
     def _extend_index(self) -> None:
         """Rules by type id, for the type ids interned so far (rebuilt when one is new)."""

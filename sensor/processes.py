@@ -14,6 +14,7 @@ recently go first when it is full.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections import OrderedDict
@@ -149,6 +150,8 @@ class ProcessTable:
         self.capacity = capacity
         self.ancestors = ancestors  # how many generations records name (proc.anames)
         self.entries: OrderedDict[int, Process] = OrderedDict()
+        self._versions: dict[int, int] = {}  # pid -> serial of its entry (a new one at each change)
+        self._serial = itertools.count(1)
         self._exec_nrs = [table.numbers[name] for name in EXEC if name in table.numbers]
         self._table = table
 
@@ -162,8 +165,22 @@ class ProcessTable:
     def _put(self, pid: int, process: Process) -> None:
         self.entries[pid] = process
         self.entries.move_to_end(pid)
+        self._versions[pid] = next(self._serial)
         while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
+            self._versions.pop(self.entries.popitem(last=False)[0], None)
+
+    def version(self, pid: int) -> int:
+        """A number that changes whenever what get(pid) gives may: the serials of the
+        entries it reads (the process's and its ancestors')."""
+        serials, seen, at = [], set(), pid
+        while len(serials) <= self.ancestors and at not in seen:
+            seen.add(at)
+            serials.append(self._versions.get(at, 0))
+            entry = self.entries.get(at)
+            if entry is None:
+                break
+            at = entry.ppid
+        return hash(tuple(serials))
 
     def apply(self, arrays: dict[str, list[np.ndarray]]) -> None:
         """Learn a batch's forks and successful execs, in the order they happened."""

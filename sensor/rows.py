@@ -10,8 +10,10 @@ one row that has it (made on demand by the decoder, as records always are). Poin
 arguments, which records do not carry, are left out of the key; a successful exec's
 `proc` key includes its `evt` key, since the new image's exe and cmdline come from it.
 
-The `proc` and `container` keys hold for one batch (the process and cgroup tables move
-on between batches); the `evt` keys hold for good. Distinct contents hash alike with a
+A `proc` key also takes in what the process table and the user names it is read
+from looked like (Decoder gives each row a version of them), so that `evt` and `proc`
+keys hold for good; `container` keys hold for one batch (a container's identity is
+filled in in place when it is known). Distinct contents hash alike with a
 probability of about n^2 / 2^65 for n distinct keys.
 """
 
@@ -74,7 +76,7 @@ class Rows:
     """One array of syscall events (as Decoder.split gives them): `n`, the part keys
     (`keys[part]`, uint64 per row), and each row's record, made on demand."""
 
-    def __init__(self, events: np.ndarray, decoding: Decoding, notes: Notes, make_record):
+    def __init__(self, events: np.ndarray, decoding: Decoding, notes: Notes, make_record, proc_versions: np.ndarray):
         self.events = np.ascontiguousarray(events)
         self.n = len(self.events)
         self.notes = notes
@@ -83,7 +85,8 @@ class Rows:
         words = self.events.view(np.uint64).reshape(self.n, self.events.dtype.itemsize // 8)
         noted = _noted(self.events["hdr"]["ktime_ns"], self.events["hdr"]["tid"], notes.ktime, notes.tid, notes.hash)
         evt, proc, container = _keys(words, self.events.dtype.itemsize, decoding.offsets, decoding.args,
-                                     decoding.slots, decoding.execs, decoding.slot_len, decoding.no_result, noted)
+                                     decoding.slots, decoding.execs, decoding.slot_len, decoding.no_result, noted,
+                                     proc_versions)
         self.keys = {"evt": evt, "proc": proc, "container": container}
 
     def record(self, i: int) -> Record:
@@ -133,7 +136,7 @@ def _mix(h, value):
 
 
 @numba.njit(cache=True, nogil=True)
-def _keys(words, width, offsets, arg_mask, slot_mask, execs, slot_len, no_result, noted):
+def _keys(words, width, offsets, arg_mask, slot_mask, execs, slot_len, no_result, noted, proc_versions):
     n = words.shape[0]
     evt = np.empty(n, np.uint64)
     proc = np.empty(n, np.uint64)
@@ -174,6 +177,7 @@ def _keys(words, width, offsets, arg_mask, slot_mask, execs, slot_len, no_result
         p = _mix(p, row[gid_at // 8] & low32)        # gid (not the padding after it)
         p = _mix(p, row[comm_at // 8])
         p = _mix(p, row[comm_at // 8 + 1])
+        p = _mix(p, proc_versions[i])
         flags = (head >> np.uint64(48)) & np.uint64(0xFFFF)
         for e in execs:
             if nr == e and row[result_at // 8] == 0 and not flags & np.uint64(no_result):

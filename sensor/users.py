@@ -9,6 +9,7 @@ file, must be regular files, and are read up to MAX_BYTES.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import stat
 import time
@@ -64,6 +65,8 @@ class Users:
         self.capacity = capacity
         self.root_of = root_of  # a pid's root directory
         self._roots: OrderedDict[str, tuple[float, dict[int, str], dict[int, str]]] = OrderedDict()
+        self._versions: dict[str, int] = {}  # key -> serial of its entry (a new one at each read)
+        self._serial = itertools.count(1)
 
     def names(self, key: str, pid: int, uid: int, gid: int) -> tuple[str | None, str | None]:
         """(user name, group name) of uid and gid in the root of `pid`, which belongs to
@@ -76,7 +79,12 @@ class Users:
                 return None, None  # gone already, or no such files: look again next time
             entry = (time.monotonic(), parse_ids(passwd or b""), parse_ids(group or b""))
             self._roots[key] = entry
+            self._versions[key] = next(self._serial)
             while len(self._roots) > self.capacity:
-                self._roots.popitem(last=False)
+                self._versions.pop(self._roots.popitem(last=False)[0], None)
         self._roots.move_to_end(key)
         return entry[1].get(uid), entry[2].get(gid)
+
+    def version(self, key: str) -> int:
+        """A number that changes whenever the names known for `key` may (0: none known)."""
+        return self._versions.get(key, 0)

@@ -17,7 +17,7 @@ from sensor.condition import And, Check, Or, parse
 from sensor.engine import Engine
 from sensor.evaluate import Reference
 from sensor.fds import FdTable
-from sensor.testing.events import TABLE, batch_of, decoder, inet, syscall
+from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 from test_engine import conditions
 
 FALCO = Path(__file__).resolve().parents[3] / "shared" / "compat" / "falco" / "falco_rules.yaml"
@@ -34,10 +34,13 @@ def events(draw, ktime):
               "tid": pid + draw(st.sampled_from([0, 0, 1])), "uid": draw(st.sampled_from([0, 1000])),
               "comm": draw(st.sampled_from(COMMS))}
     kind = draw(st.sampled_from(["openat", "open", "close", "socket", "connect", "dup2", "execve", "unlinkat",
-                                 "ptrace", "setuid", "symlinkat"]))
+                                 "ptrace", "setuid", "symlinkat", "fork"]))
     fd = draw(st.integers(0, 6))
     res = draw(st.sampled_from([0, 3, 4, 5, -errno.ENOENT, -errno.EINPROGRESS]))
     common = {"pid": pid, "ktime": ktime, "header": header}
+    if kind == "fork":  # a new entry in the process table: its children's lineage changes
+        return raw("fork", pid=pid, ktime=ktime, child_pid=draw(st.sampled_from([101, 102])), clone_flags=17,
+                   **{k: v for k, v in header.items() if k != "tid"})
     if kind in ("openat", "open"):
         flags = draw(st.sampled_from([os.O_RDONLY, os.O_WRONLY | os.O_CREAT, os.O_RDWR, os.O_DIRECTORY]))
         extra = {"dirfd": -100} if kind == "openat" else {}
@@ -72,7 +75,8 @@ def streams(draw):
 
 
 def matches_both_ways(rules: dict, batches: list[list[bytes]]) -> tuple[list, list]:
-    """(record, rule) matches of the engine on rows and of the reference on records."""
+    """(record, rule) matches of the engine (on rows; forks on records) and of the
+    reference on records."""
     d, fds = decoder(CGROUPS), FdTable(TABLE)
     engine, reference = Engine(rules), Reference(rules)
     got, expected = [], []
@@ -84,6 +88,8 @@ def matches_both_ways(rules: dict, batches: list[list[bytes]]) -> tuple[list, li
         expected += [(_identity(records[i]), name) for i, name in reference.match(records)]
         batch = d.rows(arrays.get("syscall", []), notes)
         got += [(_identity(batch[a].record(i)), name) for a, i, name in engine.match_rows(batch)]
+        others = d.records({kind: groups for kind, groups in arrays.items() if kind != "syscall"}, None, notes)
+        got += [(_identity(others[i]), name) for i, name in engine.match(others)]  # as the sensor does
     return sorted(got), sorted(expected)
 
 
@@ -132,14 +138,35 @@ def test_fields_read_only_when_a_check_needs_them_match_the_same(rules, batches,
 def test_rows_that_differ_only_in_a_pointer_share_their_evt_key():
     d = decoder()
     first = syscall("openat", 3, ktime=1, dirfd=-100, name="/etc/shadow", flags=0)
-    arrays, _ = d.split(batch_of(first, first))
-    (rows,) = d.rows(arrays["syscall"], {})
-    rows.events["args"][1, 1] = 0x7FFD_0000_1234  # the path's address: not in the record
-    rows = type(rows)(rows.events, d._decoding, rows.notes, d.syscall_record)
-    assert rows.keys["evt"][0] == rows.keys["evt"][1]
-    rows.events["args"][1, 2] = os.O_WRONLY  # the flags: in the record
-    rows = type(rows)(rows.events, d._decoding, rows.notes, d.syscall_record)
-    assert rows.keys["evt"][0] != rows.keys["evt"][1]
+
+    def keys(change):
+        arrays, _ = d.split(batch_of(first, first))
+        change(arrays["syscall"][0][1])
+        (rows,) = d.rows(arrays["syscall"], {})
+        return rows.keys["evt"]
+
+    def pointer(event):
+        event["args"][1] = 0x7FFD_0000_1234  # the path's address: not in the record
+
+    def flags(event):
+        event["args"][2] = os.O_WRONLY  # in the record
+
+    assert keys(pointer)[0] == keys(pointer)[1]
+    assert keys(flags)[0] != keys(flags)[1]
+
+
+def test_a_proc_key_changes_with_the_process_table():
+    """The same thread's bytes, before and after its parent exec'ed: proc.pname differs."""
+    d = decoder()
+    arrays, _ = d.split(batch_of(raw("fork", pid=100, ktime=1, child_pid=101, clone_flags=17)))
+    d.processes.apply(arrays)
+    event = syscall("close", 0, pid=101, ktime=2, header={"ppid": 100}, fd=3)
+    arrays, _ = d.split(batch_of(event))
+    before = d.rows(arrays["syscall"], {})[0].keys["proc"][0]
+    arrays, _ = d.split(batch_of(syscall("execve", 0, pid=100, ktime=3, filename="/bin/nc", argv=b"nc\0")))
+    d.processes.apply(arrays)
+    arrays, _ = d.split(batch_of(event))
+    assert d.rows(arrays["syscall"], {})[0].keys["proc"][0] != before
 
 
 def test_a_row_record_is_made_only_when_a_rule_needs_a_new_value():
