@@ -139,10 +139,13 @@ class Decoder:
         """Per event, what its `proc` depends on beyond its own bytes (the process
         table's entries for it and its ancestors, its container's user names), as a
         number that changes when they do."""
-        pairs, inverse = np.unique(np.stack([events["hdr"]["pid"].astype(np.uint64), events["hdr"]["cgroup_id"]]),
-                                   axis=1, return_inverse=True)
+        pids, cgroups = events["hdr"]["pid"], events["hdr"]["cgroup_id"]
+        _, first, inverse = np.unique(pids, return_index=True, return_inverse=True)
+        if not np.array_equal(cgroups[first][inverse], cgroups):  # a process moved to another cgroup
+            _, first, inverse = np.unique(np.stack([pids.astype(np.uint64), cgroups]), axis=1, return_index=True,
+                                          return_inverse=True)
         versions = [hash((self.processes.version(pid), self.users.version(self.cgroups.container(cgroup)["id"])))
-                    & 0xFFFFFFFFFFFFFFFF for pid, cgroup in pairs.T.tolist()]
+                    & 0xFFFFFFFFFFFFFFFF for pid, cgroup in zip(pids[first].tolist(), cgroups[first].tolist())]
         return np.array(versions, np.uint64)[inverse.reshape(-1)]
 
     def syscall_record(self, event: np.void, fds: dict[tuple[int, int], dict]) -> Record:

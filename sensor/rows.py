@@ -97,9 +97,11 @@ class Rows:
 
 
 def _content_hash(note: dict) -> int:
-    """A hash of an fd note's content (a file's is flat; a socket's holds addresses)."""
+    """A hash of an fd note's content (a file's is flat; a socket's holds addresses,
+    dicts of numbers and strings)."""
     try:
-        return hash(tuple(note.items())) & 0xFFFFFFFFFFFFFFFF
+        return hash(tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in note.items())) \
+            & 0xFFFFFFFFFFFFFFFF
     except TypeError:
         return hash(_frozen(note)) & 0xFFFFFFFFFFFFFFFF
 
