@@ -12,7 +12,7 @@ from sensor.condition import FIELD, And, Check, Not, checks
 from sensor.condition import fields as fields_of
 from sensor.correlate import Correlator
 from sensor.domains import DOMAINS
-from sensor.engine import Engine, event_types
+from sensor.engine import Engine, rule_types
 from sensor.records import Record
 from sensor.rows import Rows
 from sensor.rule_loader import RuleSet
@@ -67,9 +67,8 @@ class Alerts:
         self.containers_only = bool(conditions) and all(_in_containers(c) for c in conditions.values())
         # Rules that read fd.* need the fd table, which learns from the fd syscalls.
         self.reads_fds = any(name.startswith("fd.") for c in conditions.values() for name in fields_of(c))
-        types = [event_types(c) for c in conditions.values()]
         # The event types the rules need (None: any type can match some rule).
-        self.types: frozenset[str] | None = None if any(t is None for t in types) else frozenset().union(*types)
+        self.types = rule_types(conditions.values())
 
     def __call__(self, batch: Sequence[Record], rows: Sequence[Rows] = (), seen: Sequence[Record] = ()) -> list[Record]:
         """The alerts of a batch: of its event records but those in `seen`, and of `rows`

@@ -58,6 +58,12 @@ def event_types(node) -> frozenset[str] | None:
     return None  # not: Falco too indexes only what a rule asks for
 
 
+def rule_types(conditions) -> frozenset[str] | None:
+    """The event types some of the conditions can be true for; None when any can."""
+    types = [event_types(c) for c in conditions]
+    return None if any(t is None for t in types) else frozenset().union(*types)
+
+
 @dataclass
 class Program:
     """A rule set compiled: rule r's code is code[rule_code[r]:rule_code[r + 1]]."""

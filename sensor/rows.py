@@ -61,15 +61,26 @@ class Decoding:
 
 
 class Notes:
-    """A batch's fd notes (FdTable.apply: by thread and kernel time), sorted by time,
-    each with a hash of its content."""
+    """A batch's fd notes (FdTable.apply: by thread and kernel time), sorted by time;
+    a note's content is hashed only when a row the engine reads has it."""
 
     def __init__(self, notes: dict[tuple[int, int], dict]):
         self.notes = notes
-        order = sorted(notes, key=lambda key: key[1])
-        self.ktime = np.array([key[1] for key in order], np.uint64)
-        self.tid = np.array([key[0] for key in order], np.uint32)
-        self.hash = np.array([_content_hash(notes[key]) for key in order], np.uint64)
+        self._order = sorted(notes, key=lambda key: key[1])
+        self.ktime = np.array([key[1] for key in self._order], np.uint64)
+        self.tid = np.array([key[0] for key in self._order], np.uint32)
+        self._hashes: dict[int, int] = {}
+
+    def hashes(self, found: np.ndarray) -> np.ndarray:
+        """The content hash of each note found (an index here; -1: none, hash 0)."""
+        out = np.zeros(len(found), np.uint64)
+        for i in np.flatnonzero(found >= 0).tolist():
+            at = int(found[i])
+            known = self._hashes.get(at)
+            if known is None:
+                known = self._hashes[at] = _content_hash(self.notes[self._order[at]])
+            out[i] = known
+        return out
 
 
 class Rows:
@@ -83,7 +94,7 @@ class Rows:
         self._make_record = make_record  # (event, fd notes) -> Record
         self._records: dict[int, Record] = {}
         words = self.events.view(np.uint64).reshape(self.n, self.events.dtype.itemsize // 8)
-        noted = _noted(self.events["hdr"]["ktime_ns"], self.events["hdr"]["tid"], notes.ktime, notes.tid, notes.hash)
+        noted = notes.hashes(_noted(self.events["hdr"]["ktime_ns"], self.events["hdr"]["tid"], notes.ktime, notes.tid))
         evt, proc, container = _keys(words, self.events.dtype.itemsize, decoding.offsets, decoding.args,
                                      decoding.slots, decoding.execs, decoding.slot_len, decoding.no_result, noted,
                                      proc_versions)
@@ -116,16 +127,16 @@ def _frozen(value):
 
 
 @numba.njit(cache=True, nogil=True)
-def _noted(ktime, tid, note_ktime, note_tid, note_hash):
-    """Each row's note hash (0: no note), by kernel time and thread."""
-    noted = np.zeros(ktime.shape[0], np.uint64)
+def _noted(ktime, tid, note_ktime, note_tid):
+    """Each row's note (its index; -1: none), by kernel time and thread."""
+    noted = np.full(ktime.shape[0], -1, np.int64)
     if note_ktime.shape[0] == 0:
         return noted
     for i in range(ktime.shape[0]):
         at = np.searchsorted(note_ktime, ktime[i])
         while at < note_ktime.shape[0] and note_ktime[at] == ktime[i]:
             if note_tid[at] == tid[i]:
-                noted[i] = note_hash[at]
+                noted[i] = at
                 break
             at += 1
     return noted
