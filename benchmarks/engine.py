@@ -265,8 +265,8 @@ def report(results: dict, command: str) -> str:
               f"- Where the time goes: {builtin['engine_read_share']:.0%} of the engine's time with the built-in "
               "rules (quiet) is reading: hashing the rows, looking their keys up, and, for keys not seen before, "
               "making one record and reading its fields. The rest is the jump code over the value tables. In "
-              "the steady state no record is made: what is left is the per-batch work in Python (each fd note "
-              "hashed, each process's version of the process table looked up, numpy calls per array) and the "
+              "the steady state no record is made: what is left is the per-batch work in Python (the fd notes "
+              "of the rows read hashed, each process's version of the process table looked up, numpy calls per array) and the "
               "compiled hashing and lookups." + falco_note, END]
     return "\n".join(lines) + "\n"
 
