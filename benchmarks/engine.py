@@ -71,7 +71,7 @@ class Stream:
         self.decoder = decoder(cgroups)
         comms = COMMS if matching else [c for c in COMMS if c not in SHELLS and c != "curl"]
         parent = "sh" if matching else "containerd-shim"
-        raws, self.n = [], n
+        raws = []
         procs = []
         for i, pid in enumerate(range(100, 148)):
             comm, cgroup = rng.choice(comms), rng.choice(sorted(cgroups))

@@ -27,37 +27,76 @@ from sensor.records import Record
 from sensor.syscalls import EXEC, SyscallTable
 
 PARTS = ("evt", "proc", "container")
-_DECODED_AS_NUMBERS = ("fd", "int", "uint", "u64")  # the argument kinds decode_args keeps
+# Fields each part is hashed from, a whole number of 8-byte words per group (checked
+# against events.h at start-up); the arguments and data slots are added per syscall.
+_EVT_WORDS = (("nr", "truncated", "flags"), ("result",))
+_PROC_WORDS = (("pid", "tid"), ("ppid", "uid"), ("gid",), ("comm",))
+_CONTAINER_WORDS = (("cgroup_id",),)
+
+
+def _words(struct: np.dtype, base: int, groups) -> np.ndarray:
+    """(word index, mask) of the words holding each group of adjacent fields; the
+    bytes past a group's last field (padding) are masked out."""
+    words = []
+    for names in groups:
+        at = base + struct.fields[names[0]][1]
+        size = 0
+        for name in names:
+            if base + struct.fields[name][1] != at + size:
+                raise layout.LayoutError(f"{', '.join(names)}: the rule engine hashes them as adjacent fields")
+            size += struct.fields[name][0].itemsize
+        if at % 8:
+            raise layout.LayoutError(f"{names[0]}: the rule engine hashes it as an 8-aligned word")
+        for k in range(0, size, 8):
+            words.append((at // 8 + k // 8, (1 << 8 * min(8, size - k)) - 1))
+    return np.array(words, np.uint64)
+
+
+def _word(struct: np.dtype, name: str) -> int:
+    """The index of the 8-aligned word a field starts at."""
+    return int(_words(struct, 0, ((name,),))[0, 0])
+
+
+def _in_word(struct: np.dtype, name: str) -> np.ndarray:
+    """(byte offset, mask) of a field of at most 8 bytes, within one word."""
+    at, size = struct.fields[name][1], struct.fields[name][0].itemsize
+    if at // 8 != (at + size - 1) // 8:
+        raise layout.LayoutError(f"{name}: the rule engine reads it within one word")
+    return np.array([at, (1 << 8 * size) - 1], np.uint64)
 
 
 class Decoding:
-    """Per syscall number, what its `evt` is decoded from: which argument registers
-    (a bit each) and which data slots (a bit each)."""
+    """What the keys are hashed from, derived from events.h's layout and the syscall
+    table: per syscall number, the argument registers (a bit each) and the data slots
+    (a bit each) its `evt` is decoded from; and the words each part reads."""
 
     def __init__(self, table: SyscallTable):
         size = max(table.by_nr) + 1
         self.args = np.zeros(size, np.uint8)
         self.slots = np.zeros(size, np.uint8)
         for nr, syscall in table.by_nr.items():
-            slotted = {index: slot for slot, index, _ in syscall.slots()}
-            for index, (_, kind) in enumerate(syscall.args):
-                if index in slotted:
-                    self.slots[nr] |= 1 << slotted[index]
-                elif kind in _DECODED_AS_NUMBERS:
-                    self.args[nr] |= 1 << index
+            for index in syscall.numbers():
+                self.args[nr] |= 1 << index
+            for slot, _, _ in syscall.slots():
+                self.slots[nr] |= 1 << slot
         self.execs = np.array([table.numbers[name] for name in EXEC if name in table.numbers], np.int64)
-        dtype = layout.events().structs["mayfly_syscall_event"]
-        hdr = dtype.fields["hdr"][0]
-        # Byte offsets; whole words are read at all but slot_len's (checked: a changed
-        # events.h fails here, not silently).
-        self.offsets = np.array([dtype.fields[name][1] for name in
-                                 ("nr", "slot_len", "result", "args", "data")]
-                                + [hdr.fields[name][1] for name in ("cgroup_id", "pid", "ppid", "gid", "comm")],
-                                np.int64)
-        if any(o % 8 for i, o in enumerate(self.offsets) if i != 1):
-            raise layout.LayoutError("mayfly_syscall_event: a field the rule engine hashes is not 8-aligned")
-        self.slot_len = layout.events().constants["MAYFLY_STR_LEN"]
-        self.no_result = layout.events().constants["MAYFLY_SYSCALL_NO_RESULT"]
+        events = layout.events()
+        dtype = events.structs["mayfly_syscall_event"]
+        hdr_at, hdr = dtype.fields["hdr"][1], dtype.fields["hdr"][0]
+        self.evt_words = _words(dtype, 0, _EVT_WORDS)
+        self.proc_words = _words(hdr, hdr_at, _PROC_WORDS)
+        self.container_words = _words(hdr, hdr_at, _CONTAINER_WORDS)
+        self.args_word = _word(dtype, "args")
+        self.data_word = _word(dtype, "data")
+        self.slot_len_at = dtype.fields["slot_len"][1]  # slot i's length: a u16 at slot_len_at + 2 i
+        if dtype.fields["slot_len"][0].base.itemsize != 2:
+            raise layout.LayoutError("slot_len: the rule engine reads it as u16s")
+        self.arg_count = dtype.fields["args"][0].shape[0]
+        self.slot_count = events.constants["MAYFLY_STR_SLOTS"]
+        self.slot_size = events.constants["MAYFLY_STR_LEN"]
+        self.nr, self.flags = _in_word(dtype, "nr"), _in_word(dtype, "flags")
+        self.result_word = _word(dtype, "result")
+        self.no_result = events.constants["MAYFLY_SYSCALL_NO_RESULT"]
 
 
 class Notes:
@@ -95,9 +134,10 @@ class Rows:
         self._records: dict[int, Record] = {}
         words = self.events.view(np.uint64).reshape(self.n, self.events.dtype.itemsize // 8)
         noted = notes.hashes(_noted(self.events["hdr"]["ktime_ns"], self.events["hdr"]["tid"], notes.ktime, notes.tid))
-        evt, proc, container = _keys(words, self.events.dtype.itemsize, decoding.offsets, decoding.args,
-                                     decoding.slots, decoding.execs, decoding.slot_len, decoding.no_result, noted,
-                                     proc_versions)
+        d = decoding
+        evt, proc, container = _keys(words, d.evt_words, d.proc_words, d.container_words, d.args_word, d.arg_count,
+                                     d.args, d.data_word, d.slot_len_at, d.slot_count, d.slot_size, d.slots,
+                                     d.nr, d.flags, d.result_word, d.execs, d.no_result, noted, proc_versions)
         self.keys = {"evt": evt, "proc": proc, "container": container}
 
     def record(self, i: int) -> Record:
@@ -148,32 +188,37 @@ def _mix(h, value):
     return h ^ (h >> np.uint64(29))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _field(row, field):
+    """A field (byte offset, mask) within one word of a row."""
+    return (row[field[0] // np.uint64(8)] >> (np.uint64(8) * (field[0] % np.uint64(8)))) & field[1]
+
+
 @numba.njit(cache=True, nogil=True)
-def _keys(words, width, offsets, arg_mask, slot_mask, execs, slot_len, no_result, noted, proc_versions):
-    n = words.shape[0]
+def _keys(words, evt_words, proc_words, container_words, args_word, arg_count, arg_mask, data_word, slot_len_at,
+          slot_count, slot_size, slot_mask, nr_field, flags_field, result_word, execs, no_result, noted, proc_versions):
+    n, width = words.shape[0], words.shape[1] * 8
     evt = np.empty(n, np.uint64)
     proc = np.empty(n, np.uint64)
     container = np.empty(n, np.uint64)
-    nr_at, slot_len_at, result_at, args_at, data_at = offsets[0], offsets[1], offsets[2], offsets[3], offsets[4]
-    cgroup_at, pid_at, ppid_at, gid_at, comm_at = offsets[5], offsets[6], offsets[7], offsets[8], offsets[9]
-    low32 = np.uint64(0xFFFFFFFF)
     for i in range(n):
         row = words[i]
-        head = row[nr_at // 8]  # nr, truncated, flags
-        nr = np.int64(head & low32)
-        h = _mix(np.uint64(0x51ED27), head)
-        h = _mix(h, np.uint64(row[result_at // 8]))
+        nr = np.int64(_field(row, nr_field))
+        h = np.uint64(0x51ED27)
+        for w in range(evt_words.shape[0]):
+            h = _mix(h, row[evt_words[w, 0]] & evt_words[w, 1])
         args = arg_mask[nr] if nr < arg_mask.shape[0] else 0
-        slots = slot_mask[nr] if nr < slot_mask.shape[0] else 0
-        for a in range(6):
+        for a in range(arg_count):
             if args & (1 << a):
-                h = _mix(h, row[args_at // 8 + a])
-        for s in range(3):
+                h = _mix(h, row[args_word + a])
+        slots = slot_mask[nr] if nr < slot_mask.shape[0] else 0
+        for s in range(slot_count):
             if not slots & (1 << s):
                 continue
             byte = slot_len_at + 2 * s
             length = np.int64((row[byte // 8] >> np.uint64(8 * (byte % 8))) & np.uint64(0xFFFF))
-            start = data_at + s * slot_len
+            start = data_word * 8 + s * slot_size
+            # Only the bytes read into the slot: the rest is whatever the ring held.
             length = min(length, max(width - start, 0))
             h = _mix(h, np.uint64(length))
             for w in range(length // 8):
@@ -181,19 +226,18 @@ def _keys(words, width, offsets, arg_mask, slot_mask, execs, slot_len, no_result
             tail = length % 8
             if tail:
                 h = _mix(h, row[start // 8 + length // 8] & ((np.uint64(1) << np.uint64(8 * tail)) - np.uint64(1)))
-        h = _mix(h, noted[i])
-        evt[i] = h
-        c = _mix(np.uint64(0xC0FFEE), row[cgroup_at // 8])
+        evt[i] = _mix(h, noted[i])
+        c = np.uint64(0xC0FFEE)
+        for w in range(container_words.shape[0]):
+            c = _mix(c, row[container_words[w, 0]] & container_words[w, 1])
         container[i] = c
-        p = _mix(c, row[pid_at // 8])                # pid, tid
-        p = _mix(p, row[ppid_at // 8])               # ppid, uid
-        p = _mix(p, row[gid_at // 8] & low32)        # gid (not the padding after it)
-        p = _mix(p, row[comm_at // 8])
-        p = _mix(p, row[comm_at // 8 + 1])
-        p = _mix(p, proc_versions[i])
-        flags = (head >> np.uint64(48)) & np.uint64(0xFFFF)
-        for e in execs:
-            if nr == e and row[result_at // 8] == 0 and not flags & np.uint64(no_result):
-                p = _mix(p, h)
+        p = _mix(c, proc_versions[i])
+        for w in range(proc_words.shape[0]):
+            p = _mix(p, row[proc_words[w, 0]] & proc_words[w, 1])
+        # A successful exec's new exe and cmdline come from its evt.
+        if row[result_word] == 0 and not _field(row, flags_field) & np.uint64(no_result):
+            for e in execs:
+                if nr == e:
+                    p = _mix(p, evt[i])
         proc[i] = p
     return evt, proc, container

@@ -33,6 +33,7 @@ from sensor.records import c_string, untrusted_text
 _COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
 _NO_RESULT = layout.events().constants["MAYFLY_SYSCALL_NO_RESULT"]
 _SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata", "fdpair"}
+_NUMBER_TYPES = {"fd", "int", "uint", "u64"}  # decoded from the register (decode_args); other kinds are pointers
 _FIXED_LEN = {"open_how": 24, "capdata": 24, "fdpair": 8}
 
 # flags: track = the result is a new fd; track_pair = so are the two ints of an fdpair;
@@ -161,6 +162,10 @@ class Syscall:
                 result.append((slot, index, kind))
                 slot += 1
         return result
+
+    def numbers(self) -> list[int]:
+        """Indexes of the arguments decoded from their registers as numbers."""
+        return [index for index, (_, kind) in enumerate(self.args) if kind in _NUMBER_TYPES]
 
 
 class SyscallTable:

@@ -64,8 +64,8 @@ class Users:
     def __init__(self, capacity: int = 256, root_of=lambda pid: f"/proc/{pid}/root"):
         self.capacity = capacity
         self.root_of = root_of  # a pid's root directory
-        self._roots: OrderedDict[str, tuple[float, dict[int, str], dict[int, str]]] = OrderedDict()
-        self._versions: dict[str, int] = {}  # key -> serial of its entry (a new one at each read)
+        # key -> (when read, uid names, gid names, a serial new at each read)
+        self._roots: OrderedDict[str, tuple[float, dict[int, str], dict[int, str], int]] = OrderedDict()
         self._serial = itertools.count(1)
 
     def names(self, key: str, pid: int, uid: int, gid: int) -> tuple[str | None, str | None]:
@@ -77,14 +77,14 @@ class Users:
             passwd, group = read_in_root(root, "etc/passwd"), read_in_root(root, "etc/group")
             if passwd is None and group is None and entry is None:
                 return None, None  # gone already, or no such files: look again next time
-            entry = (time.monotonic(), parse_ids(passwd or b""), parse_ids(group or b""))
+            entry = (time.monotonic(), parse_ids(passwd or b""), parse_ids(group or b""), next(self._serial))
             self._roots[key] = entry
-            self._versions[key] = next(self._serial)
             while len(self._roots) > self.capacity:
-                self._versions.pop(self._roots.popitem(last=False)[0], None)
+                self._roots.popitem(last=False)
         self._roots.move_to_end(key)
         return entry[1].get(uid), entry[2].get(gid)
 
     def version(self, key: str) -> int:
         """A number that changes whenever the names known for `key` may (0: none known)."""
-        return self._versions.get(key, 0)
+        entry = self._roots.get(key)
+        return entry[3] if entry else 0
