@@ -30,8 +30,10 @@ def test_ringbuf_benchmark_quick_mode(tmp_path):
     for _, _, _, generated, delivered, lost in steps:
         # every event is delivered or counted lost
         assert int(delivered.replace(",", "")) + int(lost.replace(",", "")) == int(generated.replace(",", ""))
-    for mode in ("nothing attached", "bare BCC raw tracepoint", "the same plus an empty raw sys_exit",
-                 "the same plus an empty per-syscall exit", r"\*\*Mayfly attached, nothing of interest\*\*",
+    for mode in ("nothing attached", "bare BCC raw tracepoint, one per-CPU counter",
+                 "bare BCC raw tracepoint counting by syscall number",
+                 "bare BCC raw tracepoint counting by cgroup and syscall number",
+                 "one per-CPU counter plus an empty raw sys_exit", "one per-CPU counter plus an empty per-syscall exit", r"\*\*Mayfly attached, nothing of interest\*\*",
                  "Mayfly capturing openat", "Mayfly emitting"):
         assert re.search(rf"\| {mode}[^|]*\| \w+ \| [\d.]+ \|", report), mode
     # Mayfly's enter program ran in both bpf_stats runs, and its exit only when emitting.
