@@ -7,13 +7,17 @@ BIN     := $(VENV)/bin
 RECORDS ?= /var/log/mayfly/records.msgpack
 PYTEST  ?= -ra
 
-.PHONY: setup system-packages venv host run test bench clean
+.PHONY: setup system-packages bench-packages venv host run test bench clean
 
 setup: system-packages venv host
 
 # Debian/Ubuntu/Fedora packages: BCC, runc, headers, compilers (names in sensor/distro.py).
 system-packages:
 	@$(PYTHON) sensor/distro.py install
+
+# What the benchmarks add (bpftrace, bpftool, redis); `make test` runs their quick mode.
+bench-packages:
+	@$(PYTHON) sensor/distro.py install-bench
 
 # The venv, with the system's bcc package alone linked in: not the whole
 # dist-packages, whose cffi and others clash with pip's.
@@ -26,7 +30,7 @@ venv: $(BIN)/mayfly
 $(BIN)/mayfly: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 # Mount tracefs/securityfs, link a fallback kernel header tree, report the host.
@@ -36,12 +40,14 @@ host: venv
 run: setup
 	$(BIN)/mayfly run --emit-events=execve,execveat --output stdout --output file:$(RECORDS)
 
-test: setup
+test: setup bench-packages
 	$(BIN)/python -m pytest $(PYTEST) tests/unit tests/kernel tests/e2e
 
-bench: setup
-	$(BIN)/python benchmarks/ringbuf.py
-	$(BIN)/python benchmarks/engine.py
+# QUICK=1: a short smoke run of every benchmark.
+bench: setup bench-packages
+	$(BIN)/python benchmarks/ringbuf.py $(if $(QUICK),--quick)
+	$(BIN)/python benchmarks/engine.py $(if $(QUICK),--quick)
+	$(BIN)/python benchmarks/endtoend.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

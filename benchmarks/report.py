@@ -41,6 +41,7 @@ def main(name: str, doc: str, begin: str, end: str, run: Callable[[bool], dict],
     if needs_root and os.geteuid() != 0:
         sys.exit(f"the {name} benchmark loads BPF programs: run it as root")
     results = run(args.quick)
+    results["output"] = args.output  # where the section goes, and anything beside it (plots)
     write_section(args.output, begin, end, render(results, "make bench" if not args.quick
                                                   else f"benchmarks/{name}.py --quick"))
     print(f"wrote {args.output}")

@@ -119,12 +119,13 @@ class Decoder:
         for kind, groups in arrays.items():
             build = getattr(self, f"_{kind}")
             for events in groups:
-                if kind == "syscall" and wanted is not None:
-                    events = events[np.isin(events["nr"], wanted)]
-                for event in events:
-                    record = build(event)
-                    if types is None or record["evt"]["type"] in types:
-                        result.append(record)
+                if kind == "syscall":
+                    if wanted is not None:
+                        events = events[np.isin(events["nr"], wanted)]
+                    built = map(self._syscall, events, self.table.decode_many(events))
+                else:
+                    built = map(build, events)
+                result += [r for r in built if types is None or r["evt"]["type"] in types]
         result.sort(key=lambda r: r["ts"])
         return result
 
@@ -163,8 +164,9 @@ class Decoder:
                                  **self.processes.get(pid), **proc},
                            evt=evt)
 
-    def _syscall(self, event: np.void) -> Record:
-        evt = self.table.decode_args(event)
+    def _syscall(self, event: np.void, evt: dict | None = None) -> Record:
+        """`evt`: the event's arguments if decoded already (SyscallTable.decode_many)."""
+        evt = self.table.decode_args(event) if evt is None else evt
         fd = self._fd_notes.get((int(event["hdr"]["tid"]), int(event["hdr"]["ktime_ns"])))
         if fd is not None:
             evt["fd"] = fd

@@ -47,6 +47,17 @@ class Distro:
             return [self.bcc_package, "runc", "podman", "gcc", "glibc-static", "make", "ruby"]
         return []
 
+    def bench_packages(self) -> list[str]:
+        """What the benchmarks add (`make bench`, and `make test`, which runs their quick
+        mode): the bpftrace peer, bpftool for the kernel's per-program statistics, and
+        redis for an application workload. Debian starts redis-server's own service when
+        it installs it; the benchmarks run an instance of their own on another port."""
+        if self.family == "debian":
+            return ["bpftrace", "bpftool", "redis-server", "redis-tools"]
+        if self.family == "fedora":
+            return ["bpftrace", "bpftool", "redis"]
+        return []
+
 
 def detect(os_release: str = "/etc/os-release") -> Distro:
     fields: dict[str, str] = {}
@@ -76,11 +87,13 @@ def _dpkg_installed(package: str) -> bool:
     return result.returncode == 0 and "install ok installed" in result.stdout
 
 
-def install(distro: Distro) -> None:
-    """Install what is missing (idempotent: nothing is fetched when all is there)."""
+def install(distro: Distro, bench: bool = False) -> None:
+    """Install what is missing (idempotent: nothing is fetched when all is there), with
+    the benchmarks' tools if `bench`."""
     has_headers = os.path.isdir(f"/lib/modules/{platform.release()}/build")
+    wanted = distro.runtime_packages() + (distro.bench_packages() if bench else [])
     if distro.family == "debian":
-        missing = [p for p in distro.runtime_packages() if not _dpkg_installed(p)]
+        missing = [p for p in wanted if not _dpkg_installed(p)]
         headers = distro.header_packages()
         need_headers = not has_headers and not any(_dpkg_installed(p) for p in headers)
         if not missing and not need_headers:
@@ -91,7 +104,7 @@ def install(distro: Distro) -> None:
         print(f"installing: {' '.join(missing)}", flush=True)
         _check(_run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing))
     elif distro.family == "fedora":
-        packages = distro.runtime_packages() + ([] if has_headers else distro.header_packages()[:1])
+        packages = wanted + ([] if has_headers else distro.header_packages()[:1])
         _check(_run("dnf", "install", "-y", *packages))
     else:
         sys.exit(f"unsupported distribution {distro.name!r}: install BCC's Python bindings, runc, gcc "
@@ -107,6 +120,7 @@ if __name__ == "__main__":
     distro = detect()
     commands = {
         "install": lambda: install(distro),
+        "install-bench": lambda: install(distro, bench=True),
         "bcc": lambda: print(distro.bcc_package),
         "packages": lambda: print(" ".join(distro.runtime_packages())),
     }

@@ -17,11 +17,11 @@ import fcntl
 import os
 import socket
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
-from sensor.batches import in_time_order
+from sensor.batches import time_order
 from sensor.syscalls import EXEC, OPENS, SyscallTable, open_flags
 
 _DUPS = {"dup", "dup2", "dup3", "fcntl"}
@@ -32,8 +32,7 @@ _DOMAINS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "un
 _L4 = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}
 
 
-@dataclass(frozen=True)
-class Fd:
+class Fd(NamedTuple):  # a tuple: made for every open, which a frozen dataclass makes slowly
     type: str                                  # file, directory, ipv4, ipv6, unix, netlink, socket, pipe, memfd
     name: str | bytes = ""                     # path, memfd:<name>, or local->remote for sockets
     l4proto: str | None = None
@@ -78,21 +77,26 @@ class FdTable:
     def apply(self, arrays: dict[str, list[np.ndarray]]) -> dict[tuple[int, int], dict]:
         """Learn a batch's fd events in the order they happened. Returns, for each event
         that names an fd, what that fd was at the time, keyed by (tid, kernel time)."""
-        groups = [g for g in arrays.get("fork", ())] + [g for g in arrays.get("exit", ())]
-        groups += [g[np.isin(g["nr"], self._nrs)] for g in arrays.get("syscall", ())]
+        forks, exits = list(arrays.get("fork", ())), list(arrays.get("exit", ()))
+        syscalls = [g[np.isin(g["nr"], self._nrs)] for g in arrays.get("syscall", ())]
+        # Columns read in bulk, then walked in time order as Python values.
+        columns = ([(g["hdr"]["pid"].tolist(), g["child_pid"].tolist()) for g in forks]
+                   + [(g["hdr"]["pid"].tolist(), None) for g in exits]
+                   + [(g["hdr"]["pid"].tolist(), (g["hdr"]["tid"].tolist(), g["hdr"]["ktime_ns"].tolist(),
+                                                  self.table.decode_many(g))) for g in syscalls])
+        n_forks, n_exits = len(forks), len(exits)
         notes: dict[tuple[int, int], dict] = {}
-        for event in in_time_order(groups):
-            header = event["hdr"]
-            pid = int(header["pid"])
-            names = event.dtype.names
-            if "child_pid" in names:
-                self._fork(pid, int(event["child_pid"]))
-            elif "exit_code" in names:
-                self.processes.pop(pid, None)
+        for which, row in zip(*time_order(forks + exits + syscalls)):
+            pids, rest = columns[which]
+            if which < n_forks:
+                self._fork(pids[row], rest[row])
+            elif which < n_forks + n_exits:
+                self.processes.pop(pids[row], None)
             else:
-                note = self._syscall(pid, self.table.decode_args(event))
+                tids, times, evts = rest
+                note = self._syscall(pids[row], evts[row])
                 if note is not None:
-                    notes[int(header["tid"]), int(header["ktime_ns"])] = note
+                    notes[tids[row], times[row]] = note
         return notes
 
     def _fork(self, parent: int, child: int) -> None:
@@ -162,23 +166,23 @@ class FdTable:
             if res >= 0 and current is not None:
                 cloexec = (kind == "dup3" and evt["flags"] & os.O_CLOEXEC) or \
                     (kind == "fcntl" and evt["cmd"] == fcntl.F_DUPFD_CLOEXEC)
-                self._put(pid, res, replace(current, cloexec=bool(cloexec)))
-                return replace(current, cloexec=bool(cloexec)).as_record(res)
+                self._put(pid, res, current._replace(cloexec=bool(cloexec)))
+                return current._replace(cloexec=bool(cloexec)).as_record(res)
             return current.as_record(number) if current else None
         if kind in ("accept", "accept4"):
             if res >= 0 and current is not None:
-                accepted = replace(current, name="", remote=evt.get("addr"), role="server",
+                accepted = current._replace(name="", remote=evt.get("addr"), role="server",
                                    cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
                 self._put(pid, res, accepted)
                 return accepted.as_record(res)
             return current.as_record(number) if current else None
         if current is not None and (res == 0 or (kind == "connect" and res == -errno.EINPROGRESS)):
             if kind == "bind":
-                current = replace(current, local=evt.get("addr"))
+                current = current._replace(local=evt.get("addr"))
             elif kind == "connect":
-                current = replace(current, remote=evt.get("addr"), role="client")
+                current = current._replace(remote=evt.get("addr"), role="client")
             elif kind == "listen":
-                current = replace(current, role="server")
+                current = current._replace(role="server")
             fds[number] = current
         return current.as_record(number) if current else None
 

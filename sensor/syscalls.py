@@ -175,6 +175,7 @@ class SyscallTable:
         self.syscalls = {name: Syscall(name, numbers[name], tuple(tuple(a.split(":")) for a in args), flags)
                          for name, (args, flags) in TABLE.items() if name in numbers}
         self.by_nr = {s.nr: s for s in self.syscalls.values()}
+        self._plans: dict[int, list] = {}
 
     @classmethod
     def from_headers(cls, header_tree: str | None = None) -> SyscallTable:
@@ -220,34 +221,55 @@ class SyscallTable:
 
     def decode_args(self, event: np.void) -> dict:
         """The `evt` fields of a syscall event: its type, result and named arguments."""
-        nr = int(event["nr"])
-        fields = {"type": self.name(nr)}
-        if not event["flags"] & _NO_RESULT:
-            fields["res"] = int(event["result"])
-        syscall = self.by_nr.get(nr)
-        if syscall is None:
-            return fields
+        return self.decode_many(np.asarray(event).reshape(1))[0]
+
+    def decode_many(self, events: np.ndarray) -> list[dict]:
+        """decode_args for each event of an array, with its columns read in bulk: a
+        field of a numpy record read one at a time costs more than the decoding."""
+        if not len(events):
+            return []
+        nrs, flags = events["nr"].tolist(), events["flags"].tolist()
+        results, truncated = events["result"].tolist(), events["truncated"].tolist()
+        args, lengths = events["args"].tolist(), events["slot_len"].tolist()
         # Records come without their unused tail: with no slot in use, there is no data.
-        data = event["data"] if "data" in event.dtype.names else np.zeros(0, np.uint8)
-        lengths = event["slot_len"]
+        width = events.dtype["data"].itemsize if "data" in events.dtype.names else 0
+        data = np.ascontiguousarray(events["data"]).tobytes() if width else b""
         slot_len = layout.events().constants["MAYFLY_STR_LEN"]
-        slot_of = {index: slot for slot, index, _ in syscall.slots()}
-        for index, (name, kind) in enumerate(syscall.args):
-            raw = int(event["args"][index])
-            if index in slot_of:
-                start = slot_of[index] * slot_len
-                fields[name] = _decode_slot(kind, bytes(data[start:start + int(lengths[slot_of[index]])]))
-            elif kind in ("fd", "int"):
-                fields[name] = _signed32(raw)
-            elif kind == "uint":
-                fields[name] = raw & 0xFFFFFFFF
-            elif kind == "u64":
-                fields[name] = raw
-        if event["truncated"]:
-            fields["truncated"] = True
-        if event["flags"] & _COMPAT:
-            fields["compat"] = True
-        return fields
+        result = []
+        for i, nr in enumerate(nrs):
+            fields = {"type": self.names.get(nr) or self.name(nr)}
+            if not flags[i] & _NO_RESULT:
+                fields["res"] = results[i]
+            row = args[i]
+            for name, kind, index, slot in self._plan(nr):
+                if slot is not None:
+                    start = i * width + slot * slot_len
+                    fields[name] = _decode_slot(kind, data[start:start + lengths[i][slot]])
+                elif kind == "uint":
+                    fields[name] = row[index] & 0xFFFFFFFF
+                elif kind == "u64":
+                    fields[name] = row[index]
+                else:  # fd, int: 32-bit signed
+                    fields[name] = (row[index] & 0xFFFFFFFF) - ((row[index] & 0x80000000) << 1)
+            if truncated[i]:
+                fields["truncated"] = True
+            if flags[i] & _COMPAT:
+                fields["compat"] = True
+            result.append(fields)
+        return result
+
+    def _plan(self, nr: int) -> list[tuple[str, str, int, int | None]]:
+        """(name, kind, argument index, data slot or None) of the arguments a syscall's
+        records carry: those in slots, and the numbers."""
+        try:
+            return self._plans[nr]
+        except KeyError:
+            syscall = self.by_nr.get(nr)
+            slot_of = {index: slot for slot, index, _ in syscall.slots()} if syscall else {}
+            plan = self._plans[nr] = [(name, kind, index, slot_of.get(index))
+                                      for index, (name, kind) in enumerate(syscall.args if syscall else ())
+                                      if index in slot_of or kind in _NUMBER_TYPES]
+            return plan
 
 
 def _signed32(value: int) -> int:

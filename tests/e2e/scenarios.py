@@ -3,7 +3,7 @@
 import socket
 from pathlib import Path
 
-from running import RunningSensor
+from sensor.testing.running import RunningSensor
 from test_container_identity import of_cgroup, read_records
 
 ATTACK = "/usr/local/bin/attack"  # tests/e2e/attack.c, built static

@@ -4,7 +4,7 @@ neighbour raises none."""
 import signal
 from pathlib import Path
 
-from running import RunningSensor
+from sensor.testing.running import RunningSensor
 from test_container_identity import of_cgroup, read_records
 
 from sensor.testing.containers import wait_until

@@ -4,7 +4,7 @@ import os
 import socket
 import threading
 
-from running import RunningSensor
+from sensor.testing.running import RunningSensor
 
 from sensor import read_stream
 

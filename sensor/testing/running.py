@@ -1,4 +1,6 @@
-"""`mayfly run` as a process for the e2e tests."""
+"""`mayfly run` as a background process, for the e2e tests and the benchmarks."""
+
+from __future__ import annotations
 
 import json
 import os
@@ -6,32 +8,36 @@ import pty
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from sensor.testing.containers import wait_until
+from sensor.testing.containers import RigError, wait_until
 
 
 class RunningSensor:
-    """`python -m sensor run ARGS` in the background; stdout on a terminal if asked."""
+    """`python -m sensor run ARGS` in the background, its JSON logs in `workdir`; stdout
+    on a terminal if asked, and pinned to one CPU if given."""
 
-    def __init__(self, tmp_path, *args, tty=False):
-        self.log = tmp_path / "stderr.log"
+    def __init__(self, workdir: Path, *args: str, tty: bool = False, cpu: int | None = None):
+        self.log = Path(workdir) / "stderr.log"
         self.stderr = open(self.log, "w+")
         if tty:
             self.master, slave = pty.openpty()
             stdout = slave
         else:
             self.master, stdout = None, subprocess.PIPE
+        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", *args], stdout=stdout,
-                                     stderr=self.stderr)
+                                     stderr=self.stderr, preexec_fn=pin)
         if tty:
             os.close(slave)
         wait_until(self.started, timeout=90)
 
-    def logs(self):
+    def logs(self) -> list[dict]:
         return [json.loads(line) for line in open(self.log)]
 
-    def started(self):
-        assert self.proc.poll() is None, open(self.log).read()
+    def started(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RigError(f"the sensor exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
         return any(e["event"] == "sensor started" for e in self.logs())
 
     def stop(self) -> str:
@@ -47,5 +53,6 @@ class RunningSensor:
                     break
                 output += chunk
         self.proc.wait(timeout=60)
-        assert self.proc.returncode == 0, open(self.log).read()
+        if self.proc.returncode != 0:
+            raise RigError(f"the sensor exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
         return output.decode(errors="replace")
