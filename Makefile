@@ -15,7 +15,7 @@ setup: system-packages venv host
 system-packages:
 	@$(PYTHON) sensor/distro.py install
 
-# What the benchmarks add (bpftrace, bpftool, redis); `make test` runs their quick mode.
+# What the benchmarks add (bpftrace, redis); `make test` runs their quick mode.
 bench-packages:
 	@$(PYTHON) sensor/distro.py install-bench
 

@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.4,<10", "hypothesis>=6.80,<7", "setuptools>=70.1"],
-        "bench": ["matplotlib>=3.7,<4"],
+        "bench": ["matplotlib>=3.7,<4", "py-spy>=0.3.14,<0.5"],
     },
     entry_points={"console_scripts": ["mayfly=sensor.cli:main"]},
 )

@@ -23,9 +23,11 @@ sensor's lossless maximum rate on a paced openat loop in a container: the offere
 doubles until loss, then bisects. Rounds interleave the sensors, so that the VM's
 drift touches them alike; each figure is a median.
 
-Metrics: workload ns per operation; the sensor's CPU (user+sys from /proc) per
-operation; its BPF programs' ns per operation (kernel.bpf_stats_enabled, bpftool);
-events delivered and lost per container. Plots go to benchmarks/results/.
+Metrics: workload ns per operation; the sensor's CPU time per operation (the
+scheduler's per-thread counts in /proc); its BPF programs' ns per operation
+(kernel.bpf_stats_enabled, read from /proc/PID/fdinfo); events delivered and lost per
+container; where the full pipeline's time goes when it loses events (py-spy). Plots
+go to results/ beside the output file (benchmarks/results/ by default).
 """
 
 from __future__ import annotations
@@ -225,7 +227,7 @@ class Bench:
                 for path in sorted(directory.glob("records.msgpack*"), key=lambda p: -int(p.suffix[1:] or 0)
                                    if p.suffix != ".msgpack" else 0):
                     with open(path, "rb") as f:
-                        kept += [r for r in records.read_stream(f) if r["kind"] in ("container", "sensor")]
+                        kept += [r for r in records.read_stream(f) if r["kind"] in ("container", "sensor", "lost")]
                 return {"records": kept}
             session.stop = stop
         elif sensor.kind in ("bcc", "bpftrace"):
@@ -385,6 +387,37 @@ class Bench:
             good, bad = (rate, bad) if steps[-1]["lossless"] else (good, rate)
         return steps
 
+    # -- where the time goes ------------------------------------------------------------
+
+    def profile(self, rate: int) -> dict[str, float]:
+        """py-spy's samples of the full pipeline's process while a container's paced
+        openat loop offers `rate` operations/s: per function of Mayfly's (and of what it
+        calls), the share of busy samples in which it was on the stack."""
+        session = self.start(next(s for s in SENSORS if s.name == "full"), ("--cgroup-rate", "0"))
+        out = self.workdir / "profile.txt"
+        seconds = 1 if self.quick else 4
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(session.pid),
+                                "--duration", str(seconds + 1), "--rate", "250", "--format", "raw", "--output",
+                                str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(0.5)  # py-spy attached
+            self.workload(session, "openat", "container", WORKLOAD_CPU, rate * seconds, rate)
+            if spy.wait(timeout=60):
+                raise RigError(f"py-spy failed: {spy.stderr.read().decode()[-2000:]}")
+        finally:
+            session.stop()
+        inclusive: dict[str, int] = {}
+        busy = 0
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = [f for f in stack.split(";") if "sensor/" in f or "numba" in f or "numpy" in f]
+            if not frames or "Condition.wait" in stack or "RingReader.wait" in stack:
+                continue  # idle, or the identity watcher waiting
+            busy += int(count)
+            for name in {f.split(" (")[0] for f in frames}:
+                inclusive[name] = inclusive.get(name, 0) + int(count)
+        return {name: n / busy for name, n in sorted(inclusive.items(), key=lambda x: -x[1])[:15]} if busy else {}
+
     # -- the kernel's view ---------------------------------------------------------------
 
     def bpf_ns_per_op(self, session: Session, name: str) -> float | None:
@@ -436,10 +469,14 @@ class Bench:
                         if k[0] == sensor.name), flush=True)
             print("lossless rates", flush=True)
             capacity = {s.name: self.lossless_max(s) for s in SENSORS if s.name in ("full", "bcc", "bpftrace")}
+            lossy = min((s["offered"] for s in capacity["full"] if not s["lossless"]), default=None)
+            print(f"profile at {lossy}/s", flush=True)
+            profile = {"rate": lossy, "shares": self.profile(lossy) if lossy else {}}
         finally:
             self.rig.cleanup()
             shutil.rmtree(self.workdir, ignore_errors=True)
-        return {"runs": runs, "redis": redis, "bpf": bpf, "capacity": capacity, "rounds": self.rounds,
+        return {"runs": runs, "redis": redis, "bpf": bpf, "capacity": capacity, "profile": profile,
+                "rounds": self.rounds,
                 "iterations": self.iterations, "requests": requests, "types": sorted(self.types),
                 "versions": versions()}
 
@@ -453,8 +490,7 @@ def versions() -> dict[str, str]:
         return (result.stdout or result.stderr).strip().splitlines()[0]
     import bcc
     return {"bpftrace": first_line("bpftrace", "--version"), "redis": first_line("redis-server", "--version"),
-            "runc": first_line("runc", "--version"), "bcc": getattr(bcc, "__version__", "unknown"),
-            "bpftool": first_line("bpftool", "version")}
+            "runc": first_line("runc", "--version"), "bcc": getattr(bcc, "__version__", "unknown")}
 
 
 def lossless(steps: list[dict]) -> float:
@@ -494,7 +530,7 @@ def plot(results: dict) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 3))
     names = list(results["capacity"])
     ax.barh([LABELS[n] for n in names], [lossless(results["capacity"][n]) for n in names])
-    ax.set_xlabel("lossless openat events/s (paced loop in a container)")
+    ax.set_xlabel("lossless openat/close iterations/s (paced loop in a container)")
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
@@ -557,7 +593,7 @@ def report(results: dict, command: str) -> str:
                 cells = [f"{cost(n, name, where, placement):,.0f} ({cost(n, name, where, placement) / base:.2f}x)"
                          for n in names]
                 lines.append(f"| {name} | {where} | {placement} | " + " | ".join(cells) + " |")
-    lines += ["", "### Sensor CPU (user+sys) per operation, ns", "",
+    lines += ["", "### Sensor CPU time per operation, ns", "",
               "| workload | where | CPUs | " + " | ".join(LABELS[n] for n in names[1:]) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in names[1:]) + " |"]
     for name in WORKLOADS:
@@ -576,9 +612,15 @@ def report(results: dict, command: str) -> str:
               "| --- | --- | " + " | ".join("---" for _ in names[1:]) + " |"]
     for name in WORKLOADS:
         last = {n: runs[n, name, "container", "apart"][-1] for n in names[1:]}
-        cells = [f"{o.delivered:,}" + (f" (lost {o.lost:,})" if o.lost else "") if o.delivered is not None else "-"
-                 for o in last.values()]
+        cells = [f"{o.delivered:,}" + (f" (lost {o.lost:,})" if o.lost else "") if o.delivered is not None
+                 else "no record" for o in last.values()]
         lines.append(f"| {name} | {results['iterations'][name]:,} | " + " | ".join(cells) + " |")
+    if any(o.delivered is None for key, outcomes in runs.items() if key[0] != "none" and key[2] == "container"
+           for o in outcomes):
+        lines += ["", "No record: Mayfly wrote no exit record for that container. Its cgroup's creation or "
+                  "removal was among the events lost to a full ring buffer (counted in the sensor's `lost` "
+                  "records and its `stopped` totals), so the sensor never knew the container: the ring holds "
+                  "lifecycle events and bulk events alike."]
 
     redis = {n: statistics.median(results["redis"][n]) for n in names}
     lines += ["", "### redis-server in a container under redis-benchmark (SET and GET, 20 clients, "
@@ -591,7 +633,8 @@ def report(results: dict, command: str) -> str:
     lines += ["", "### Lossless maximum rate: a paced openat loop in a container, doubled until loss, then bisected",
               "", "Mayfly's full pipeline runs here with `--cgroup-rate 0` (its per-cgroup token bucket would be the "
               "first to drop, and count, a container's events). Lossless: for Mayfly, the container's exit record "
-              "counts nothing lost; for a peer, nothing counted lost and every iteration's openat and close seen.", "", "| sensor | lossless events/s |", "| --- | --- |"]
+              "counts nothing lost; for a peer, nothing counted lost and every iteration's openat and close "
+              "seen.", "", "| sensor | lossless iterations/s (an openat and a close each) |", "| --- | --- |"]
     for n, rate in rates.items():
         lines.append(f"| {LABELS[n]} | {rate:,.0f} |")
     lines += ["", "| sensor | offered/s | achieved/s | iterations | delivered | lost | lossless | sensor CPU ns/op |",
@@ -601,6 +644,13 @@ def report(results: dict, command: str) -> str:
             lines.append(f"| {s['sensor']} | {s['offered']:,} | {s['achieved']:,.0f} | {s['iterations']:,} | "
                          f"{s['delivered']} | {s['lost']} | {'yes' if s['lossless'] else 'no'} | "
                          f"{s['sensor_cpu_ns']:,.0f} |")
+
+    profile = results["profile"]
+    if profile["shares"]:
+        lines += ["", f"### Where the full pipeline's time goes when it loses events ({profile['rate']:,} openat/s offered)",
+                  "", "py-spy's samples of the sensor process (its busy ones: waiting is left out), by function, "
+                  "with what it calls:", "", "| function | share of busy samples |", "| --- | --- |"]
+        lines += [f"| `{name}` | {share:.0%} |" for name, share in profile["shares"].items()]
 
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.1f}x" if b else "unbounded (the peer lost events at every rate)"

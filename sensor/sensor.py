@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import threading
 import time
@@ -214,8 +216,7 @@ class Sensor:
 
     def set_rate_limit(self, rate: int, burst: int) -> None:
         """Events per second one cgroup may emit on average (0: no limit), and at once."""
-        entry = ProgramConfig(cgroup_rate=rate, cgroup_burst=burst, wakeup_every=self.config.wakeup_every
-                              ).kernel_config()
+        entry = dataclasses.replace(self.config, cgroup_rate=rate, cgroup_burst=burst).kernel_config()
         entry["self_tgid"] = os.getpid()
         maps.write_array(self.programs["config"], entry)
 

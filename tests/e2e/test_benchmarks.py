@@ -50,3 +50,32 @@ def test_engine_benchmark_quick_mode(tmp_path):
     for _, _, stream, rate, on_records, matches in rows:
         assert int(rate.replace(",", "")) > 0 and int(on_records.replace(",", "")) > 0
         assert (int(matches.replace(",", "")) > 0) is (stream == "match-heavy")
+
+
+def test_endtoend_benchmark_quick_mode(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from endtoend import LABELS, WORKLOADS  # the benchmark's own names for its sensors and workloads
+
+    report = quick("endtoend", tmp_path)
+    header = re.search(r"^\| workload \| where \| CPUs \| (.+) \|$", report, re.M).group(1).split(" | ")
+    assert header == list(LABELS.values())
+    for workload in WORKLOADS:
+        for where in ("host", "container"):
+            for placement in ("apart", "same CPU"):
+                cells = re.search(rf"^\| {workload} \| {where} \| {placement} \| (.+) \|$", report, re.M).group(1)
+                assert all(re.fullmatch(r"[\d,]+ \([\d.]+x\)", c) for c in cells.split(" | ")), cells
+    # The openat workload's container: Mayfly's full pipeline saw every operation; the
+    # peers saw its events (they may lose some, as may Mayfly emitting every event).
+    section = report[report.index("### Events delivered"):]
+    row = re.search(r"^\| openat \| ([\d,]+) \| (.+) \|$", section, re.M)
+    operations = int(row.group(1).replace(",", ""))
+    delivered = dict(zip(list(LABELS)[1:], row.group(2).split(" | ")))
+    assert int(delivered["full"].replace(",", "")) >= 2 * operations, row.group(0)  # each openat and close
+    assert int(delivered["bcc"].split()[0].replace(",", "")) > 0, row.group(0)
+    assert int(delivered["bpftrace"].split()[0].replace(",", "")) > 0, row.group(0)
+    rates = dict(re.findall(r"^\| (Mayfly, full pipeline[^|]*|BCC peer[^|]*|bpftrace peer[^|]*) \| ([\d,]+) \|$",
+                            report, re.M))
+    assert len(rates) == 3 and int(rates[LABELS["full"]].replace(",", "")) > 0, rates
+    assert re.search(r"requests/s of nothing attached \(target >= 0.9x: (met|missed)\)", report)
+    for plot in ("workload-cost.png", "lossless-rate.png", "redis.png"):
+        assert (tmp_path / "results" / plot).read_bytes()[:4] == b"\x89PNG"
