@@ -242,9 +242,9 @@ class SyscallTable:
                 fields["res"] = results[i]
             row = args[i]
             for name, kind, index, slot in self._plan(nr):
-                if slot is not None:
+                if slot is not None:  # cut at the record's end, as sent
                     start = i * width + slot * slot_len
-                    fields[name] = _decode_slot(kind, data[start:start + lengths[i][slot]])
+                    fields[name] = _decode_slot(kind, data[start:min(start + lengths[i][slot], (i + 1) * width)])
                 elif kind == "uint":
                     fields[name] = row[index] & 0xFFFFFFFF
                 elif kind == "u64":

@@ -6,7 +6,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from running import RunningSensor
+from sensor.testing.running import RunningSensor
 
 from sensor import read_stream
 from sensor.testing.containers import wait_until

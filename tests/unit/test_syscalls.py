@@ -132,3 +132,24 @@ def test_unknown_syscall_numbers_decode_to_their_number(table):
     e = np.zeros(1, layout.events().structs["mayfly_syscall_event"])[0]
     e["nr"], e["result"] = 499, -38
     assert table.decode_args(e) == {"type": "syscall_499", "res": -38}
+
+
+def test_decode_many_cuts_a_slot_at_its_own_record_end(table):
+    """A slot's length can run past what the kernel sent (an argv that spills into the
+    next slot, which a record without a third slot leaves out): decoding many records
+    at once must stop at each one's end, not read on into the next record."""
+    from sensor.testing.events import decoder, batch_of, syscall
+
+    # argv fills its slot to the record's end: no padding stops a string read past it
+    first = bytearray(syscall("execve", 0, pid=1, filename="/bin/a", argv=b"a\0" + b"x" * (C["MAYFLY_STR_LEN"] - 2)))
+    lengths = layout.events().structs["mayfly_syscall_event"].fields["slot_len"]
+    at, size = lengths[1] + lengths[0].base.itemsize, lengths[0].base.itemsize  # slot_len[1]
+    first[at:at + size] = (C["MAYFLY_STR_LEN"] * 2).to_bytes(size, "little")  # argv claims two slots
+    second = syscall("execve", 0, pid=2, ktime=6_000_000_000, filename="/bin/b",
+                     argv=b"b\0" + b"y" * (C["MAYFLY_STR_LEN"] - 2))
+    arrays, _ = decoder().split(batch_of(bytes(first), second))
+    (events,) = arrays["syscall"]
+    decoded = table.decode_many(events)
+    assert decoded[0]["argv"] == ["a", "x" * (C["MAYFLY_STR_LEN"] - 2)]
+    assert decoded[1]["argv"] == ["b", "y" * (C["MAYFLY_STR_LEN"] - 2)]
+    assert decoded == [table.decode_args(e) for e in events]
