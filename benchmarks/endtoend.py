@@ -617,10 +617,9 @@ def report(results: dict, command: str) -> str:
         lines.append(f"| {name} | {results['iterations'][name]:,} | " + " | ".join(cells) + " |")
     if any(o.delivered is None for key, outcomes in runs.items() if key[0] != "none" and key[2] == "container"
            for o in outcomes):
-        lines += ["", "No record: Mayfly wrote no exit record for that container. Its cgroup's creation or "
-                  "removal was among the events lost to a full ring buffer (counted in the sensor's `lost` "
-                  "records and its `stopped` totals), so the sensor never knew the container: the ring holds "
-                  "lifecycle events and bulk events alike."]
+        lines += ["", "No record: Mayfly wrote no exit record for that container: its cgroup's creation or "
+                  "removal was lost with both the ring buffer and the spill ring kept for lifecycle events full "
+                  "(counted in the sensor's `lost` records and its `stopped` totals)."]
 
     redis = {n: statistics.median(results["redis"][n]) for n in names}
     lines += ["", "### redis-server in a container under redis-benchmark (SET and GET, 20 clients, "

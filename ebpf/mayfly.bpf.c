@@ -17,7 +17,7 @@
 #include <linux/socket.h>
 #include "events.h"
 
-#if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_MAX_PROCS) || !defined(MAYFLY_MAX_PENDING) || \
+#if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_SPILL_PAGES) || !defined(MAYFLY_MAX_PROCS) || !defined(MAYFLY_MAX_PENDING) || \
     !defined(MAYFLY_MAX_CGROUPS) || !defined(MAYFLY_MAX_FDS) || !defined(MAYFLY_MAX_FLOWS) || \
     !defined(MAYFLY_COUNT_SLOTS) || !defined(MAYFLY_COUNT_SYSCALLS) || !defined(MAYFLY_PENDING_SLOTS)
 #error "the loader's cflags must set every MAYFLY_* size"
@@ -30,6 +30,9 @@
 #define NTOHS(x) __builtin_bswap16(x) /* BCC compiles for the (little-endian) host */
 
 BPF_RINGBUF_OUTPUT(events, MAYFLY_RINGBUF_PAGES);
+/* Lifecycle events (cgroups, forks, exits, execs) that found `events` full: without
+ * them user space would lose track of containers and processes while one floods. */
+BPF_RINGBUF_OUTPUT(spill, MAYFLY_SPILL_PAGES);
 BPF_ARRAY(config, struct mayfly_config, 1);
 BPF_ARRAY(syscall_specs, struct mayfly_syscall_spec, MAYFLY_MAX_SYSCALLS);
 BPF_PERCPU_ARRAY(stats, u64, MAYFLY_STAT_COUNT);
@@ -393,7 +396,8 @@ static __always_inline void send_syscall(struct mayfly_syscall_event *e, struct 
     if (size > sizeof(*e))
         size = sizeof(*e);
     e->hdr.size = size;
-    if (events.ringbuf_output(e, size, wakeup_flags(cfg, urgent)))
+    u64 flags = wakeup_flags(cfg, urgent);
+    if (events.ringbuf_output(e, size, flags) && (!urgent || spill.ringbuf_output(e, size, flags)))
         count_ring_lost(MAYFLY_KINDS_MAX + (e->nr & (MAYFLY_MAX_SYSCALLS - 1)), e->hdr.cgroup_id, cfg);
 }
 
@@ -629,6 +633,8 @@ TRACEPOINT_PROBE(task, task_newtask)
     if (!cfg || parent == cfg->self_tgid || !admit(cgroup_id, cfg))
         return 0;
     struct mayfly_fork_event *e = events.ringbuf_reserve(sizeof(*e));
+    if (!e)
+        e = spill.ringbuf_reserve(sizeof(*e));
     if (!e) {
         count_ring_lost(MAYFLY_EVENT_FORK, cgroup_id, cfg);
         return 0;
@@ -690,6 +696,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     struct mayfly_config *cfg = get_config();
     if (cfg && tgid != cfg->self_tgid && admit(cgroup_id, cfg)) {
         struct mayfly_exit_event *e = events.ringbuf_reserve(sizeof(*e));
+        if (!e)
+            e = spill.ringbuf_reserve(sizeof(*e));
         if (e) {
             fill_header(&e->hdr, MAYFLY_EVENT_EXIT, sizeof(*e), pid_tgid, cgroup_id);
             e->exit_code = code;
@@ -712,6 +720,8 @@ static __always_inline void send_cgroup(u32 op, int root, int level, u64 id, con
         return;
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_cgroup_event *e = events.ringbuf_reserve(sizeof(*e));
+    if (!e)
+        e = spill.ringbuf_reserve(sizeof(*e));
     if (!e) {
         count_ring_lost(MAYFLY_EVENT_CGROUP, cgroup_id, cfg);
         return;

@@ -49,6 +49,7 @@ def import_bcc():
 @dataclass(frozen=True)
 class ProgramConfig:
     ringbuf_pages: int = 1024     # 4 MiB with 4 KiB pages; a power of two
+    spill_pages: int = 64         # lifecycle events that find the main ring full (1,000 or more)
     cgroup_rate: int = 50_000     # events/s one cgroup may emit on average; 0: no limit
     cgroup_burst: int = 100_000   # events one cgroup may emit at once
     wakeup_every: int = 512       # wake user space every N records per CPU (and at once for lifecycle)
@@ -63,7 +64,7 @@ class ProgramConfig:
     count_slots: int = 1024       # cgroups counted at once (2 KiB per CPU each)
 
     def __post_init__(self):
-        for name in ("ringbuf_pages", "pending_slots"):
+        for name in ("ringbuf_pages", "spill_pages", "pending_slots"):
             value = getattr(self, name)
             if value <= 0 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, not {value}")
@@ -73,7 +74,7 @@ class ProgramConfig:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
 
     def cflags(self, tracepoint_defines: list[str] = ()) -> list[str]:
-        sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending,
+        sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "SPILL_PAGES": self.spill_pages, "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending,
                  "PENDING_SLOTS": self.pending_slots,
                  "MAX_CGROUPS": self.max_cgroups, "MAX_FDS": self.max_fds, "MAX_FLOWS": self.max_flows,
                  "COUNT_SLOTS": self.count_slots, "COUNT_SYSCALLS": int(self.count_syscalls),

@@ -71,6 +71,8 @@ class Sensor:
         self.ruleset: rule_loader.RuleSet | None = None
         self.programs: Programs | None = None
         self._ring: RingReader | None = None
+        self._spill: RingReader | None = None
+        self._spilled: list[tuple[str, np.ndarray]] = []  # spill ring events waiting for the main ring
         self._stopped = False
         self._delivered: Counter = Counter()
         self._emitted = 0
@@ -112,8 +114,9 @@ class Sensor:
             self.decoder = Decoder(self.table, self.cgroups, self.processes, self.clock)
             self.reports = KernelReports(self.programs, self.table, self.cgroups, self.clock,
                                          counting=self.config.count_syscalls)
-            ring = self.programs["events"]
+            ring, spill = self.programs["events"], self.programs["spill"]
             self._ring = RingReader(ring.map_fd, ring.max_entries)
+            self._spill = RingReader(spill.map_fd, spill.max_entries, batch_bytes=spill.max_entries)
         except BaseException:
             if getattr(self, "cgroups", None) is not None:
                 self.cgroups.stop_watching()
@@ -236,7 +239,8 @@ class Sensor:
         """Nothing unread in the ring buffer and no records held for a container's
         identity: everything the kernel committed so far has been dispatched (once the
         poll under way, if any, returns). Safe to read from any thread."""
-        return self._ring is not None and not self._ring.pending() and not self.cgroups.pending
+        return (self._ring is not None and not self._ring.pending() and not self._spill.pending()
+                and not self._spilled and not self.cgroups.pending)
 
     def stop(self) -> None:
         """Ask a `for record in sensor` loop to end after the current poll."""
@@ -253,6 +257,7 @@ class Sensor:
             timeout_ms = min(timeout_ms, PENDING_RETRY_MS)
         self._ring.wait(timeout_ms / 1000)
         arrays, unknown = self.decoder.split(self._ring.drain())
+        unknown += self._take_spilled(arrays)
         self._delivered.update({kind: sum(map(len, groups)) for kind, groups in arrays.items()})
         self.decoder.apply_cgroups(arrays, removals=False)
         # Identities before anything else: a short-lived container's runtime state may
@@ -286,6 +291,28 @@ class Sensor:
         self._take_hosts()
         self._dispatch(batch)
         return batch
+
+    def _take_spilled(self, arrays: dict[str, list[np.ndarray]]) -> int:
+        """Add to a batch's arrays the lifecycle events that went to the spill ring, once
+        the main ring has been read up to their time: a container's removal comes after
+        its last events. Returns how many spilled records were of unknown kinds."""
+        unknown = 0
+        if self._spill.pending():
+            spilled, unknown = self.decoder.split(self._spill.drain())
+            self._spilled += [(kind, events.copy()) for kind, groups in spilled.items() for events in groups]
+        if not self._spilled:
+            return unknown
+        drained = [events["hdr"]["ktime_ns"].max() for groups in arrays.values() for events in groups if len(events)]
+        watermark = max(drained, default=0) if self._ring.pending() else np.iinfo(np.uint64).max
+        kept = []
+        for kind, events in self._spilled:
+            due = events["hdr"]["ktime_ns"] <= watermark
+            if due.any():
+                arrays.setdefault(kind, []).append(events[due])
+            if not due.all():
+                kept.append((kind, events[~due]))
+        self._spilled = kept
+        return unknown
 
     def _split_held(self, groups: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Syscall arrays split into the events of cgroups whose records go out now and
@@ -329,7 +356,7 @@ class Sensor:
             return
         for _ in range(1024):  # what is still in the ring buffer (bounded: a stuck record stays)
             self.poll(0)
-            if not self._ring.pending():
+            if not self._ring.pending() and not self._spill.pending() and not self._spilled:
                 break
         final = self._matched(self.cgroups.flush()) + self._reports()
         final.append(records.new("sensor", self.clock.now(), state="stopped",
@@ -342,7 +369,8 @@ class Sensor:
         self._dispatch(final)
         self.cgroups.stop_watching()
         self._ring.close()
-        self._ring = None
+        self._spill.close()
+        self._ring = self._spill = None
         self.programs.close()
         self.programs = None
         for sink in self.sinks:

@@ -135,6 +135,33 @@ def test_a_full_ring_buffer_loses_nothing_unaccounted(fire):
     assert lost and all(r["types"] for r in lost)
 
 
+
+def test_lifecycle_events_outlive_a_full_ring_buffer(fire):
+    """One cgroup floods a one-page ring while nothing polls; another cgroup made, used
+    and removed meanwhile keeps its whole lifecycle (its creation and removal, its
+    process's exec and exit): those go to the spill ring, and only the flood loses."""
+    seen = []
+    types = ["openat", "execve", "procexit", "cgroup_mkdir", "cgroup_rmdir"]
+    with Sensor(config=ProgramConfig(ringbuf_pages=1, cgroup_rate=0, flows=False), rules=[],
+                emit_events=types, on_record=seen.append) as small:
+        with own_cgroup() as (flood, _):
+            run_in_cgroup(flood, [fire, "openat", str(N * 10)])  # fills the ring
+            path = os.path.join(host.cgroup2_root(), f"mayfly-test-{uuid.uuid4().hex[:8]}")
+            subprocess.run(["/bin/mkdir", path], check=True)  # another process: the sensor's own are not seen
+            cgroup_id = host.cgroup_id(path)
+            try:
+                run_in_cgroup(path, [fire, "getppid", "1"])
+            finally:
+                subprocess.run(["/bin/rmdir", path], check=True)
+            drain(small)
+    lost = [r for r in seen if r["kind"] == "lost" and r["reason"] == "ring_full"]
+    assert lost and set().union(*(r["types"] for r in lost)) == {"openat"}  # only the flood's
+    mine = [r for r in events(seen) if r["container"]["cgroup_id"] == cgroup_id]
+    assert [r["evt"]["type"] for r in mine] == ["execve", "procexit"]
+    made = [r for r in events(seen) if r["evt"]["type"] in ("cgroup_mkdir", "cgroup_rmdir")
+            and r["evt"]["id"] == cgroup_id]
+    assert [r["evt"]["type"] for r in made] == ["cgroup_mkdir", "cgroup_rmdir"]
+
 THREADS_SCRIPT = """
 import socket, threading
 server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
@@ -182,7 +209,7 @@ def test_counter_slots_are_recycled_and_overflow_is_counted(fire):
             (path,) = make(1)
             run_in_cgroup(path, [fire, "getppid", str(N)])
             cgroup_id = host.cgroup_id(path)
-            subprocess.run(["rmdir", path], check=True)
+            subprocess.run(["/bin/rmdir", path], check=True)
             drain(small)  # the rmdir: the row is given back after the next report
             (record,) = [r for r in small.report() if r.get("container", {}).get("cgroup_id") == cgroup_id]
             assert record["counts"]["getppid"] == N
