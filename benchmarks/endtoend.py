@@ -522,43 +522,30 @@ def plot(results: dict) -> list[str]:
     plots = Path(results["output"]).parent / "results"
     plots.mkdir(parents=True, exist_ok=True)
     runs = results["runs"]
-    written = []
-    fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(4 * len(WORKLOADS), 4))
-    for ax, name in zip(axes, WORKLOADS):
-        labels, values = [], []
-        for sensor in SENSORS:
-            labels.append(sensor.label.replace(", ", "\n"))
-            values.append(median(runs[sensor.name, name, "container", "apart"], "ns_per_op") / 1000)
+
+    def bars(ax, labels: list[str], values: list[float], title: str) -> None:
         ax.barh(labels, values)
-        ax.set_title(f"{name} in a container (us per operation)")
+        ax.set_title(title, fontsize=9)
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(plots / "workload-cost.png", dpi=90)
-    written.append("results/workload-cost.png")
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3))
-    names = list(results["capacity"])
-    ax.barh([LABELS[n] for n in names], [lossless(results["capacity"][n]) for n in names])
-    ax.set_xlabel("lossless openat/close iterations/s (paced loop in a container)")
-    ax.invert_yaxis()
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(plots / "lossless-rate.png", dpi=90)
-    written.append("results/lossless-rate.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.barh([s.label for s in SENSORS], [statistics.median(results["redis"][s.name]) for s in SENSORS])
-    ax.set_xlabel("redis-benchmark requests/s (SET and GET)")
-    ax.invert_yaxis()
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(plots / "redis.png", dpi=90)
-    written.append("results/redis.png")
-    plt.close(fig)
-    return written
+    charts = {"workload-cost.png": plt.subplots(1, len(WORKLOADS), figsize=(4 * len(WORKLOADS), 4)),
+              "lossless-rate.png": plt.subplots(figsize=(6, 3)),
+              "redis.png": plt.subplots(figsize=(6, 3))}
+    for ax, name in zip(charts["workload-cost.png"][1], WORKLOADS):
+        bars(ax, [s.label.replace(", ", "\n") for s in SENSORS],
+             [median(runs[s.name, name, "container", "apart"], "ns_per_op") / 1000 for s in SENSORS],
+             f"{name} in a container (us per operation)")
+    capacity = results["capacity"]
+    bars(charts["lossless-rate.png"][1], [LABELS[n] for n in capacity], [lossless(capacity[n]) for n in capacity],
+         "lossless openat/close iterations/s (paced loop in a container)")
+    bars(charts["redis.png"][1], [s.label for s in SENSORS],
+         [statistics.median(results["redis"][s.name]) for s in SENSORS], "redis-benchmark requests/s (SET and GET)")
+    for file, (fig, _) in charts.items():
+        fig.tight_layout()
+        fig.savefig(plots / file, dpi=90)
+        plt.close(fig)
+    return [f"results/{file}" for file in charts]
 
 
 def report(results: dict, command: str) -> str:
