@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import threading
 import time
@@ -256,8 +255,10 @@ class Sensor:
             # remove it a few ms after its exec: look again soon, not at the next event.
             timeout_ms = min(timeout_ms, PENDING_RETRY_MS)
         self._ring.wait(timeout_ms / 1000)
-        arrays, unknown = self.decoder.split(self._ring.drain())
-        unknown += self._take_spilled(arrays)
+        unknown = self._keep_spilled()
+        arrays, more = self.decoder.split(self._ring.drain())
+        unknown += more
+        self._release_spilled(arrays)
         self._delivered.update({kind: sum(map(len, groups)) for kind, groups in arrays.items()})
         self.decoder.apply_cgroups(arrays, removals=False)
         # Identities before anything else: a short-lived container's runtime state may
@@ -292,16 +293,21 @@ class Sensor:
         self._dispatch(batch)
         return batch
 
-    def _take_spilled(self, arrays: dict[str, list[np.ndarray]]) -> int:
-        """Add to a batch's arrays the lifecycle events that went to the spill ring, once
-        the main ring has been read up to their time: a container's removal comes after
-        its last events. Returns how many spilled records were of unknown kinds."""
-        unknown = 0
-        if self._spill.pending():
-            spilled, unknown = self.decoder.split(self._spill.drain())
-            self._spilled += [(kind, events.copy()) for kind, groups in spilled.items() for events in groups]
+    def _keep_spilled(self) -> int:
+        """Copy out what the spill ring holds, before the main ring's split reuses the
+        decoder's buffers. Returns how many spilled records were of unknown kinds."""
+        if not self._spill.pending():
+            return 0
+        spilled, unknown = self.decoder.split(self._spill.drain())
+        self._spilled += [(kind, events.copy()) for kind, groups in spilled.items() for events in groups]
+        return unknown
+
+    def _release_spilled(self, arrays: dict[str, list[np.ndarray]]) -> None:
+        """Add to a batch's arrays the spilled lifecycle events of no later time than
+        what the main ring has given so far: a container's removal comes after its last
+        events."""
         if not self._spilled:
-            return unknown
+            return
         drained = [events["hdr"]["ktime_ns"].max() for groups in arrays.values() for events in groups if len(events)]
         watermark = max(drained, default=0) if self._ring.pending() else np.iinfo(np.uint64).max
         kept = []
@@ -312,7 +318,6 @@ class Sensor:
             if not due.all():
                 kept.append((kind, events[~due]))
         self._spilled = kept
-        return unknown
 
     def _split_held(self, groups: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Syscall arrays split into the events of cgroups whose records go out now and

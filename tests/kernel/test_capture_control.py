@@ -144,7 +144,7 @@ def test_lifecycle_events_outlive_a_full_ring_buffer(fire):
     types = ["openat", "execve", "procexit", "cgroup_mkdir", "cgroup_rmdir"]
     with Sensor(config=ProgramConfig(ringbuf_pages=1, cgroup_rate=0, flows=False), rules=[],
                 emit_events=types, on_record=seen.append) as small:
-        with own_cgroup() as (flood, _):
+        with own_cgroup() as (flood, flood_id):
             run_in_cgroup(flood, [fire, "openat", str(N * 10)])  # fills the ring
             path = os.path.join(host.cgroup2_root(), f"mayfly-test-{uuid.uuid4().hex[:8]}")
             subprocess.run(["/bin/mkdir", path], check=True)  # another process: the sensor's own are not seen
@@ -156,11 +156,17 @@ def test_lifecycle_events_outlive_a_full_ring_buffer(fire):
             drain(small)
     lost = [r for r in seen if r["kind"] == "lost" and r["reason"] == "ring_full"]
     assert lost and set().union(*(r["types"] for r in lost)) == {"openat"}  # only the flood's
+    # The flood's own records are whole beside the spilled ones: delivered + lost = made.
+    flooded = [r for r in events(seen) if r["container"]["cgroup_id"] == flood_id]
+    lost_there = sum(c["count"] for r in lost for c in r["cgroups"] if c["container"]["cgroup_id"] == flood_id)
+    assert len(flooded) + lost_there == 1 + N * 10 + 1  # exec, the opens, exit
+    assert {r["evt"]["name"] for r in flooded if r["evt"]["type"] == "openat"} == {"/tmp/f-openat"}
     mine = [r for r in events(seen) if r["container"]["cgroup_id"] == cgroup_id]
     assert [r["evt"]["type"] for r in mine] == ["execve", "procexit"]
     made = [r for r in events(seen) if r["evt"]["type"] in ("cgroup_mkdir", "cgroup_rmdir")
             and r["evt"]["id"] == cgroup_id]
     assert [r["evt"]["type"] for r in made] == ["cgroup_mkdir", "cgroup_rmdir"]
+
 
 THREADS_SCRIPT = """
 import socket, threading
