@@ -28,18 +28,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sensor import resources, rule_loader, syscalls  # noqa: E402
+from sensor import layout, resources, rule_loader, syscalls  # noqa: E402
 from sensor.bpf_program import import_bcc  # noqa: E402
 from sensor.engine import event_types  # noqa: E402
 from sensor.evaluate import evaluate  # noqa: E402
 
-PATH_MAX = 256
+PATH_LEN = layout.events().constants["MAYFLY_STR_LEN"]  # bytes of a path read: as much as Mayfly reads
 PROGRAM = """
 #include <uapi/linux/ptrace.h>
 
 struct entry {
     u64 args[6];
-    char path[PATH_MAX];
+    char path[PATH_LEN];
 };
 struct event {
     u64 cgroup_id;
@@ -47,7 +47,7 @@ struct event {
     s64 nr, ret;
     u64 args[6];
     char comm[16];
-    char path[PATH_MAX];
+    char path[PATH_LEN];
 };
 
 BPF_ARRAY(path_arg, s32, 512);   /* per syscall number: -1 not captured, 6 no path, else its index */
@@ -123,7 +123,7 @@ def main() -> None:
                for name in table.syscalls}
 
     bcc = import_bcc()
-    bpf = bcc.BPF(text=PROGRAM.replace("PATH_MAX", str(PATH_MAX)))
+    bpf = bcc.BPF(text=PROGRAM, cflags=[f"-DPATH_LEN={PATH_LEN}"])
     path_arg = bpf[b"path_arg"]
     for nr in range(512):
         path_arg[ctypes.c_int(nr)] = ctypes.c_int(covered.get(nr, -1))

@@ -53,6 +53,7 @@ from sensor.testing.running import RunningSensor  # noqa: E402
 
 import bcc_peer  # noqa: E402
 from report import machine, main  # noqa: E402
+from ringbuf import prog_stats  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD_CPU, SENSOR_CPU = 0, 1
@@ -114,12 +115,6 @@ class Session:
     summary: dict = field(default_factory=dict)
 
 
-def build_load(workdir: str) -> str:
-    binary = os.path.join(workdir, "load")
-    subprocess.run(["gcc", "-static", "-O2", "-o", binary, str(HERE / "load.c")], check=True)
-    return binary
-
-
 def cpu_ns(pid: int | None) -> int:
     """CPU time a process's threads have had so far, in ns (0 without one): the
     scheduler's own count, finer than /proc/PID/stat's clock ticks."""
@@ -141,14 +136,11 @@ def bpf_stats(pid: int) -> tuple[int, int]:
     time_ns = runs = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = dict(re.findall(r"^(run_time_ns|run_cnt):\s+(\d+)", f.read(), re.M))
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf-prog":
+                program_ns, program_runs = prog_stats(fd, pid)
+                time_ns, runs = time_ns + program_ns, runs + program_runs
         except FileNotFoundError:
-            continue
-        time_ns += int(info.get("run_time_ns", 0))
-        runs += int(info.get("run_cnt", 0))
+            continue  # an fd closed meanwhile
     return time_ns, runs
 
 
@@ -196,11 +188,11 @@ class Bench:
     def __init__(self, quick: bool):
         self.quick = quick
         self.workdir = Path(tempfile.mkdtemp(prefix="mayfly-endtoend-"))
-        self.load = build_load(str(self.workdir))
         self.rig = ContainerRig()
-        self.types = self.coverage()
+        self.load = self.rig.compile_static("load", (HERE / "load.c").read_text())  # static: runs in containers too
         self.empty_rules = self.workdir / "no-rules.yaml"
         self.empty_rules.write_text("[]\n")
+        self.types = self.coverage()
         self.iterations = {w: max(n // (20 if quick else 1), 10) for w, n in WORKLOADS.items()}
         self.rounds = 1 if quick else 3
 
@@ -228,8 +220,8 @@ class Bench:
             def stop():
                 running.stop()
                 kept = []  # what the harness reads: not the events, which can fill gigabytes
-                for path in sorted(directory.glob("records.msgpack*"), key=lambda p: -int(p.suffix[1:] or 0)
-                                   if p.suffix != ".msgpack" else 0):
+                rotated = sorted(directory.glob("records.msgpack.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
+                for path in [*rotated, output]:
                     with open(path, "rb") as f:
                         kept += [r for r in records.read_stream(f) if r["kind"] in ("container", "sensor", "lost")]
                 return {"records": kept}

@@ -436,9 +436,10 @@ def ctypes_struct(dtype: np.dtype) -> type:
     return type("Event", (ctypes.Structure,), {"_fields_": [(n, ctype(dtype.fields[n][0])) for n in dtype.names]})
 
 
-def prog_stats(fd: int) -> tuple[int, int]:
-    """A program's (run_time_ns, run_cnt), kept while kernel.bpf_stats_enabled is 1."""
-    with open(f"/proc/self/fdinfo/{fd}") as f:
+def prog_stats(fd: int | str, pid: int | str = "self") -> tuple[int, int]:
+    """A program's (run_time_ns, run_cnt), by its fd in a process (this one by default),
+    kept while kernel.bpf_stats_enabled is 1."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
         info = dict(re.findall(r"(\w+):\s+(\S+)", f.read()))
     return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
 

@@ -17,8 +17,8 @@
 #include <linux/socket.h>
 #include "events.h"
 
-#if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_SPILL_PAGES) || !defined(MAYFLY_MAX_PROCS) || !defined(MAYFLY_MAX_PENDING) || \
-    !defined(MAYFLY_MAX_CGROUPS) || !defined(MAYFLY_MAX_FDS) || !defined(MAYFLY_MAX_FLOWS) || \
+#if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_SPILL_PAGES) || !defined(MAYFLY_MAX_PROCS) || \
+    !defined(MAYFLY_MAX_PENDING) || !defined(MAYFLY_MAX_CGROUPS) || !defined(MAYFLY_MAX_FDS) || !defined(MAYFLY_MAX_FLOWS) || \
     !defined(MAYFLY_COUNT_SLOTS) || !defined(MAYFLY_COUNT_SYSCALLS) || !defined(MAYFLY_PENDING_SLOTS)
 #error "the loader's cflags must set every MAYFLY_* size"
 #endif

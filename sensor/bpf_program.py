@@ -74,8 +74,8 @@ class ProgramConfig:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
 
     def cflags(self, tracepoint_defines: list[str] = ()) -> list[str]:
-        sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "SPILL_PAGES": self.spill_pages, "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending,
-                 "PENDING_SLOTS": self.pending_slots,
+        sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "SPILL_PAGES": self.spill_pages,
+                 "MAX_PROCS": self.max_procs, "MAX_PENDING": self.max_pending, "PENDING_SLOTS": self.pending_slots,
                  "MAX_CGROUPS": self.max_cgroups, "MAX_FDS": self.max_fds, "MAX_FLOWS": self.max_flows,
                  "COUNT_SLOTS": self.count_slots, "COUNT_SYSCALLS": int(self.count_syscalls),
                  "EXPECTED_SCHEMA": EXPECTED_SCHEMA}

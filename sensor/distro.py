@@ -49,8 +49,9 @@ class Distro:
 
     def bench_packages(self) -> list[str]:
         """What the benchmarks add (`make bench`, and `make test`, which runs their quick
-        mode): the bpftrace peer, and redis for an application workload. Debian starts redis-server's own service when
-        it installs it; the benchmarks run an instance of their own on another port."""
+        mode): the bpftrace peer, and redis for an application workload. Debian starts
+        redis-server's own service when it installs it; the benchmarks run their own
+        instance on another port."""
         if self.family == "debian":
             return ["bpftrace", "redis-server", "redis-tools"]
         if self.family == "fedora":

@@ -172,7 +172,7 @@ class FdTable:
         if kind in ("accept", "accept4"):
             if res >= 0 and current is not None:
                 accepted = current._replace(name="", remote=evt.get("addr"), role="server",
-                                   cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
+                                            cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
                 self._put(pid, res, accepted)
                 return accepted.as_record(res)
             return current.as_record(number) if current else None

@@ -183,7 +183,7 @@ class SyscallTable:
             return cls(parse_unistd(f.read()))
 
     def name(self, nr: int) -> str:
-        return self.names.get(nr, f"syscall_{nr}")
+        return self.names.get(nr) or f"syscall_{nr}"
 
     def specs(self, wanted: set[str], results: set[str]) -> np.ndarray:
         """The `syscall_specs` map's contents: capture what is in `wanted` (plus the
@@ -237,7 +237,7 @@ class SyscallTable:
         slot_len = layout.events().constants["MAYFLY_STR_LEN"]
         result = []
         for i, nr in enumerate(nrs):
-            fields = {"type": self.names.get(nr) or self.name(nr)}
+            fields = {"type": self.name(nr)}
             if not flags[i] & _NO_RESULT:
                 fields["res"] = results[i]
             row = args[i]
@@ -270,11 +270,6 @@ class SyscallTable:
                                       for index, (name, kind) in enumerate(syscall.args if syscall else ())
                                       if index in slot_of or kind in _NUMBER_TYPES]
             return plan
-
-
-def _signed32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
 
 
 def _decode_slot(kind: str, value: bytes):
