@@ -77,7 +77,8 @@ class Alerts:
         skip = set(map(id, seen))
         events = [record for record in batch if record["kind"] == "event" and id(record) not in skip]
         found = [(events[i], name) for i, name in self.engine.match(events)]
-        found += [(rows[a].record(i), name) for a, i, name in self.engine.match_rows(rows)]
+        names = self.engine.program.names
+        found += [(rows[a].record(i), names[r]) for a, i, r in self.engine.match_rows(rows).tolist()]
         found.sort(key=lambda match: match[0]["ts"])  # stable: an event's rules stay in rule order
         matched: dict[int, tuple[Record, list[tuple[str, int | None]]]] = {}
         for record, name in found:

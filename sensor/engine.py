@@ -64,9 +64,33 @@ def rule_types(conditions) -> frozenset[str] | None:
     return None if any(t is None for t in types) else frozenset().union(*types)
 
 
+def conjuncts(node) -> list:
+    """The items a condition is the `and` of (itself when it is not an `and`)."""
+    if isinstance(node, And):
+        return [c for item in node.items for c in conjuncts(item)]
+    return [node]
+
+
+def _fields_read(node) -> set[str]:
+    if isinstance(node, (And, Or)):
+        return set().union(*map(_fields_read, node.items))
+    if isinstance(node, Not):
+        return _fields_read(node.item)
+    return {node.field}
+
+
 @dataclass
 class Program:
-    """A rule set compiled: rule r's code is code[rule_code[r]:rule_code[r + 1]]."""
+    """A rule set compiled: rule r's code is code[rule_code[r]:rule_code[r + 1]].
+
+    A conjunct of a rule that reads one field only (a term: `fd.name startswith /etc`,
+    `not proc.name in (...)`, `(fd.name = a or fd.name glob b)`) is true or false for
+    each of that field's values, whatever else the event holds. So per field value the
+    engine keeps the rules that one of their terms rules out (a bit per rule), and an
+    event's candidates are the rules of its type that none of its values rules out:
+    a few word operations per field, however many rules there are. A candidate whose
+    conjuncts are all terms matches; the others run their code.
+    term t's code is code[term_code[t]:term_code[t + 1]]."""
     names: list[str]
     fields: list[str]               # field names as conditions write them; TYPE_FIELD first
     checks: list[Check]             # distinct checks
@@ -75,6 +99,14 @@ class Program:
     rule_code: np.ndarray           # int32 [rules + 1]
     types: list[frozenset[str] | None]
     rule_fields: list[frozenset[int]]
+    term_field: np.ndarray          # int32, per term: the field it reads
+    term_code: np.ndarray           # int32 [terms + 1]
+    term_rules: np.ndarray          # uint64 [terms, words]: the rules that have the term
+    exact: np.ndarray               # bool, per rule: all its conjuncts are terms
+
+    @property
+    def words(self) -> int:
+        return max(1, -(-len(self.names) // 64))
 
     @classmethod
     def compile(cls, conditions: dict[str, object]) -> Program:
@@ -106,11 +138,32 @@ class Program:
             emit(condition, used)
             rule_fields.append(frozenset(used))
         starts.append(len(code))
+        terms: dict[tuple[str, object], list[int]] = {}
+        exact = []
+        for r, condition in enumerate(conditions.values()):
+            items = conjuncts(condition)
+            found = [(item, _fields_read(item)) for item in items]
+            # Fields read per record are not read before the rules run: not terms.
+            single = [(read.pop(), item) for item, read in found
+                      if len(read) == 1 and evaluate.field_of(next(iter(read)))[0].part != "record"]
+            for key in single:
+                terms.setdefault(key, []).append(r)
+            exact.append(len(single) == len(items))
+        words = max(1, -(-len(conditions) // 64))
+        term_code, term_rules = [], np.zeros((len(terms), words), np.uint64)
+        for t, ((_, item), rules) in enumerate(terms.items()):
+            term_code.append(len(code))
+            emit(item, set())
+            for r in rules:
+                term_rules[t, r // 64] |= np.uint64(1 << (r % 64))
+        term_code.append(len(code))
         ordered = sorted(checks, key=checks.get)
         return cls(names=list(conditions), fields=fields, checks=ordered,
                    check_field=np.array([fields.index(c.field) for c in ordered], np.int32),
                    code=np.array(code, np.int32).reshape(-1, 2), rule_code=np.array(starts, np.int32),
-                   types=[event_types(c) for c in conditions.values()], rule_fields=rule_fields)
+                   types=[event_types(c) for c in conditions.values()], rule_fields=rule_fields,
+                   term_field=np.array([fields.index(field) for field, _ in terms], np.int32),
+                   term_code=np.array(term_code, np.int32), term_rules=term_rules, exact=np.array(exact, np.bool_))
 
 
 class _Values:
@@ -149,9 +202,7 @@ class _Part:
         start = self.size
         end = self.size = start + len(keys)
         if end > self.table.shape[0]:
-            grown = np.zeros((max(2 * self.table.shape[0], end), len(self.fields)), np.int32)
-            grown[:start] = self.table[:start]
-            self.table = grown
+            self.table = _grown(self.table, 0, end)
         self.table[start:end] = ids
         rows = np.arange(start, end, dtype=np.int64)
         _insert(self.rows, keys, rows)
@@ -166,19 +217,26 @@ class Engine:
         self.program = p = Program.compile(conditions)
         self._getters = [evaluate.field_of(name) for name in p.fields]
         self._values = [_Values() for _ in p.fields]
-        self._done = [0] * len(p.fields)  # per field: value ids whose checks are in the table
+        self._done = [0] * len(p.fields)  # per field: value ids whose checks are in the tables
         self._checks_of = [np.flatnonzero(p.check_field == f) for f in range(len(p.fields))]
         self._table = np.zeros((len(p.checks), 1024), np.uint8)
+        self._terms_of = [np.flatnonzero(p.term_field == f).astype(np.int32) for f in range(len(p.fields))]
+        self._term_fields = np.array([f for f in range(len(p.fields)) if len(self._terms_of[f])], np.int32)
+        # Per value of a field with terms: the rules it rules out, at row fail_base[f] + value id.
+        self._fail_base = np.zeros(len(p.fields), np.int64)
+        self._fail_rows = [0] * len(p.fields)  # rows each field has
+        self._fails = np.zeros((0, p.words), np.uint64)
         part_of = [getter[0].part for getter in self._getters]
         self._parts = {part: _Part([f for f in range(len(p.fields)) if part_of[f] == part]) for part in PARTS}
         self._per_record = [f for f in range(len(p.fields)) if part_of[f] == "record"]
         self._index_types = 0  # type ids the index covers
-        self._index_start = np.zeros(1, np.int32)
-        self._index_rules = np.zeros(0, np.int32)
+        self._type_rules = np.zeros((1, p.words), np.uint64)  # per type id: the rules of that type
         self.seconds = {"read": 0.0, "evaluate": 0.0}  # where match() spends its time, in total
         # Compiled (or loaded from Numba's cache) now: at the first batch it would stall
         # a sensor that has short-lived containers to name.
         self._run(np.zeros((0, 1), np.int32), np.zeros(0, np.int64), np.zeros(0, np.bool_))
+        _fill_fails(self._fails, 0, 0, 0, np.zeros(0, np.int32), p.code, p.term_code, p.term_rules, p.check_field,
+                    self._table)
         _known(np.zeros(0, np.uint64), self._parts["evt"].rows, np.zeros(0, np.int64))
         _insert(self._parts["evt"].rows, np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
@@ -196,15 +254,15 @@ class Engine:
         self._extend_index()
         for f in range(1, len(p.fields)):
             self._read_field(f, ids, records.__getitem__)
-        return self._evaluate(ids, started)
+        return [(i, p.names[r]) for i, r in self._evaluate(ids, started).tolist()]
 
-    def match_rows(self, batch: Sequence[Rows]) -> list[tuple[int, int, str]]:
-        """(array, row, rule name) of every match of a batch's syscall arrays, in array
-        and row order, then rule order."""
+    def match_rows(self, batch: Sequence[Rows]) -> np.ndarray:
+        """(array, row, rule index in program.names) of every match of a batch's syscall
+        arrays, in array and row order, then rule order: int64 [matches, 3]."""
         p = self.program
-        found: list[tuple[int, int, str]] = []
+        found = [np.zeros((0, 3), np.int64)]
         if not p.names:
-            return found
+            return found[0]
         self._parts["container"].clear()  # a container's identity is filled in in place
         for a, rows in enumerate(batch):
             started = time.perf_counter()
@@ -215,8 +273,9 @@ class Engine:
             for part in ("proc", "container"):
                 self._read_part(part, rows, ids)
             ids[:, self._per_record] = DEFERRED
-            found += [(a, i, name) for i, name in self._evaluate(ids, started, rows.record)]
-        return found
+            matches = self._evaluate(ids, started, rows.record)
+            found.append(np.column_stack((np.full(len(matches), a), matches)))
+        return np.concatenate(found)
 
     def _read_field(self, f: int, ids: np.ndarray, record, among: np.ndarray | None = None) -> None:
         """Field f of the records (of those `among`) whose type has rules that read it."""
@@ -245,10 +304,11 @@ class Engine:
             at[missing] = known.add(new, read)[inverse]
         ids[:, known.fields] = known.table[at]
 
-    def _evaluate(self, ids: np.ndarray, started: float, record=None) -> list[tuple[int, str]]:
-        """Run the rules over ids. Fields left DEFERRED are read (from `record(i)`) only
-        for the rows whose evaluation reaches a check on one, and those rows run again."""
-        self._fill_table()
+    def _evaluate(self, ids: np.ndarray, started: float, record=None) -> np.ndarray:
+        """Run the rules over ids: (record, rule) int64 [matches, 2]. Fields left DEFERRED
+        are read (from `record(i)`) only for the rows whose evaluation reaches a check on
+        one, and those rows run again."""
+        self._fill_tables()
         read = time.perf_counter()
         deferred = np.zeros(ids.shape[0], np.bool_)
         found = self._run(ids, np.arange(ids.shape[0]), deferred)
@@ -257,22 +317,23 @@ class Engine:
             evaluating = time.perf_counter()
             for f in self._per_record:
                 self._read_field(f, ids, record, again)
-            self._fill_table()
+            self._fill_tables()
             read += time.perf_counter() - evaluating
-            found = sorted(found + self._run(ids, again, np.zeros_like(deferred)), key=lambda match: match[0])
+            found = np.concatenate((found, self._run(ids, again, np.zeros_like(deferred))))
+            found = found[np.argsort(found[:, 0], kind="stable")]  # a record's rules stay in order
         self.seconds["read"] += read - started
         self.seconds["evaluate"] += time.perf_counter() - read
-        return [(i, self.program.names[r]) for i, r in found]
+        return found
 
-    def _run(self, ids: np.ndarray, order: np.ndarray, deferred: np.ndarray) -> list[tuple[int, int]]:
+    def _run(self, ids: np.ndarray, order: np.ndarray, deferred: np.ndarray) -> np.ndarray:
         p = self.program
-        out = np.empty((len(order) + len(p.names), 2), np.int32)
+        out = np.empty((len(order) + len(p.names), 2), np.int64)
         found, start = [], 0
         while start < len(order):
-            count, start = _run(ids, p.check_field, self._table, p.code, p.rule_code, self._index_start,
-                                self._index_rules, order, start, out, deferred)
-            found.extend(map(tuple, out[:count].tolist()))
-        return found
+            count, start = _run(ids, p.check_field, self._table, p.code, p.rule_code, p.exact, self._type_rules,
+                                self._fails, self._fail_base, self._term_fields, order, start, out, deferred)
+            found.append(out[:count].copy())
+        return np.concatenate(found) if found else out[:0]
 
     def _start_over_if_full(self) -> None:
         for f, values in enumerate(self._values):
@@ -293,28 +354,24 @@ class Engine:
         if self._index_types == len(values):
             return
         p = self.program
-        per_type = [[r for r, allowed in enumerate(p.types) if allowed is None or value in allowed]
-                    for value in values]
-        self._index_start = np.cumsum([0] + [len(rules) for rules in per_type], dtype=np.int32)
-        self._index_rules = np.array([r for rules in per_type for r in rules], np.int32)
+        self._type_rules = np.zeros((len(values), p.words), np.uint64)
         # reads[f][type id]: whether some rule of that type reads field f
         reads = np.zeros((len(p.fields), len(values)), bool)
-        for t, rules in enumerate(per_type):
-            for r in rules:
-                reads[list(p.rule_fields[r]), t] = True
+        for t, value in enumerate(values):
+            for r, allowed in enumerate(p.types):
+                if allowed is None or value in allowed:
+                    self._type_rules[t, r // 64] |= np.uint64(1 << (r % 64))
+                    reads[list(p.rule_fields[r]), t] = True
         self._reads = reads
         self._index_types = len(values)
 
-    def _fill_table(self) -> None:
-        """Each check's result for the values its field got since the last batch."""
+    def _fill_tables(self) -> None:
+        """Each check's result, and each field's ruled-out rules, for the values the
+        fields got since the last batch."""
         need = max(len(v.values) for v in self._values)
         if need > self._table.shape[1]:
-            size = self._table.shape[1]
-            while size < need:
-                size *= 2
-            grown = np.zeros((self._table.shape[0], size), np.uint8)
-            grown[:, :self._table.shape[1]] = self._table
-            self._table = grown
+            self._table = _grown(self._table, 1, need)
+        self._make_room_for_fails()
         for f, values in enumerate(self._values):
             done = self._done[f]
             if done == len(values.values):
@@ -324,49 +381,121 @@ class Engine:
                 check = self.program.checks[c]
                 self._table[c, done:len(values.values)] = [
                     evaluate.check_value(check, field, v) for v in values.values[done:]]
+            p = self.program
+            _fill_fails(self._fails, self._fail_base[f], done, len(values.values), self._terms_of[f], p.code,
+                        p.term_code, p.term_rules, p.check_field, self._table)
             self._done[f] = len(values.values)
+
+    def _make_room_for_fails(self) -> None:
+        """Rows for every value of the fields with terms (a field's rows double when it
+        outgrows them; its rows start over with its values)."""
+        rows = [max(1024, _power_of_two(len(v.values))) if len(self._terms_of[f]) else 0
+                for f, v in enumerate(self._values)]
+        if all(new <= had for new, had in zip(rows, self._fail_rows)):
+            return
+        rows = [max(new, had) for new, had in zip(rows, self._fail_rows)]
+        base = np.concatenate(([0], np.cumsum(rows)[:-1])).astype(np.int64)
+        fails = np.zeros((sum(rows), self.program.words), np.uint64)
+        for f, had in enumerate(self._fail_rows):
+            fails[base[f]:base[f] + had] = self._fails[self._fail_base[f]:self._fail_base[f] + had]
+        self._fails, self._fail_base, self._fail_rows = fails, base, rows
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _grown(table: np.ndarray, axis: int, need: int) -> np.ndarray:
+    """The table with its `axis` doubled until it holds `need`, the rest zeros."""
+    size = table.shape[axis]
+    while size < need:
+        size *= 2
+    shape = list(table.shape)
+    shape[axis] = size
+    grown = np.zeros(shape, table.dtype)
+    grown[tuple(slice(0, s) for s in table.shape)] = table
+    return grown
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _interpret(code, pc, end, check_field, table, ids, i):
+    """One rule's (or term's) code for row i of ids: 1 true, 0 false, -1 when it reaches
+    a check on a DEFERRED field."""
+    acc = False
+    while pc < end:
+        op, arg = code[pc, 0], code[pc, 1]
+        if op == CHECK:
+            value = ids[i, check_field[arg]]
+            if value == DEFERRED:
+                return -1
+            acc = table[arg, value] != 0
+            pc += 1
+        elif op == JUMP_IF_FALSE:
+            pc = pc + 1 if acc else arg
+        elif op == JUMP_IF_TRUE:
+            pc = arg if acc else pc + 1
+        else:  # NOT
+            acc = not acc
+            pc += 1
+    return 1 if acc else 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(ids, check_field, table, code, rule_code, index_start, index_rules, order, start, out, deferred):
+def _fill_fails(fails, base, first, last, terms, code, term_code, term_rules, check_field, table):
+    """Rows base + first .. base + last of `fails`: per value id, the rules that one of
+    the field's terms rules out."""
+    if last <= first or terms.shape[0] == 0:
+        return
+    f = check_field[code[term_code[terms[0]], 1]]  # a term's first instruction is a check
+    ids = np.zeros((last - first, f + 1), np.int32)
+    for k in range(last - first):
+        ids[k, f] = first + k
+    fails[base + first:base + last] = 0
+    for t in terms:
+        for k in range(last - first):
+            if _interpret(code, term_code[t], term_code[t + 1], check_field, table, ids, k) == 0:
+                for w in range(fails.shape[1]):
+                    fails[base + first + k, w] |= term_rules[t, w]
+
+
+@numba.njit(cache=True, nogil=True)
+def _run(ids, check_field, table, code, rule_code, exact, type_rules, fails, fail_base, term_fields, order, start,
+         out, deferred):
     """Evaluate the records order[start:] into `out` (record, rule) until done or `out`
     has no room for another record's matches; returns (matches written, next position).
     A record that reaches a check on a DEFERRED field is marked in `deferred`, and its
     matches are dropped: it runs again once the field is read."""
     count = 0
-    room = out.shape[0] - (rule_code.shape[0] - 1)  # a record may match every rule
+    rules = rule_code.shape[0] - 1
+    room = out.shape[0] - rules  # a record may match every rule
+    words = type_rules.shape[1]
+    candidates = np.empty(words, np.uint64)
     for k in range(start, order.shape[0]):
         if count > room:
             return count, k
         i = order[k]
         first = count
-        t = ids[i, 0]
-        for j in range(index_start[t], index_start[t + 1]):
-            r = index_rules[j]
-            pc, end, acc = rule_code[r], rule_code[r + 1], False
-            while pc < end:
-                op, arg = code[pc, 0], code[pc, 1]
-                if op == CHECK:
-                    value = ids[i, check_field[arg]]
-                    if value == DEFERRED:
+        for w in range(words):
+            candidates[w] = type_rules[ids[i, 0], w]
+        for f in term_fields:
+            row = fail_base[f] + ids[i, f]
+            for w in range(words):
+                candidates[w] &= ~fails[row, w]
+        for w in range(words):
+            bits, r = candidates[w], w * 64
+            while bits and not deferred[i]:
+                if bits & np.uint64(1):
+                    got = 1 if exact[r] else _interpret(code, rule_code[r], rule_code[r + 1], check_field, table,
+                                                        ids, i)
+                    if got < 0:
                         deferred[i] = True
-                        break
-                    acc = table[arg, value] != 0
-                    pc += 1
-                elif op == JUMP_IF_FALSE:
-                    pc = pc + 1 if acc else arg
-                elif op == JUMP_IF_TRUE:
-                    pc = arg if acc else pc + 1
-                else:  # NOT
-                    acc = not acc
-                    pc += 1
-            if deferred[i]:
-                count = first
-                break
-            if acc:
-                out[count, 0] = i
-                out[count, 1] = r
-                count += 1
+                        count = first
+                    elif got:
+                        out[count, 0] = i
+                        out[count, 1] = r
+                        count += 1
+                bits >>= np.uint64(1)
+                r += 1
     return count, order.shape[0]
 
 

@@ -84,6 +84,28 @@ def test_the_engine_matches_what_the_reference_evaluator_matches(rules, batches)
         assert compiled.match(batch) == reference.match(batch)
 
 
+@settings(max_examples=25, deadline=None)
+@given(rules=st.lists(conditions, min_size=65, max_size=140),
+       batches=st.lists(st.lists(records(), max_size=12), min_size=1, max_size=2))
+def test_rule_sets_wider_than_a_word_match_the_same(rules, batches):
+    """Candidates are kept as bits, 64 rules a word: past 64 rules, several words."""
+    named = {f"rule {i}": c for i, c in enumerate(rules)}
+    compiled, reference = Engine(named), Reference(named)
+    for batch in batches:
+        assert compiled.match(batch) == reference.match(batch)
+
+
+def test_conjuncts_on_one_field_are_terms():
+    program = engine.Program.compile({
+        "exact": parse("evt.type = openat and (fd.name = /a or fd.name glob '/b*') and not proc.name in (sh)"),
+        "mixed": parse("evt.type = openat and (fd.name = /a or proc.name = sh)"),
+        "per record": parse("evt.type = openat and proc.duration > 5")})
+    terms = sorted(program.fields[f] for f in program.term_field)
+    assert terms == ["evt.type", "fd.name", "proc.name"]  # evt.type = openat is one term, shared
+    assert program.exact.tolist() == [True, False, False]
+    assert program.term_rules[0, 0] == 0b111  # the shared term: a bit for each rule
+
+
 @settings(max_examples=100, deadline=None)
 @given(rules=st.lists(conditions, min_size=1, max_size=3),
        batches=st.lists(st.lists(records(), min_size=1, max_size=10), min_size=2, max_size=4))
