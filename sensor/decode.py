@@ -12,6 +12,7 @@ import numpy as np
 from sensor import layout, records
 from sensor.batches import each
 from sensor.cgroups import CgroupTable
+from sensor.fds import FdNotes
 from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
 from sensor.ringbuf import RawBatch, group, scatter
@@ -64,9 +65,9 @@ class Decoder:
         self._decoding = Decoding(table)
         # The rule engine's hashing compiled (or loaded from Numba's cache) now, not at
         # the first batch.
-        Rows(np.zeros(0, self._dtypes[self.layout.constants["MAYFLY_EVENT_SYSCALL"]]), self._decoding, Notes({}),
-             self.syscall_record, np.zeros(0, np.uint64))
-        self._fd_notes: dict[tuple[int, int], dict] = {}
+        Rows(np.zeros(0, self._dtypes[self.layout.constants["MAYFLY_EVENT_SYSCALL"]]), np.zeros(0, np.int64),
+             self._decoding, Notes({}), self.syscall_record, np.zeros(0, np.uint64))
+        self._fd_notes: FdNotes = {}
         # Buffers reused by every split (its arrays are views of them): grouping keys,
         # group counts (kind x row width in 8-byte units) and the grouped rows.
         self._itemsizes = np.zeros(max(self.kinds) + 1, np.int64)
@@ -110,7 +111,7 @@ class Decoder:
         return arrays, int(np.count_nonzero(keys < 0))
 
     def records(self, arrays: dict[str, list[np.ndarray]], types: frozenset[str] | None,
-                fds: dict[tuple[int, int], dict] | None = None) -> list[Record]:
+                fds: FdNotes | None = None) -> list[Record]:
         """`event` records for the events whose evt.type is in `types` (None: all), in time
         order. `fds`: what the fd an event names was then, by (tid, kernel time)."""
         self._fd_notes = fds or {}
@@ -129,27 +130,43 @@ class Decoder:
         result.sort(key=lambda r: r["ts"])
         return result
 
-    def rows(self, groups: list[np.ndarray], fds: dict[tuple[int, int], dict]) -> list[Rows]:
-        """Syscall arrays as the rule engine reads them; a row's record is made only when
-        the engine needs it. `fds` as for records()."""
+    def rows(self, groups: list[np.ndarray], fds: FdNotes, nrs: np.ndarray | None = None) -> list[Rows]:
+        """Syscall arrays as the rule engine reads them, the rows of syscall numbers `nrs`
+        only (None: all); a row's record is made only when the engine needs it. `fds` as
+        for records()."""
         notes = Notes(fds)
-        return [Rows(events, self._decoding, notes, self.syscall_record, self._proc_versions(events))
-                for events in groups if len(events)]
+        if nrs is None:
+            index = [np.arange(len(events)) for events in groups]
+        else:
+            wanted = np.zeros(max(self.table.by_nr) + 2, np.bool_)  # the last: any number past the table
+            wanted[nrs] = True
+            index = [np.flatnonzero(wanted[np.minimum(events["nr"], len(wanted) - 1)]) for events in groups]
+        versions = self._proc_versions([events["hdr"]["pid"][rows] for events, rows in zip(groups, index)],
+                                       [events["hdr"]["cgroup_id"][rows] for events, rows in zip(groups, index)])
+        rows = [Rows(events, selected, self._decoding, notes, self.syscall_record, version)
+                for events, selected, version in zip(groups, index, versions) if len(selected)]
+        return rows
 
-    def _proc_versions(self, events: np.ndarray) -> np.ndarray:
-        """Per event, what its `proc` depends on beyond its own bytes (the process
-        table's entries for it and its ancestors, its container's user names), as a
-        number that changes when they do."""
-        pids, cgroups = events["hdr"]["pid"], events["hdr"]["cgroup_id"]
-        _, first, inverse = np.unique(pids, return_index=True, return_inverse=True)
-        if not np.array_equal(cgroups[first][inverse], cgroups):  # a process moved to another cgroup
-            _, first, inverse = np.unique(np.stack([pids.astype(np.uint64), cgroups]), axis=1, return_index=True,
-                                          return_inverse=True)
+    def _proc_versions(self, pids: list[np.ndarray], cgroups: list[np.ndarray]) -> list[np.ndarray]:
+        """Per event (of each array, by its pid and cgroup id), what its `proc` depends on
+        beyond its own bytes (the process table's entries for it and its ancestors, its
+        container's user names), as a number that changes when they do."""
+        sizes = [len(p) for p in pids]
+        pids = np.concatenate(pids or [np.zeros(0, np.uint32)])
+        cgroups = np.concatenate(cgroups or [np.zeros(0, np.uint64)])
+        unique, inverse = np.unique(pids, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        cgroup_of = np.zeros(len(unique), np.uint64)
+        cgroup_of[inverse] = cgroups
+        if not np.array_equal(cgroup_of[inverse], cgroups):  # a process moved to another cgroup
+            both, inverse = np.unique(np.stack([pids.astype(np.uint64), cgroups]), axis=1, return_inverse=True)
+            unique, cgroup_of, inverse = both[0], both[1], inverse.reshape(-1)
         versions = [hash((self.processes.version(pid), self.users.version(self.cgroups.container(cgroup)["id"])))
-                    & 0xFFFFFFFFFFFFFFFF for pid, cgroup in zip(pids[first].tolist(), cgroups[first].tolist())]
-        return np.array(versions, np.uint64)[inverse.reshape(-1)]
+                    & 0xFFFFFFFFFFFFFFFF for pid, cgroup in zip(unique.tolist(), cgroup_of.tolist())]
+        every = np.array(versions, np.uint64)[inverse]
+        return np.split(every, np.cumsum(sizes)[:-1])
 
-    def syscall_record(self, event: np.void, fds: dict[tuple[int, int], dict]) -> Record:
+    def syscall_record(self, event: np.void, fds: FdNotes) -> Record:
         self._fd_notes = fds
         return self._syscall(event)
 
@@ -167,9 +184,9 @@ class Decoder:
     def _syscall(self, event: np.void, evt: dict | None = None) -> Record:
         """`evt`: the event's arguments if decoded already (SyscallTable.decode_many)."""
         evt = self.table.decode_args(event) if evt is None else evt
-        fd = self._fd_notes.get((int(event["hdr"]["tid"]), int(event["hdr"]["ktime_ns"])))
-        if fd is not None:
-            evt["fd"] = fd
+        note = self._fd_notes.get((int(event["hdr"]["tid"]), int(event["hdr"]["ktime_ns"])))
+        if note is not None:
+            evt["fd"] = note.as_record()
         if evt["type"] in EXEC and evt["res"] == 0:
             argv = evt.get("argv", [])
             return self._record(event["hdr"], evt, exe=evt["filename"],

@@ -182,30 +182,43 @@ class _Values:
 
 
 class _Part:
-    """The value ids of one part's fields for each key seen: table[rows[key]]."""
+    """The value ids of one part's fields for each key seen, table[row], and the rules
+    those values rule out, out[row]; a key's row is found in an open-addressing hash
+    table, kept at most half full: slots[s] is (key, row + 1), (0, 0) when empty, a
+    slot's key and row side by side, read with one cache miss. (Numba's typed dict
+    takes several times as long per lookup.)"""
 
-    def __init__(self, fields: list[int]):
-        self.fields = fields
-        # Used from compiled code only: from Python, each operation on a typed dict is
-        # compiled when first used, which would stall the first batch.
-        self.rows = numba.typed.Dict.empty(numba.types.uint64, numba.types.int64)
+    def __init__(self, fields: list[int], words: int):
+        self.fields = np.array(fields, np.int64)
         self.size = 0
         self.table = np.zeros((1024, len(fields)), np.int32)
+        self.out = np.zeros((1024, words), np.uint64)
+        self._slots(4096)
+
+    def _slots(self, capacity: int) -> None:
+        self.slots = np.zeros((capacity, 2), np.uint64)
 
     def clear(self) -> None:
         if self.size:
-            self.rows = numba.typed.Dict.empty(numba.types.uint64, numba.types.int64)
+            self.slots[:] = 0
             self.size = 0
 
-    def add(self, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Rows for new keys, with their fields' value ids (ids[k] for keys[k])."""
+    def add(self, keys: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Rows for new keys, with their fields' value ids and the rules these rule out
+        (ids[k] and out[k] for keys[k])."""
         start = self.size
         end = self.size = start + len(keys)
         if end > self.table.shape[0]:
             self.table = _grown(self.table, 0, end)
+            self.out = _grown(self.out, 0, end)
         self.table[start:end] = ids
+        self.out[start:end] = out
+        if 2 * end > len(self.slots):
+            used = self.slots[self.slots[:, 1] > 0]
+            self._slots(_power_of_two(4 * end))
+            _insert(self.slots, used[:, 0], used[:, 1].astype(np.int64) - 1)
         rows = np.arange(start, end, dtype=np.int64)
-        _insert(self.rows, keys, rows)
+        _insert(self.slots, keys, rows)
         return rows
 
 
@@ -221,24 +234,30 @@ class Engine:
         self._checks_of = [np.flatnonzero(p.check_field == f) for f in range(len(p.fields))]
         self._table = np.zeros((len(p.checks), 1024), np.uint8)
         self._terms_of = [np.flatnonzero(p.term_field == f).astype(np.int32) for f in range(len(p.fields))]
-        self._term_fields = np.array([f for f in range(len(p.fields)) if len(self._terms_of[f])], np.int32)
         # Per value of a field with terms: the rules it rules out, at row fail_base[f] + value id.
         self._fail_base = np.zeros(len(p.fields), np.int64)
-        self._fail_rows = [0] * len(p.fields)  # rows each field has
+        self._fail_rows = np.zeros(len(p.fields), np.int64)  # rows each field has
         self._fails = np.zeros((0, p.words), np.uint64)
         part_of = [getter[0].part for getter in self._getters]
-        self._parts = {part: _Part([f for f in range(len(p.fields)) if part_of[f] == part]) for part in PARTS}
+        self._parts = {part: _Part([f for f in range(len(p.fields)) if part_of[f] == part], p.words)
+                       for part in PARTS}
         self._per_record = [f for f in range(len(p.fields)) if part_of[f] == "record"]
         self._index_types = 0  # type ids the index covers
         self._type_rules = np.zeros((1, p.words), np.uint64)  # per type id: the rules of that type
+        self._rule_mask = np.zeros(p.words, np.uint64)  # a bit per rule
+        for r in range(len(p.names)):
+            self._rule_mask[r // 64] |= np.uint64(1 << (r % 64))
         self.seconds = {"read": 0.0, "evaluate": 0.0}  # where match() spends its time, in total
         # Compiled (or loaded from Numba's cache) now: at the first batch it would stall
         # a sensor that has short-lived containers to name.
-        self._run(np.zeros((0, 1), np.int32), np.zeros(0, np.int64), np.zeros(0, np.bool_))
+        self._run(np.zeros((0, 1), np.int32), np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64),
+                  np.zeros(0, np.bool_))
+        self._ruled_out(np.zeros((0, 1), np.int32), [0])
         _fill_fails(self._fails, 0, 0, 0, np.zeros(0, np.int32), p.code, p.term_code, p.term_rules, p.check_field,
                     self._table)
-        _known(np.zeros(0, np.uint64), self._parts["evt"].rows, np.zeros(0, np.int64))
-        _insert(self._parts["evt"].rows, np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        self._read_part("evt", None, np.zeros((0, len(p.fields)), np.int32), np.zeros((0, p.words), np.uint64))
+        evt = self._parts["evt"]
+        _insert(evt.slots, np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
     def match(self, records: Sequence[dict]) -> list[tuple[int, str]]:
         """(record index, rule name) of every match, in record order, then rule order."""
@@ -254,7 +273,9 @@ class Engine:
         self._extend_index()
         for f in range(1, len(p.fields)):
             self._read_field(f, ids, records.__getitem__)
-        return [(i, p.names[r]) for i, r in self._evaluate(ids, started).tolist()]
+        self._fill_tables()
+        ruled_out = self._ruled_out(ids, range(len(p.fields)))
+        return [(i, p.names[r]) for i, r in self._evaluate(ids, ruled_out, started).tolist()]
 
     def match_rows(self, batch: Sequence[Rows]) -> np.ndarray:
         """(array, row, rule index in program.names) of every match of a batch's syscall
@@ -268,12 +289,11 @@ class Engine:
             started = time.perf_counter()
             self._start_over_if_full()
             ids = np.zeros((rows.n, len(p.fields)), np.int32)
-            self._read_part("evt", rows, ids)  # evt.type among them
-            self._extend_index()
-            for part in ("proc", "container"):
-                self._read_part(part, rows, ids)
+            ruled_out = np.zeros((rows.n, p.words), np.uint64)
+            for part in PARTS:  # evt first: evt.type is one of its fields
+                self._read_part(part, rows, ids, ruled_out)
             ids[:, self._per_record] = DEFERRED
-            matches = self._evaluate(ids, started, rows.record)
+            matches = self._evaluate(ids, ruled_out, started, rows.record)
             found.append(np.column_stack((np.full(len(matches), a), matches)))
         return np.concatenate(found)
 
@@ -284,15 +304,15 @@ class Engine:
         for i in rows.tolist():
             row[i] = values.intern(field.get(record(i), index))
 
-    def _read_part(self, part: str, rows: Rows, ids: np.ndarray) -> None:
-        """A part's fields for every row: looked up by key, read for keys not seen yet
-        from one row that has it."""
+    def _read_part(self, part: str, rows: Rows | None, ids: np.ndarray, ruled_out: np.ndarray) -> None:
+        """A part's fields for every row, and the rules they rule out: looked up by key,
+        read for keys not seen yet from one row that has it."""
         known = self._parts[part]
-        if not known.fields:
+        if not len(known.fields):
             return
-        keys = rows.keys[part]
-        at = np.empty(rows.n, np.int64)
-        if _known(keys, known.rows, at):
+        keys = rows.keys[part] if rows is not None else np.zeros(0, np.uint64)
+        at = np.empty(len(keys), np.int64)
+        if _gather(keys, known.slots, known.table, known.out, known.fields, ids, ruled_out, at):
             missing = np.flatnonzero(at < 0)
             new, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
             getters = [self._getters[f] for f in known.fields]
@@ -301,17 +321,24 @@ class Engine:
             for k, i in enumerate(missing[first].tolist()):
                 record = rows.record(i)
                 read[k] = [v.intern(field.get(record, index)) for (field, index), v in zip(getters, values)]
-            at[missing] = known.add(new, read)[inverse]
-        ids[:, known.fields] = known.table[at]
+            self._fill_tables()
+            self._extend_index()
+            known.add(new, read, self._ruled_out(read, known.fields))
+            _gather(keys, known.slots, known.table, known.out, known.fields, ids, ruled_out, at)
 
-    def _evaluate(self, ids: np.ndarray, started: float, record=None) -> np.ndarray:
-        """Run the rules over ids: (record, rule) int64 [matches, 2]. Fields left DEFERRED
-        are read (from `record(i)`) only for the rows whose evaluation reaches a check on
-        one, and those rows run again."""
-        self._fill_tables()
+    def _ruled_out(self, ids: np.ndarray, fields) -> np.ndarray:
+        """Per row of ids (whose columns are `fields`): the rules its values rule out,
+        by their terms or, for evt.type, by the type index."""
+        return _ruled_out(ids, np.asarray(fields, np.int64), self._fails, self._fail_base, self._fail_rows,
+                          self._type_rules)
+
+    def _evaluate(self, ids: np.ndarray, ruled_out: np.ndarray, started: float, record=None) -> np.ndarray:
+        """Run the rules that ruled_out leaves over ids: (record, rule) int64 [matches,
+        2]. Fields left DEFERRED are read (from `record(i)`) only for the rows whose
+        evaluation reaches a check on one, and those rows run again."""
         read = time.perf_counter()
         deferred = np.zeros(ids.shape[0], np.bool_)
-        found = self._run(ids, np.arange(ids.shape[0]), deferred)
+        found = self._run(ids, ruled_out, np.arange(ids.shape[0]), deferred)
         again = np.flatnonzero(deferred)
         if len(again):
             evaluating = time.perf_counter()
@@ -319,19 +346,19 @@ class Engine:
                 self._read_field(f, ids, record, again)
             self._fill_tables()
             read += time.perf_counter() - evaluating
-            found = np.concatenate((found, self._run(ids, again, np.zeros_like(deferred))))
+            found = np.concatenate((found, self._run(ids, ruled_out, again, np.zeros_like(deferred))))
             found = found[np.argsort(found[:, 0], kind="stable")]  # a record's rules stay in order
         self.seconds["read"] += read - started
         self.seconds["evaluate"] += time.perf_counter() - read
         return found
 
-    def _run(self, ids: np.ndarray, order: np.ndarray, deferred: np.ndarray) -> np.ndarray:
+    def _run(self, ids: np.ndarray, ruled_out: np.ndarray, order: np.ndarray, deferred: np.ndarray) -> np.ndarray:
         p = self.program
         out = np.empty((len(order) + len(p.names), 2), np.int64)
         found, start = [], 0
         while start < len(order):
-            count, start = _run(ids, p.check_field, self._table, p.code, p.rule_code, p.exact, self._type_rules,
-                                self._fails, self._fail_base, self._term_fields, order, start, out, deferred)
+            count, start = _run(ids, ruled_out, self._rule_mask, p.check_field, self._table, p.code, p.rule_code,
+                                p.exact, order, start, out, deferred)
             found.append(out[:count].copy())
         return np.concatenate(found) if found else out[:0]
 
@@ -389,14 +416,14 @@ class Engine:
     def _make_room_for_fails(self) -> None:
         """Rows for every value of the fields with terms (a field's rows double when it
         outgrows them; its rows start over with its values)."""
-        rows = [max(1024, _power_of_two(len(v.values))) if len(self._terms_of[f]) else 0
-                for f, v in enumerate(self._values)]
-        if all(new <= had for new, had in zip(rows, self._fail_rows)):
+        rows = np.array([max(1024, _power_of_two(len(v.values))) if len(self._terms_of[f]) else 0
+                         for f, v in enumerate(self._values)], np.int64)
+        if np.all(rows <= self._fail_rows):
             return
-        rows = [max(new, had) for new, had in zip(rows, self._fail_rows)]
+        rows = np.maximum(rows, self._fail_rows)
         base = np.concatenate(([0], np.cumsum(rows)[:-1])).astype(np.int64)
-        fails = np.zeros((sum(rows), self.program.words), np.uint64)
-        for f, had in enumerate(self._fail_rows):
+        fails = np.zeros((int(rows.sum()), self.program.words), np.uint64)
+        for f, had in enumerate(self._fail_rows.tolist()):
             fails[base[f]:base[f] + had] = self._fails[self._fail_base[f]:self._fail_base[f] + had]
         self._fails, self._fail_base, self._fail_rows = fails, base, rows
 
@@ -459,30 +486,36 @@ def _fill_fails(fails, base, first, last, terms, code, term_code, term_rules, ch
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(ids, check_field, table, code, rule_code, exact, type_rules, fails, fail_base, term_fields, order, start,
-         out, deferred):
+def _ruled_out(ids, fields, fails, fail_base, fail_rows, type_rules):
+    out = np.zeros((ids.shape[0], fails.shape[1]), np.uint64)
+    for i in range(ids.shape[0]):
+        for c in range(fields.shape[0]):
+            f = fields[c]
+            if fail_rows[f]:
+                for w in range(out.shape[1]):
+                    out[i, w] |= fails[fail_base[f] + ids[i, c], w]
+            if f == 0:  # evt.type
+                for w in range(out.shape[1]):
+                    out[i, w] |= ~type_rules[ids[i, c], w]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _run(ids, ruled_out, rule_mask, check_field, table, code, rule_code, exact, order, start, out, deferred):
     """Evaluate the records order[start:] into `out` (record, rule) until done or `out`
     has no room for another record's matches; returns (matches written, next position).
-    A record that reaches a check on a DEFERRED field is marked in `deferred`, and its
-    matches are dropped: it runs again once the field is read."""
+    Only the rules ruled_out leaves run. A record that reaches a check on a DEFERRED
+    field is marked in `deferred`, and its matches are dropped: it runs again once the
+    field is read."""
     count = 0
-    rules = rule_code.shape[0] - 1
-    room = out.shape[0] - rules  # a record may match every rule
-    words = type_rules.shape[1]
-    candidates = np.empty(words, np.uint64)
+    room = out.shape[0] - (rule_code.shape[0] - 1)  # a record may match every rule
     for k in range(start, order.shape[0]):
         if count > room:
             return count, k
         i = order[k]
         first = count
-        for w in range(words):
-            candidates[w] = type_rules[ids[i, 0], w]
-        for f in term_fields:
-            row = fail_base[f] + ids[i, f]
-            for w in range(words):
-                candidates[w] &= ~fails[row, w]
-        for w in range(words):
-            bits, r = candidates[w], w * 64
+        for w in range(rule_mask.shape[0]):
+            bits, r = ~ruled_out[i, w] & rule_mask[w], w * 64
             while bits and not deferred[i]:
                 if bits & np.uint64(1):
                     got = 1 if exact[r] else _interpret(code, rule_code[r], rule_code[r + 1], check_field, table,
@@ -499,18 +532,38 @@ def _run(ids, check_field, table, code, rule_code, exact, type_rules, fails, fai
     return count, order.shape[0]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slot(slots, key):
+    """The slot that holds key, or the empty slot where it would go."""
+    mask = np.uint64(slots.shape[0] - 1)
+    at = key & mask  # keys are hashes already: their low bits will do
+    while slots[at, 1] and slots[at, 0] != key:
+        at = (at + np.uint64(1)) & mask
+    return at
+
+
 @numba.njit(cache=True, nogil=True)
-def _known(keys, rows, at):
-    """The row of each key (-1 when not seen); returns how many were not."""
+def _gather(keys, slots, table, out, fields, ids, ruled_out, at):
+    """Each key's row (at; -1 when not seen), and for those seen, their value ids into
+    ids' columns `fields` and the rules they rule out into ruled_out. Returns how many
+    were not seen."""
     missing = 0
     for i in range(keys.shape[0]):
-        at[i] = rows.get(keys[i], -1)
-        if at[i] < 0:
+        row = np.int64(slots[_slot(slots, keys[i]), 1]) - 1
+        at[i] = row
+        if row < 0:
             missing += 1
+            continue
+        for c in range(fields.shape[0]):
+            ids[i, fields[c]] = table[row, c]
+        for w in range(out.shape[1]):
+            ruled_out[i, w] |= out[row, w]
     return missing
 
 
 @numba.njit(cache=True, nogil=True)
-def _insert(rows, keys, values):
+def _insert(slots, keys, rows):
     for i in range(keys.shape[0]):
-        rows[keys[i]] = values[i]
+        at = _slot(slots, keys[i])
+        slots[at, 0] = keys[i]
+        slots[at, 1] = np.uint64(rows[i] + 1)

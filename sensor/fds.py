@@ -49,6 +49,26 @@ class Fd(NamedTuple):  # a tuple: made for every open, which a frozen dataclass 
         return fields
 
 
+class Note(NamedTuple):
+    """What the fd an event names was at the time: its number and its entry."""
+    num: int
+    fd: Fd
+
+    def as_record(self) -> dict:
+        return self.fd.as_record(self.num)
+
+    def digest(self) -> int:
+        """A 64-bit hash of what as_record() says (a sockaddr's values are str or int)."""
+        fd = self.fd
+        local = tuple(fd.local.items()) if fd.local else None
+        remote = tuple(fd.remote.items()) if fd.remote else None
+        return hash((self.num, fd.type, fd.name, fd.l4proto, fd.role, local, remote)) & 0xFFFFFFFFFFFFFFFF
+
+
+# What FdTable.apply gives: each fd event's note by (tid, kernel time), in time order.
+FdNotes = dict[tuple[int, int], Note]
+
+
 def _endpoint(address: dict | None) -> str:
     if not address:
         return ""
@@ -74,9 +94,10 @@ class FdTable:
     def get(self, pid: int, fd: int) -> Fd | None:
         return self.processes.get(pid, {}).get(fd)
 
-    def apply(self, arrays: dict[str, list[np.ndarray]]) -> dict[tuple[int, int], dict]:
+    def apply(self, arrays: dict[str, list[np.ndarray]]) -> FdNotes:
         """Learn a batch's fd events in the order they happened. Returns, for each event
-        that names an fd, what that fd was at the time, keyed by (tid, kernel time)."""
+        that names an fd, what that fd was at the time, keyed by (tid, kernel time), in
+        time order."""
         forks, exits = list(arrays.get("fork", ())), list(arrays.get("exit", ()))
         syscalls = [g[np.isin(g["nr"], self._nrs)] for g in arrays.get("syscall", ())]
         # Columns read in bulk, then walked in time order as Python values.
@@ -85,7 +106,7 @@ class FdTable:
                    + [(g["hdr"]["pid"].tolist(), (g["hdr"]["tid"].tolist(), g["hdr"]["ktime_ns"].tolist(),
                                                   self.table.decode_many(g))) for g in syscalls])
         n_forks, n_exits = len(forks), len(exits)
-        notes: dict[tuple[int, int], dict] = {}
+        notes: FdNotes = {}
         for which, row in zip(*time_order(forks + exits + syscalls)):
             pids, rest = columns[which]
             if which < n_forks:
@@ -120,7 +141,7 @@ class FdTable:
             return
         fds[num] = fd
 
-    def _syscall(self, pid: int, evt: dict) -> dict | None:
+    def _syscall(self, pid: int, evt: dict) -> Note | None:
         """Apply one fd syscall; the `fd` note for its record, if it names one."""
         if "res" not in evt:
             return None  # sent at enter, without a result: nothing is known to have changed
@@ -161,21 +182,21 @@ class FdTable:
         if kind == "close":
             if res != -errno.EBADF:  # close releases the fd even when it fails otherwise
                 fds.pop(number, None)
-            return current.as_record(number) if current else None
+            return Note(number, current) if current else None
         if kind in _DUPS:
             if res >= 0 and current is not None:
                 cloexec = (kind == "dup3" and evt["flags"] & os.O_CLOEXEC) or \
                     (kind == "fcntl" and evt["cmd"] == fcntl.F_DUPFD_CLOEXEC)
                 self._put(pid, res, current._replace(cloexec=bool(cloexec)))
-                return current._replace(cloexec=bool(cloexec)).as_record(res)
-            return current.as_record(number) if current else None
+                return Note(res, current._replace(cloexec=bool(cloexec)))
+            return Note(number, current) if current else None
         if kind in ("accept", "accept4"):
             if res >= 0 and current is not None:
                 accepted = current._replace(name="", remote=evt.get("addr"), role="server",
                                             cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
                 self._put(pid, res, accepted)
-                return accepted.as_record(res)
-            return current.as_record(number) if current else None
+                return Note(res, accepted)
+            return Note(number, current) if current else None
         if current is not None and (res == 0 or (kind == "connect" and res == -errno.EINPROGRESS)):
             if kind == "bind":
                 current = current._replace(local=evt.get("addr"))
@@ -184,7 +205,7 @@ class FdTable:
             elif kind == "listen":
                 current = current._replace(role="server")
             fds[number] = current
-        return current.as_record(number) if current else None
+        return Note(number, current) if current else None
 
     @staticmethod
     def _path(fds: dict[int, Fd], dirfd: int | None, name) -> str | bytes:

@@ -19,10 +19,13 @@ probability of about n^2 / 2^65 for n distinct keys.
 
 from __future__ import annotations
 
+import itertools
+
 import numba
 import numpy as np
 
 from sensor import layout
+from sensor.fds import FdNotes
 from sensor.records import Record
 from sensor.syscalls import EXEC, SyscallTable
 
@@ -100,83 +103,67 @@ class Decoding:
 
 
 class Notes:
-    """A batch's fd notes (FdTable.apply: by thread and kernel time), sorted by time;
-    a note's content is hashed only when a row the engine reads has it."""
+    """A batch's fd notes (FdTable.apply), with their threads and kernel times as arrays
+    sorted by time; a note's content is hashed only when a row the engine reads has it."""
 
-    def __init__(self, notes: dict[tuple[int, int], dict]):
+    def __init__(self, notes: FdNotes):
         self.notes = notes
-        self._order = sorted(notes, key=lambda key: key[1])
-        self.ktime = np.array([key[1] for key in self._order], np.uint64)
-        self.tid = np.array([key[0] for key in self._order], np.uint32)
-        self._hashes: dict[int, int] = {}
+        self._notes = list(notes.values())
+        keys = np.fromiter(itertools.chain.from_iterable(notes), np.uint64, 2 * len(notes)).reshape(-1, 2)
+        self.tid, self.ktime = np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1])
+        if np.any(self.ktime[1:] < self.ktime[:-1]):
+            raise ValueError("fd notes must come in time order, as FdTable.apply gives them")
 
     def hashes(self, found: np.ndarray) -> np.ndarray:
         """The content hash of each note found (an index here; -1: none, hash 0)."""
         out = np.zeros(len(found), np.uint64)
-        for i in np.flatnonzero(found >= 0).tolist():
-            at = int(found[i])
-            known = self._hashes.get(at)
-            if known is None:
-                known = self._hashes[at] = _content_hash(self.notes[self._order[at]])
-            out[i] = known
+        at = np.flatnonzero(found >= 0)
+        out[at] = [self._notes[i].digest() for i in found[at].tolist()]
         return out
 
 
 class Rows:
-    """One array of syscall events (as Decoder.split gives them): `n`, the part keys
-    (`keys[part]`, uint64 per row), and each row's record, made on demand."""
+    """The rows `index` of one array of syscall events (as Decoder.split gives them):
+    `n` of them, their part keys (`keys[part]`, uint64 per row), and each one's record,
+    made on demand (`record(k)`: the k-th of them)."""
 
-    def __init__(self, events: np.ndarray, decoding: Decoding, notes: Notes, make_record, proc_versions: np.ndarray):
+    def __init__(self, events: np.ndarray, index: np.ndarray, decoding: Decoding, notes: Notes, make_record,
+                 proc_versions: np.ndarray):
         self.events = np.ascontiguousarray(events)
-        self.n = len(self.events)
+        self.index = index
+        self.n = len(index)
         self.notes = notes
         self._make_record = make_record  # (event, fd notes) -> Record
         self._records: dict[int, Record] = {}
-        words = self.events.view(np.uint64).reshape(self.n, self.events.dtype.itemsize // 8)
-        noted = notes.hashes(_noted(self.events["hdr"]["ktime_ns"], self.events["hdr"]["tid"], notes.ktime, notes.tid))
+        words = self.events.view(np.uint64).reshape(len(self.events), self.events.dtype.itemsize // 8)
+        hdr = self.events["hdr"]
+        noted = notes.hashes(_noted(hdr["ktime_ns"], hdr["tid"], index, notes.ktime, notes.tid))
         d = decoding
-        evt, proc, container = _keys(words, d.evt_words, d.proc_words, d.container_words, d.args_word, d.arg_count,
-                                     d.args, d.data_word, d.slot_len_at, d.slot_count, d.slot_size, d.slots,
-                                     d.nr, d.flags, d.result_word, d.execs, d.no_result, noted, proc_versions)
+        evt, proc, container = _keys(words, index, d.evt_words, d.proc_words, d.container_words, d.args_word,
+                                     d.arg_count, d.args, d.data_word, d.slot_len_at, d.slot_count, d.slot_size,
+                                     d.slots, d.nr, d.flags, d.result_word, d.execs, d.no_result, noted,
+                                     proc_versions)
         self.keys = {"evt": evt, "proc": proc, "container": container}
 
-    def record(self, i: int) -> Record:
-        record = self._records.get(i)
+    def record(self, k: int) -> Record:
+        record = self._records.get(k)
         if record is None:
-            record = self._records[i] = self._make_record(self.events[i], self.notes.notes)
+            record = self._records[k] = self._make_record(self.events[self.index[k]], self.notes.notes)
         return record
 
 
-def _content_hash(note: dict) -> int:
-    """A hash of an fd note's content (a file's is flat; a socket's holds addresses,
-    dicts of numbers and strings)."""
-    try:
-        return hash(tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in note.items())) \
-            & 0xFFFFFFFFFFFFFFFF
-    except TypeError:
-        return hash(_frozen(note)) & 0xFFFFFFFFFFFFFFFF
-
-
-def _frozen(value):
-    """A hashable stand-in with the same content (dicts and lists become tuples)."""
-    if isinstance(value, dict):
-        return tuple((k, _frozen(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, *map(_frozen, value))
-    return value
-
-
 @numba.njit(cache=True, nogil=True)
-def _noted(ktime, tid, note_ktime, note_tid):
-    """Each row's note (its index; -1: none), by kernel time and thread."""
-    noted = np.full(ktime.shape[0], -1, np.int64)
+def _noted(ktime, tid, index, note_ktime, note_tid):
+    """Each of the rows' note (its index; -1: none), by kernel time and thread."""
+    noted = np.full(index.shape[0], -1, np.int64)
     if note_ktime.shape[0] == 0:
         return noted
-    for i in range(ktime.shape[0]):
+    for k in range(index.shape[0]):
+        i = index[k]
         at = np.searchsorted(note_ktime, ktime[i])
         while at < note_ktime.shape[0] and note_ktime[at] == ktime[i]:
             if note_tid[at] == tid[i]:
-                noted[i] = at
+                noted[k] = at
                 break
             at += 1
     return noted
@@ -195,14 +182,14 @@ def _field(row, field):
 
 
 @numba.njit(cache=True, nogil=True)
-def _keys(words, evt_words, proc_words, container_words, args_word, arg_count, arg_mask, data_word, slot_len_at,
+def _keys(words, index, evt_words, proc_words, container_words, args_word, arg_count, arg_mask, data_word, slot_len_at,
           slot_count, slot_size, slot_mask, nr_field, flags_field, result_word, execs, no_result, noted, proc_versions):
-    n, width = words.shape[0], words.shape[1] * 8
+    n, width = index.shape[0], words.shape[1] * 8
     evt = np.empty(n, np.uint64)
     proc = np.empty(n, np.uint64)
     container = np.empty(n, np.uint64)
     for i in range(n):
-        row = words[i]
+        row = words[index[i]]
         nr = np.int64(_field(row, nr_field))
         h = np.uint64(0x51ED27)
         for w in range(evt_words.shape[0]):

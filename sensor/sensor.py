@@ -271,8 +271,7 @@ class Sensor:
         # their arrays, and become records only when they match or are emitted. The rest
         # (other kinds, held containers' syscalls) become records first, as rules need.
         live, held = self._split_held(arrays.get("syscall", []))
-        rows = self.decoder.rows([events[np.isin(events["nr"], self._rule_nrs)] for events in live], fd_notes) \
-            if self.alerts.rules else []
+        rows = self.decoder.rows(live, fd_notes, self._rule_nrs) if self.alerts.rules else []
         decode = self._decode_types is None or self._decode_types
         events = self.decoder.records(dict(arrays, syscall=held), self._decode_types, fd_notes) if decode else []
         events = [record for record in events if not self.cgroups.hold(record)]

@@ -10,8 +10,9 @@ from sensor.fds import FdTable
 
 
 def apply(table: FdTable, *records: bytes) -> dict:
+    """The notes of the records' events, as records carry them."""
     arrays, _ = decoder().split(batch_of(*records))
-    return table.apply(arrays)
+    return {key: note.as_record() for key, note in table.apply(arrays).items()}
 
 
 def test_a_reverse_shell_shows_stdio_redirected_to_a_network_connection():
