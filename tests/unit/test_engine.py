@@ -3,6 +3,7 @@ conditions (hypothesis) must give identical matches, batch after batch, also whe
 field's table of values starts over. Plus what only the engine has: its type index."""
 
 import pytest
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -145,3 +146,22 @@ def test_more_matches_than_records_all_come_out():
     rules = {f"r{i}": parse("proc.name = cat") for i in range(50)}
     batch = [{"evt": {"type": "openat"}, "proc": {"comm": "cat"}}] * 3
     assert Engine(rules).match(batch) == [(i, f"r{r}") for i in range(3) for r in range(50)]
+
+
+def test_part_rows_are_found_by_key_through_growth_and_collisions():
+    """A part's open-addressing table: keys that share their low bits (the slot they
+    start at) and more keys than the first table holds are all found; others are not."""
+    part = engine._Part([0], words=1)
+    keys = np.concatenate([np.arange(1, 3000, dtype=np.uint64) << np.uint64(20),  # low 20 bits alike
+                           np.arange(1, 6000, dtype=np.uint64)])
+    for chunk in np.array_split(keys, 7):
+        part.add(chunk, np.zeros((len(chunk), 1), np.int32), np.zeros((len(chunk), 1), np.uint64))
+    probe = np.concatenate([keys, np.array([7 << 40, 123456789], np.uint64)])
+    at = np.empty(len(probe), np.int64)
+    missing = engine._gather(probe, part.slots, part.table, part.out, part.fields,
+                             np.zeros((len(probe), 1), np.int32), np.zeros((len(probe), 1), np.uint64), at)
+    assert missing == 2 and at[-2:].tolist() == [-1, -1]
+    assert at[:-2].tolist() == list(range(len(keys)))
+    part.clear()
+    assert engine._gather(keys, part.slots, part.table, part.out, part.fields, np.zeros((len(keys), 1), np.int32),
+                          np.zeros((len(keys), 1), np.uint64), at[:len(keys)]) == len(keys)

@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from sensor.condition import And, Check, Or, parse
 from sensor.engine import Engine
 from sensor.evaluate import Reference
 from sensor.fds import FdTable
+from sensor.rows import Notes
 from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 from test_engine import conditions
 
@@ -184,3 +186,19 @@ def test_a_row_record_is_made_only_when_a_rule_needs_a_new_value():
     rows._make_record = record
     assert len(engine.match_rows([rows])) == 100
     assert len(made) == 1  # one row read for its evt, proc and container parts alike
+
+
+def test_rows_of_chosen_syscalls_only_and_their_records():
+    d = decoder()
+    raws = [syscall("openat", 3, ktime=1, dirfd=-100, name="/etc/shadow", flags=0),
+            syscall("close", 0, ktime=2, fd=3),
+            syscall("openat", 4, ktime=3, dirfd=-100, name="/etc/passwd", flags=0)]
+    arrays, _ = d.split(batch_of(*raws))
+    (rows,) = d.rows(arrays["syscall"], {}, np.array([TABLE.numbers["openat"]], np.uint32))
+    assert rows.n == 2 and [rows.record(k)["evt"]["name"] for k in range(rows.n)] == ["/etc/shadow", "/etc/passwd"]
+    assert d.rows(arrays["syscall"], {}, np.array([TABLE.numbers["execve"]], np.uint32)) == []
+
+
+def test_fd_notes_out_of_time_order_are_refused():
+    with pytest.raises(ValueError, match="time order"):
+        Notes({(100, 5): None, (100, 4): None})
