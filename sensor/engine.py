@@ -35,6 +35,7 @@ import numpy as np
 
 from sensor import evaluate
 from sensor.condition import And, Check, Not, Or
+from sensor.condition import fields as fields_of
 from sensor.rows import PARTS, Rows
 
 MAX_VALUES = 1 << 16
@@ -75,12 +76,9 @@ def conjuncts(node) -> list:
     return [node]
 
 
-def _fields_read(node) -> set[str]:
-    if isinstance(node, (And, Or)):
-        return set().union(*map(_fields_read, node.items))
-    if isinstance(node, Not):
-        return _fields_read(node.item)
-    return {node.field}
+def _words(rules: int) -> int:
+    """64-bit words for a bit per rule."""
+    return max(1, -(-rules // 64))
 
 
 @dataclass
@@ -91,10 +89,10 @@ class Program:
     `not proc.name in (...)`, `(fd.name = a or fd.name glob b)`) is true or false for
     each of that field's values, whatever else the event holds. So per field value the
     engine keeps the rules that one of their terms rules out (a bit per rule), and an
-    event's candidates are the rules of its type that none of its values rules out:
-    a few word operations per field, however many rules there are. A candidate whose
-    conjuncts are all terms matches; the others run their code.
-    term t's code is code[term_code[t]:term_code[t + 1]]."""
+    event's candidates are the rules of its type that none of its values rules out: a
+    few word operations, however many rules there are. A candidate whose conjuncts are
+    all terms matches; the others run their code. Term t's code is
+    code[term_code[t]:term_code[t + 1]]."""
     names: list[str]
     fields: list[str]               # field names as conditions write them; TYPE_FIELD first
     checks: list[Check]             # distinct checks
@@ -110,7 +108,7 @@ class Program:
 
     @property
     def words(self) -> int:
-        return max(1, -(-len(self.names) // 64))
+        return _words(len(self.names))
 
     @classmethod
     def compile(cls, conditions: dict[str, object]) -> Program:
@@ -146,15 +144,14 @@ class Program:
         exact = []
         for r, condition in enumerate(conditions.values()):
             items = conjuncts(condition)
-            found = [(item, _fields_read(item)) for item in items]
+            found = [(item, fields_of(item)) for item in items]
             # Fields read per record are not read before the rules run: not terms.
             single = [(read.pop(), item) for item, read in found
                       if len(read) == 1 and evaluate.field_of(next(iter(read)))[0].part != "record"]
             for key in single:
                 terms.setdefault(key, []).append(r)
             exact.append(len(single) == len(items))
-        words = max(1, -(-len(conditions) // 64))
-        term_code, term_rules = [], np.zeros((len(terms), words), np.uint64)
+        term_code, term_rules = [], np.zeros((len(terms), _words(len(conditions))), np.uint64)
         for t, ((_, item), rules) in enumerate(terms.items()):
             term_code.append(len(code))
             emit(item, set())
@@ -258,9 +255,10 @@ class Engine:
         self._ruled_out(np.zeros((0, 1), np.int32), [0])
         _fill_fails(self._fails, 0, 0, 0, np.zeros(0, np.int32), p.code, p.term_code, p.term_rules, p.check_field,
                     self._table)
-        self._read_part("evt", None, np.zeros((0, len(p.fields)), np.int32), np.zeros((0, p.words), np.uint64))
-        evt = self._parts["evt"]
-        _insert(evt.slots, np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        evt, none = self._parts["evt"], np.zeros(0, np.uint64)
+        _gather(none, evt.slots, evt.table, evt.out, evt.fields, np.zeros((0, len(p.fields)), np.int32),
+                np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64))
+        _insert(evt.slots, none, np.zeros(0, np.int64))
 
     def match(self, records: Sequence[dict]) -> list[tuple[int, str]]:
         """(record index, rule name) of every match, in record order, then rule order."""
@@ -305,14 +303,14 @@ class Engine:
         for i in rows.tolist():
             row[i] = values.intern(field.get(record(i), index))
 
-    def _read_part(self, part: str, rows: Rows | None, ids: np.ndarray, ruled_out: np.ndarray) -> None:
+    def _read_part(self, part: str, rows: Rows, ids: np.ndarray, ruled_out: np.ndarray) -> None:
         """A part's fields for every row, and the rules they rule out: looked up by key,
         read for keys not seen yet from one row that has it."""
         known = self._parts[part]
         if not len(known.fields):
             return
-        keys = rows.keys[part] if rows is not None else np.zeros(0, np.uint64)
-        at = np.empty(len(keys), np.int64)
+        keys = rows.keys[part]
+        at = np.empty(rows.n, np.int64)
         if _gather(keys, known.slots, known.table, known.out, known.fields, ids, ruled_out, at):
             missing = np.flatnonzero(at < 0)
             new, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)

@@ -79,6 +79,10 @@ def records(draw):
 @given(rules=st.lists(conditions, min_size=1, max_size=5),
        batches=st.lists(st.lists(records(), max_size=20), min_size=1, max_size=3))
 def test_the_engine_matches_what_the_reference_evaluator_matches(rules, batches):
+    assert_same_matches(rules, batches)
+
+
+def assert_same_matches(rules: list, batches: list[list[dict]]) -> None:
     named = {f"rule {i}": c for i, c in enumerate(rules)}
     compiled, reference = Engine(named), Reference(named)
     for batch in batches:  # one engine across batches: what it keeps between them must not leak
@@ -90,10 +94,7 @@ def test_the_engine_matches_what_the_reference_evaluator_matches(rules, batches)
        batches=st.lists(st.lists(records(), max_size=12), min_size=1, max_size=2))
 def test_rule_sets_wider_than_a_word_match_the_same(rules, batches):
     """Candidates are kept as bits, 64 rules a word: past 64 rules, several words."""
-    named = {f"rule {i}": c for i, c in enumerate(rules)}
-    compiled, reference = Engine(named), Reference(named)
-    for batch in batches:
-        assert compiled.match(batch) == reference.match(batch)
+    assert_same_matches(rules, batches)
 
 
 def test_conjuncts_on_one_field_are_terms():
