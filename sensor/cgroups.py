@@ -17,6 +17,7 @@ milliseconds on its own; the poll loop takes what it found.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -84,6 +85,7 @@ class Entry:
     events: int = 0
     processes: int = 0                    # processes that exited in it
     existing: bool = False                # already there when the sensor started
+    serial: int = 0                       # new whenever `container` changes
 
 
 class CgroupTable:
@@ -101,6 +103,7 @@ class CgroupTable:
         self._pending: set[int] = set()                         # cgroups whose records are held
         self._hosts: list[int] = []                             # known to be the host's, not yet taken
         self._watcher: _Watcher | None = None
+        self._serials = itertools.count(1)
 
     def start_watching(self, interval_s: float = 0.002) -> None:
         """Look at pending cgroups every `interval_s` from a thread of its own."""
@@ -132,7 +135,8 @@ class CgroupTable:
         if known is not None and known.removed_ns is None:
             return  # seen by both the start-up scan and an event
         identity = self.resolver.resolve(path)
-        entry = Entry(path, identity, self._container_map(cgroup_id, identity), now_ns, existing=existing)
+        entry = Entry(path, identity, self._container_map(cgroup_id, identity), now_ns, existing=existing,
+                      serial=next(self._serials))
         self.entries[cgroup_id] = entry
         if not identity.resolved:
             entry.pending_until = time.monotonic() + self.deadline_s
@@ -187,6 +191,11 @@ class CgroupTable:
         if entry is None:
             return {"id": f"cgroup-{cgroup_id}", "cgroup_id": cgroup_id, "resolved": False}
         return entry.container
+
+    def version(self, cgroup_id: int) -> int:
+        """A number that changes whenever container(cgroup_id) may (0: no entry)."""
+        entry = self.entries.get(cgroup_id)
+        return entry.serial if entry is not None else 0
 
     def hold(self, record: Record) -> bool:
         """Keep a record of a pending cgroup until its identity is known. False when the
@@ -247,6 +256,7 @@ class CgroupTable:
         entry.identity = identity
         entry.container.clear()  # records already made share this map
         entry.container.update(self._container_map(cgroup_id, identity))
+        entry.serial = next(self._serials)
         entry.pending_until = None
         self._pending.discard(cgroup_id)
         if identity.is_container:

@@ -66,7 +66,7 @@ class Decoder:
         # The rule engine's hashing compiled (or loaded from Numba's cache) now, not at
         # the first batch.
         Rows(np.zeros(0, self._dtypes[self.layout.constants["MAYFLY_EVENT_SYSCALL"]]), np.zeros(0, np.int64),
-             self._decoding, Notes({}), self.syscall_record, np.zeros(0, np.uint64))
+             self._decoding, Notes({}), self.syscall_record, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         self._fd_notes: FdNotes = {}
         # Buffers reused by every split (its arrays are views of them): grouping keys,
         # group counts (kind x row width in 8-byte units) and the grouped rows.
@@ -141,16 +141,16 @@ class Decoder:
             wanted = np.zeros(max(self.table.by_nr) + 2, np.bool_)  # the last: any number past the table
             wanted[nrs] = True
             index = [np.flatnonzero(wanted[np.minimum(events["nr"], len(wanted) - 1)]) for events in groups]
-        versions = self._proc_versions([events["hdr"]["pid"][rows] for events, rows in zip(groups, index)],
-                                       [events["hdr"]["cgroup_id"][rows] for events, rows in zip(groups, index)])
-        rows = [Rows(events, selected, self._decoding, notes, self.syscall_record, version)
-                for events, selected, version in zip(groups, index, versions) if len(selected)]
-        return rows
+        procs, containers = self._versions([events["hdr"]["pid"][rows] for events, rows in zip(groups, index)],
+                                           [events["hdr"]["cgroup_id"][rows] for events, rows in zip(groups, index)])
+        return [Rows(events, selected, self._decoding, notes, self.syscall_record, proc, container)
+                for events, selected, proc, container in zip(groups, index, procs, containers) if len(selected)]
 
-    def _proc_versions(self, pids: list[np.ndarray], cgroups: list[np.ndarray]) -> list[np.ndarray]:
-        """Per event (of each array, by its pid and cgroup id), what its `proc` depends on
-        beyond its own bytes (the process table's entries for it and its ancestors, its
-        container's user names), as a number that changes when they do."""
+    def _versions(self, pids: list[np.ndarray], cgroups: list[np.ndarray]) -> tuple[list, list]:
+        """Per event (of each array, by its pid and cgroup id), what its `proc` and its
+        `container` depend on beyond its own bytes, as numbers that change when they do:
+        for `proc`, the process table's entries for it and its ancestors and its
+        container's user names; for `container`, the cgroup table's entry."""
         sizes = [len(p) for p in pids]
         pids = np.concatenate(pids or [np.zeros(0, np.uint32)])
         cgroups = np.concatenate(cgroups or [np.zeros(0, np.uint64)])
@@ -161,10 +161,12 @@ class Decoder:
         if not np.array_equal(cgroup_of[inverse], cgroups):  # a process moved to another cgroup
             both, inverse = np.unique(np.stack([pids.astype(np.uint64), cgroups]), axis=1, return_inverse=True)
             unique, cgroup_of, inverse = both[0], both[1], inverse.reshape(-1)
-        versions = [hash((self.processes.version(pid), self.users.version(self.cgroups.container(cgroup)["id"])))
-                    & 0xFFFFFFFFFFFFFFFF for pid, cgroup in zip(unique.tolist(), cgroup_of.tolist())]
-        every = np.array(versions, np.uint64)[inverse]
-        return np.split(every, np.cumsum(sizes)[:-1])
+        procs = [hash((self.processes.version(pid), self.users.version(self.cgroups.container(cgroup)["id"])))
+                 & 0xFFFFFFFFFFFFFFFF for pid, cgroup in zip(unique.tolist(), cgroup_of.tolist())]
+        containers = [self.cgroups.version(cgroup) for cgroup in cgroup_of.tolist()]
+        at = np.cumsum(sizes)[:-1]
+        return (np.split(np.array(procs, np.uint64)[inverse], at),
+                np.split(np.array(containers, np.uint64)[inverse], at))
 
     def syscall_record(self, event: np.void, fds: FdNotes) -> Record:
         self._fd_notes = fds

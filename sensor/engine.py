@@ -17,8 +17,8 @@ without running their code. So 1000 rules cost about what 10 do.
 Two ways in: `match(records)` reads fields from records (dicts), and `match_rows(rows)`
 from a batch's syscall rows (sensor.rows), where a field is read once per distinct
 part of an event (its `evt`, `proc` or `container`, by the part's key), not once per
-event, and so are the rules a part's values rule out. The value ids of each `evt` and
-`proc` key seen are kept from batch to batch; those of `container` keys for one batch.
+event, and so are the rules a part's values rule out. What each key seen gives is kept
+from batch to batch.
 
 Distinct values are kept per field up to MAX_VALUES, and keys per part up to MAX_PARTS;
 past that, the table starts over, so a field with unbounded values (a pid, a port)
@@ -183,21 +183,25 @@ class _Values:
 
 
 class _Part:
-    """The value ids of one part's fields for each key seen, table[row], and the rules
-    those values rule out, out[row]; a key's row is found in an open-addressing hash
-    table, kept at most half full: slots[s] is (key, row + 1), (0, 0) when empty, a
-    slot's key and row side by side, read with one cache miss. (Numba's typed dict
+    """The value ids of one part's fields for each key seen, table[row], found with the
+    rules those values rule out in an open-addressing hash table kept at most half
+    full: slots[s] is (key, row + 1, the rules' bits...), zeros when empty, so that a
+    key's slot says what an event needs of it in one cache miss. (Numba's typed dict
     takes several times as long per lookup.)"""
 
-    def __init__(self, fields: list[int], words: int):
+    def __init__(self, fields: list[int], words: int, coded: set[int]):
         self.fields = np.array(fields, np.int64)
+        # The fields that rules' code reads (those of rules not all terms), by column:
+        # the only ones an event's row of ids needs.
+        self.coded_columns = np.array([c for c, f in enumerate(fields) if f in coded], np.int64)
+        self.coded_fields = self.fields[self.coded_columns]
         self.size = 0
         self.table = np.zeros((1024, len(fields)), np.int32)
-        self.out = np.zeros((1024, words), np.uint64)
+        self.words = words
         self._slots(4096)
 
     def _slots(self, capacity: int) -> None:
-        self.slots = np.zeros((capacity, 2), np.uint64)
+        self.slots = np.zeros((capacity, 2 + self.words), np.uint64)
 
     def clear(self) -> None:
         if self.size:
@@ -211,15 +215,13 @@ class _Part:
         end = self.size = start + len(keys)
         if end > self.table.shape[0]:
             self.table = _grown(self.table, 0, end)
-            self.out = _grown(self.out, 0, end)
         self.table[start:end] = ids
-        self.out[start:end] = out
         if 2 * end > len(self.slots):
             used = self.slots[self.slots[:, 1] > 0]
             self._slots(_power_of_two(4 * end))
-            _insert(self.slots, used[:, 0], used[:, 1].astype(np.int64) - 1)
+            _insert(self.slots, used[:, 0], used[:, 1].astype(np.int64) - 1, used[:, 2:])
         rows = np.arange(start, end, dtype=np.int64)
-        _insert(self.slots, keys, rows)
+        _insert(self.slots, keys, rows, out)
         return rows
 
 
@@ -240,7 +242,11 @@ class Engine:
         self._fail_rows = np.zeros(len(p.fields), np.int64)  # rows each field has
         self._fails = np.zeros((0, p.words), np.uint64)
         part_of = [getter[0].part for getter in self._getters]
-        self._parts = {part: _Part([f for f in range(len(p.fields)) if part_of[f] == part], p.words)
+        coded = set().union(*(p.rule_fields[r] for r in range(len(p.names)) if not p.exact[r]))
+        self._coded_rules = np.zeros(p.words, np.uint64)  # a bit per rule that runs its code
+        for r in np.flatnonzero(~p.exact).tolist():
+            self._coded_rules[r // 64] |= np.uint64(1 << (r % 64))
+        self._parts = {part: _Part([f for f in range(len(p.fields)) if part_of[f] == part], p.words, coded)
                        for part in PARTS}
         self._per_record = [f for f in range(len(p.fields)) if part_of[f] == "record"]
         self._index_types = 0  # type ids the index covers
@@ -256,9 +262,9 @@ class Engine:
         _fill_fails(self._fails, 0, 0, 0, np.zeros(0, np.int32), p.code, p.term_code, p.term_rules, p.check_field,
                     self._table)
         evt, none = self._parts["evt"], np.zeros(0, np.uint64)
-        _gather(none, evt.slots, evt.table, evt.out, evt.fields, np.zeros((0, len(p.fields)), np.int32),
-                np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64))
-        _insert(evt.slots, none, np.zeros(0, np.int64))
+        _gather(none, evt.slots, evt.table, evt.coded_columns, evt.coded_fields, self._coded_rules,
+                np.zeros((0, len(p.fields)), np.int32), np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64))
+        _insert(evt.slots, none, np.zeros(0, np.int64), np.zeros((0, p.words), np.uint64))
 
     def match(self, records: Sequence[dict]) -> list[tuple[int, str]]:
         """(record index, rule name) of every match, in record order, then rule order."""
@@ -284,7 +290,6 @@ class Engine:
         found = [np.zeros((0, 3), np.int64)]
         if not p.names:
             return found[0]
-        self._parts["container"].clear()  # a container's identity is filled in in place
         for a, rows in enumerate(batch):
             self._start_over_if_full()
             ids = np.zeros((rows.n, len(p.fields)), np.int32)
@@ -311,7 +316,8 @@ class Engine:
             return
         keys = rows.keys[part]
         at = np.empty(rows.n, np.int64)
-        if _gather(keys, known.slots, known.table, known.out, known.fields, ids, ruled_out, at):
+        if _gather(keys, known.slots, known.table, known.coded_columns, known.coded_fields, self._coded_rules, ids,
+                   ruled_out, at):
             missing = np.flatnonzero(at < 0)
             new, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
             getters = [self._getters[f] for f in known.fields]
@@ -323,7 +329,8 @@ class Engine:
             self._fill_tables()
             self._extend_index()
             known.add(new, read, self._ruled_out(read, known.fields))
-            _gather(keys, known.slots, known.table, known.out, known.fields, ids, ruled_out, at)
+            _gather(keys, known.slots, known.table, known.coded_columns, known.coded_fields, self._coded_rules, ids,
+                   ruled_out, at)
 
     def _ruled_out(self, ids: np.ndarray, fields) -> np.ndarray:
         """Per row of ids (whose columns are `fields`): the rules its values rule out,
@@ -537,27 +544,34 @@ def _slot(slots, key):
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(keys, slots, table, out, fields, ids, ruled_out, at):
-    """Each key's row (at; -1 when not seen), and for those seen, their value ids into
-    ids' columns `fields` and the rules they rule out into ruled_out. Returns how many
-    were not seen."""
+def _gather(keys, slots, table, columns, fields, coded_rules, ids, ruled_out, at):
+    """Each key's row (at; -1 when not seen), and for those seen, the rules their values
+    rule out into ruled_out and, unless those include every rule that runs its code
+    (coded_rules), the value ids in their table columns `columns` into ids' columns
+    `fields`. Returns how many were not seen."""
     missing = 0
     for i in range(keys.shape[0]):
-        row = np.int64(slots[_slot(slots, keys[i]), 1]) - 1
+        s = _slot(slots, keys[i])
+        row = np.int64(slots[s, 1]) - 1
         at[i] = row
         if row < 0:
             missing += 1
             continue
-        for c in range(fields.shape[0]):
-            ids[i, fields[c]] = table[row, c]
-        for w in range(out.shape[1]):
-            ruled_out[i, w] |= out[row, w]
+        coded = np.uint64(0)
+        for w in range(ruled_out.shape[1]):
+            out = slots[s, 2 + w]
+            ruled_out[i, w] |= out
+            coded |= ~out & coded_rules[w]
+        if coded:
+            for c in range(fields.shape[0]):
+                ids[i, fields[c]] = table[row, columns[c]]
     return missing
 
 
 @numba.njit(cache=True, nogil=True)
-def _insert(slots, keys, rows):
+def _insert(slots, keys, rows, out):
     for i in range(keys.shape[0]):
         at = _slot(slots, keys[i])
         slots[at, 0] = keys[i]
         slots[at, 1] = np.uint64(rows[i] + 1)
+        slots[at, 2:] = out[i]

@@ -59,10 +59,9 @@ class Note(NamedTuple):
 
     def digest(self) -> int:
         """A 64-bit hash of what as_record() says (a sockaddr's values are str or int)."""
-        fd = self.fd
-        local = tuple(fd.local.items()) if fd.local else None
-        remote = tuple(fd.remote.items()) if fd.remote else None
-        return hash((self.num, fd.type, fd.name, fd.l4proto, fd.role, local, remote)) & 0xFFFFFFFFFFFFFFFF
+        num, (kind, name, l4proto, local, remote, role, _) = self  # unpacked: faster than attributes
+        return hash((num, kind, name, l4proto, role, tuple(local.items()) if local else None,
+                     tuple(remote.items()) if remote else None)) & 0xFFFFFFFFFFFFFFFF
 
 
 # What FdTable.apply gives: each fd event's note by (tid, kernel time), in time order.

@@ -11,9 +11,9 @@ arguments, which records do not carry, are left out of the key; a successful exe
 `proc` key includes its `evt` key, since the new image's exe and cmdline come from it.
 
 A `proc` key also takes in what the process table and the user names it is read
-from looked like (Decoder gives each row a version of them), so that `evt` and `proc`
-keys hold for good; `container` keys hold for one batch (a container's identity is
-filled in in place when it is known). Distinct contents hash alike with a
+from looked like, and a `container` key what the cgroup table's entry looked like (a
+container's identity is filled in in place when it is known): Decoder gives each row
+a version of them. So every key holds for good. Distinct contents hash alike with a
 probability of about n^2 / 2^65 for n distinct keys.
 """
 
@@ -128,7 +128,7 @@ class Rows:
     made on demand (`record(k)`: the k-th of them)."""
 
     def __init__(self, events: np.ndarray, index: np.ndarray, decoding: Decoding, notes: Notes, make_record,
-                 proc_versions: np.ndarray):
+                 proc_versions: np.ndarray, container_versions: np.ndarray):
         self.events = np.ascontiguousarray(events)
         self.index = index
         self.n = len(index)
@@ -142,7 +142,7 @@ class Rows:
         evt, proc, container = _keys(words, index, d.evt_words, d.proc_words, d.container_words, d.args_word,
                                      d.arg_count, d.args, d.data_word, d.slot_len_at, d.slot_count, d.slot_size,
                                      d.slots, d.nr, d.flags, d.result_word, d.execs, d.no_result, noted,
-                                     proc_versions)
+                                     proc_versions, container_versions)
         self.keys = {"evt": evt, "proc": proc, "container": container}
 
     def record(self, k: int) -> Record:
@@ -183,7 +183,8 @@ def _field(row, field):
 
 @numba.njit(cache=True, nogil=True)
 def _keys(words, index, evt_words, proc_words, container_words, args_word, arg_count, arg_mask, data_word, slot_len_at,
-          slot_count, slot_size, slot_mask, nr_field, flags_field, result_word, execs, no_result, noted, proc_versions):
+          slot_count, slot_size, slot_mask, nr_field, flags_field, result_word, execs, no_result, noted, proc_versions,
+          container_versions):
     n, width = index.shape[0], words.shape[1] * 8
     evt = np.empty(n, np.uint64)
     proc = np.empty(n, np.uint64)
@@ -214,7 +215,7 @@ def _keys(words, index, evt_words, proc_words, container_words, args_word, arg_c
             if tail:
                 h = _mix(h, row[start // 8 + length // 8] & ((np.uint64(1) << np.uint64(8 * tail)) - np.uint64(1)))
         evt[i] = _mix(h, noted[i])
-        c = np.uint64(0xC0FFEE)
+        c = _mix(np.uint64(0xC0FFEE), container_versions[i])
         for w in range(container_words.shape[0]):
             c = _mix(c, row[container_words[w, 0]] & container_words[w, 1])
         container[i] = c

@@ -151,18 +151,24 @@ def test_more_matches_than_records_all_come_out():
 
 def test_part_rows_are_found_by_key_through_growth_and_collisions():
     """A part's open-addressing table: keys that share their low bits (the slot they
-    start at) and more keys than the first table holds are all found; others are not."""
-    part = engine._Part([0], words=1)
+    start at) and more keys than the first table holds are all found, with what their
+    values rule out; others are not."""
+    part = engine._Part([0], words=1, coded={0})
     keys = np.concatenate([np.arange(1, 3000, dtype=np.uint64) << np.uint64(20),  # low 20 bits alike
                            np.arange(1, 6000, dtype=np.uint64)])
-    for chunk in np.array_split(keys, 7):
-        part.add(chunk, np.zeros((len(chunk), 1), np.int32), np.zeros((len(chunk), 1), np.uint64))
-    probe = np.concatenate([keys, np.array([7 << 40, 123456789], np.uint64)])
-    at = np.empty(len(probe), np.int64)
-    missing = engine._gather(probe, part.slots, part.table, part.out, part.fields,
-                             np.zeros((len(probe), 1), np.int32), np.zeros((len(probe), 1), np.uint64), at)
-    assert missing == 2 and at[-2:].tolist() == [-1, -1]
-    assert at[:-2].tolist() == list(range(len(keys)))
+    for chunk in np.array_split(np.arange(len(keys)), 7):
+        part.add(keys[chunk], chunk.astype(np.int32)[:, None], chunk.astype(np.uint64)[:, None] << np.uint64(1))
+
+    def found(probe):
+        at, ids, ruled_out = np.empty(len(probe), np.int64), np.zeros((len(probe), 1), np.int32), \
+            np.zeros((len(probe), 1), np.uint64)
+        engine._gather(probe, part.slots, part.table, part.coded_columns, part.coded_fields, np.ones(1, np.uint64),
+                       ids, ruled_out, at)
+        return at, ids[:, 0], ruled_out[:, 0]
+
+    at, ids, ruled_out = found(np.concatenate([keys, np.array([7 << 40, 123456789], np.uint64)]))
+    assert at[-2:].tolist() == [-1, -1] and ids[-2:].tolist() == [0, 0] and ruled_out[-2:].tolist() == [0, 0]
+    every = list(range(len(keys)))
+    assert at[:-2].tolist() == every and ids[:-2].tolist() == every and ruled_out[:-2].tolist() == [2 * k for k in every]
     part.clear()
-    assert engine._gather(keys, part.slots, part.table, part.out, part.fields, np.zeros((len(keys), 1), np.int32),
-                          np.zeros((len(keys), 1), np.uint64), at[:len(keys)]) == len(keys)
+    assert (found(keys)[0] == -1).all()
