@@ -32,20 +32,29 @@ _DOMAINS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "un
 _L4 = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}
 
 
+# A decoded sockaddr as a tuple of its (key, value) items: hashable, as all of Fd is.
+Address = tuple[tuple[str, object], ...]
+
+
 class Fd(NamedTuple):  # a tuple: made for every open, which a frozen dataclass makes slowly
     type: str                                  # file, directory, ipv4, ipv6, unix, netlink, socket, pipe, memfd
     name: str | bytes = ""                     # path, memfd:<name>, or local->remote for sockets
     l4proto: str | None = None
-    local: dict | None = None                  # decoded sockaddr
-    remote: dict | None = None
+    local: Address | None = None
+    remote: Address | None = None
     role: str | None = None                    # client (connected) or server (listening, accepted)
     cloexec: bool = False
 
     def as_record(self, num: int) -> dict:
         fields = {"num": num, "type": self.type, "name": self.name or _endpoints(self.local, self.remote)}
-        for key in ("l4proto", "local", "remote", "role"):
-            if getattr(self, key) is not None:
-                fields[key] = getattr(self, key)
+        if self.l4proto is not None:
+            fields["l4proto"] = self.l4proto
+        if self.local is not None:
+            fields["local"] = dict(self.local)
+        if self.remote is not None:
+            fields["remote"] = dict(self.remote)
+        if self.role is not None:
+            fields["role"] = self.role
         return fields
 
 
@@ -58,26 +67,29 @@ class Note(NamedTuple):
         return self.fd.as_record(self.num)
 
     def digest(self) -> int:
-        """A 64-bit hash of what as_record() says (a sockaddr's values are str or int)."""
-        num, (kind, name, l4proto, local, remote, role, _) = self  # unpacked: faster than attributes
-        return hash((num, kind, name, l4proto, role, tuple(local.items()) if local else None,
-                     tuple(remote.items()) if remote else None)) & 0xFFFFFFFFFFFFFFFF
+        """A 64-bit hash of the note (of what as_record() says, and cloexec)."""
+        return hash(self) & 0xFFFFFFFFFFFFFFFF
 
 
 # What FdTable.apply gives: each fd event's note by (tid, kernel time), in time order.
 FdNotes = dict[tuple[int, int], Note]
 
 
-def _endpoint(address: dict | None) -> str:
-    if not address:
+def _address(decoded: dict | None) -> Address | None:
+    return tuple(decoded.items()) if decoded is not None else None
+
+
+def _endpoint(items: Address | None) -> str:
+    if not items:
         return ""
+    address = dict(items)
     if "path" in address:
         return str(address["path"])
     host = address.get("addr", "")
     return f"[{host}]:{address.get('port', 0)}" if ":" in host else f"{host}:{address.get('port', 0)}"
 
 
-def _endpoints(local: dict | None, remote: dict | None) -> str:
+def _endpoints(local: Address | None, remote: Address | None) -> str:
     return f"{_endpoint(local)}->{_endpoint(remote)}" if remote else _endpoint(local)
 
 
@@ -191,16 +203,16 @@ class FdTable:
             return Note(number, current) if current else None
         if kind in ("accept", "accept4"):
             if res >= 0 and current is not None:
-                accepted = current._replace(name="", remote=evt.get("addr"), role="server",
+                accepted = current._replace(name="", remote=_address(evt.get("addr")), role="server",
                                             cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
                 self._put(pid, res, accepted)
                 return Note(res, accepted)
             return Note(number, current) if current else None
         if current is not None and (res == 0 or (kind == "connect" and res == -errno.EINPROGRESS)):
             if kind == "bind":
-                current = current._replace(local=evt.get("addr"))
+                current = current._replace(local=_address(evt.get("addr")))
             elif kind == "connect":
-                current = current._replace(remote=evt.get("addr"), role="client")
+                current = current._replace(remote=_address(evt.get("addr")), role="client")
             elif kind == "listen":
                 current = current._replace(role="server")
             fds[number] = current

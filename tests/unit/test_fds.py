@@ -26,7 +26,7 @@ def test_a_reverse_shell_shows_stdio_redirected_to_a_network_connection():
                  "remote": {"family": "inet", "addr": "10.0.0.9", "port": 4444}}
     assert notes[100, 2] == {"num": 3, **connected}
     assert notes[100, 3] == {"num": 0, **connected} and notes[100, 4] == {"num": 1, **connected}
-    assert table.get(100, 0).type == "ipv4" and table.get(100, 1).remote["port"] == 4444
+    assert table.get(100, 0).type == "ipv4" and dict(table.get(100, 1).remote)["port"] == 4444
 
 
 def test_files_directories_relative_paths_close_and_close_on_exec():
