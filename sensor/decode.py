@@ -16,7 +16,7 @@ from sensor.fds import FdNotes
 from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
 from sensor.ringbuf import RawBatch, group, scatter
-from sensor.rows import Decoding, Notes, Rows
+from sensor.rows import Decoding, Notes, Rows, unique_inverse
 from sensor.syscalls import EXEC, SyscallTable
 from sensor.users import Users
 
@@ -67,6 +67,7 @@ class Decoder:
         # the first batch.
         Rows(np.zeros(0, self._dtypes[self.layout.constants["MAYFLY_EVENT_SYSCALL"]]), np.zeros(0, np.int64),
              self._decoding, Notes({}), self.syscall_record, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        unique_inverse(np.zeros(0, np.uint64))
         self._fd_notes: FdNotes = {}
         # Buffers reused by every split (its arrays are views of them): grouping keys,
         # group counts (kind x row width in 8-byte units) and the grouped rows.
@@ -154,8 +155,7 @@ class Decoder:
         sizes = [len(p) for p in pids]
         pids = np.concatenate(pids or [np.zeros(0, np.uint32)])
         cgroups = np.concatenate(cgroups or [np.zeros(0, np.uint64)])
-        unique, inverse = np.unique(pids, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        unique, inverse = unique_inverse(pids)
         cgroup_of = np.zeros(len(unique), np.uint64)
         cgroup_of[inverse] = cgroups
         if not np.array_equal(cgroup_of[inverse], cgroups):  # a process moved to another cgroup
