@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from sensor import evaluate
+from sensor import evaluate, slots
 from sensor.condition import And, Check, Not, Or
 from sensor.condition import fields as fields_of
 from sensor.rows import PARTS, Rows
@@ -184,10 +184,8 @@ class _Values:
 
 class _Part:
     """The value ids of one part's fields for each key seen, table[row], found with the
-    rules those values rule out in an open-addressing hash table kept at most half
-    full: slots[s] is (key, row + 1, the rules' bits...), zeros when empty, so that a
-    key's slot says what an event needs of it in one cache miss. (Numba's typed dict
-    takes several times as long per lookup.)"""
+    rules those values rule out in a hash table (sensor.slots): key -> row, with the
+    rules' bits as extra columns, so a key's slot says what an event needs of it."""
 
     def __init__(self, fields: list[int], words: int, coded: set[int]):
         self.fields = np.array(fields, np.int64)
@@ -197,11 +195,7 @@ class _Part:
         self.coded_fields = self.fields[self.coded_columns]
         self.size = 0
         self.table = np.zeros((1024, len(fields)), np.int32)
-        self.words = words
-        self._slots(4096)
-
-    def _slots(self, capacity: int) -> None:
-        self.slots = np.zeros((capacity, 2 + self.words), np.uint64)
+        self.slots = slots.new(2048, words)
 
     def clear(self) -> None:
         if self.size:
@@ -218,10 +212,10 @@ class _Part:
         self.table[start:end] = ids
         if 2 * end > len(self.slots):
             used = self.slots[self.slots[:, 1] > 0]
-            self._slots(_power_of_two(4 * end))
-            _insert(self.slots, used[:, 0], used[:, 1].astype(np.int64) - 1, used[:, 2:])
+            self.slots = slots.new(2 * end, self.slots.shape[1] - 2)
+            slots.insert(self.slots, used[:, 0], used[:, 1].astype(np.int64) - 1, used[:, 2:])
         rows = np.arange(start, end, dtype=np.int64)
-        _insert(self.slots, keys, rows, out)
+        slots.insert(self.slots, keys, rows, out)
         return rows
 
 
@@ -264,7 +258,7 @@ class Engine:
         evt, none = self._parts["evt"], np.zeros(0, np.uint64)
         _gather(none, evt.slots, evt.table, evt.coded_columns, evt.coded_fields, self._coded_rules,
                 np.zeros((0, len(p.fields)), np.int32), np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64))
-        _insert(evt.slots, none, np.zeros(0, np.int64), np.zeros((0, p.words), np.uint64))
+        slots.insert(evt.slots, none, np.zeros(0, np.int64), np.zeros((0, p.words), np.uint64))
 
     def match(self, records: Sequence[dict]) -> list[tuple[int, str]]:
         """(record index, rule name) of every match, in record order, then rule order."""
@@ -290,13 +284,14 @@ class Engine:
         found = [np.zeros((0, 3), np.int64)]
         if not p.names:
             return found[0]
+        self._start_over_if_full()
         for a, rows in enumerate(batch):
-            self._start_over_if_full()
             ids = np.zeros((rows.n, len(p.fields)), np.int32)
             ruled_out = np.zeros((rows.n, p.words), np.uint64)
             for part in PARTS:  # evt first: evt.type is one of its fields
                 self._read_part(part, rows, ids, ruled_out)
-            ids[:, self._per_record] = DEFERRED
+            if self._per_record:
+                ids[:, self._per_record] = DEFERRED
             matches = self._evaluate(ids, ruled_out, rows.record)
             found.append(np.column_stack((np.full(len(matches), a), matches)))
         return np.concatenate(found)
@@ -355,13 +350,13 @@ class Engine:
 
     def _run(self, ids: np.ndarray, ruled_out: np.ndarray, order: np.ndarray, deferred: np.ndarray) -> np.ndarray:
         p = self.program
-        out = np.empty((len(order) + len(p.names), 2), np.int64)
         found, start = [], 0
-        while start < len(order):
+        while not found or start < len(order):
+            out = np.empty((len(order) - start + len(p.names), 2), np.int64)
             count, start = _run(ids, ruled_out, self._rule_mask, p.check_field, self._table, p.code, p.rule_code,
                                 p.exact, order, start, out, deferred)
-            found.append(out[:count].copy())
-        return np.concatenate(found) if found else out[:0]
+            found.append(out[:count])
+        return found[0] if len(found) == 1 else np.concatenate(found)
 
     def _start_over_if_full(self) -> None:
         for f, values in enumerate(self._values):
@@ -533,45 +528,26 @@ def _run(ids, ruled_out, rule_mask, check_field, table, code, rule_code, exact, 
     return count, order.shape[0]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _slot(slots, key):
-    """The slot that holds key, or the empty slot where it would go."""
-    mask = np.uint64(slots.shape[0] - 1)
-    at = key & mask  # keys are hashes already: their low bits will do
-    while slots[at, 1] and slots[at, 0] != key:
-        at = (at + np.uint64(1)) & mask
-    return at
-
-
 @numba.njit(cache=True, nogil=True)
-def _gather(keys, slots, table, columns, fields, coded_rules, ids, ruled_out, at):
-    """Each key's row (at; -1 when not seen), and for those seen, the rules their values
+def _gather(keys, keyed, table, columns, fields, coded_rules, ids, ruled_out, at):
+    """Each key's row in `keyed` (at; -1 when not seen), and for those seen, the rules their values
     rule out into ruled_out and, unless those include every rule that runs its code
     (coded_rules), the value ids in their table columns `columns` into ids' columns
     `fields`. Returns how many were not seen."""
     missing = 0
     for i in range(keys.shape[0]):
-        s = _slot(slots, keys[i])
-        row = np.int64(slots[s, 1]) - 1
+        s = slots.find(keyed, keys[i])
+        row = slots.value(keyed, s)
         at[i] = row
         if row < 0:
             missing += 1
             continue
         coded = np.uint64(0)
         for w in range(ruled_out.shape[1]):
-            out = slots[s, 2 + w]
+            out = keyed[s, 2 + w]
             ruled_out[i, w] |= out
             coded |= ~out & coded_rules[w]
         if coded:
             for c in range(fields.shape[0]):
                 ids[i, fields[c]] = table[row, columns[c]]
     return missing
-
-
-@numba.njit(cache=True, nogil=True)
-def _insert(slots, keys, rows, out):
-    for i in range(keys.shape[0]):
-        at = _slot(slots, keys[i])
-        slots[at, 0] = keys[i]
-        slots[at, 1] = np.uint64(rows[i] + 1)
-        slots[at, 2:] = out[i]

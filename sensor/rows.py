@@ -24,7 +24,7 @@ import itertools
 import numba
 import numpy as np
 
-from sensor import layout
+from sensor import layout, slots
 from sensor.fds import FdNotes
 from sensor.records import Record
 from sensor.syscalls import EXEC, SyscallTable
@@ -113,6 +113,9 @@ class Notes:
         self.tid, self.ktime = np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1])
         if np.any(self.ktime[1:] < self.ktime[:-1]):
             raise ValueError("fd notes must come in time order, as FdTable.apply gives them")
+        # Kernel time -> the first note of that time (inserted last to first: the first wins).
+        self.by_time = slots.new(len(notes))
+        slots.insert(self.by_time, self.ktime[::-1], np.arange(len(notes))[::-1], np.zeros((len(notes), 0), np.uint64))
 
     def hashes(self, found: np.ndarray) -> np.ndarray:
         """The content hash of each note found (an index here; -1: none, hash 0)."""
@@ -137,7 +140,7 @@ class Rows:
         self._records: dict[int, Record] = {}
         words = self.events.view(np.uint64).reshape(len(self.events), self.events.dtype.itemsize // 8)
         hdr = self.events["hdr"]
-        noted = notes.hashes(_noted(hdr["ktime_ns"], hdr["tid"], index, notes.ktime, notes.tid))
+        noted = notes.hashes(_noted(hdr["ktime_ns"], hdr["tid"], index, notes.ktime, notes.tid, notes.by_time))
         d = decoding
         evt, proc, container = _keys(words, index, d.evt_words, d.proc_words, d.container_words, d.args_word,
                                      d.arg_count, d.args, d.data_word, d.slot_len_at, d.slot_count, d.slot_size,
@@ -155,43 +158,32 @@ class Rows:
 def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the distinct values in order of first appearance, each value's index in them):
     np.unique without its sort, for the few distinct pids of a batch's many rows."""
-    return _unique_inverse(np.ascontiguousarray(values, np.uint64))
+    return _unique_inverse(np.ascontiguousarray(values, np.uint64), slots.new(len(values)))
 
 
 @numba.njit(cache=True, nogil=True)
-def _unique_inverse(values):
-    size = 16
-    while size < 2 * values.shape[0]:
-        size *= 2
-    mask = np.uint64(size - 1)
-    slot_values = np.zeros(size, np.uint64)
-    slot_ids = np.full(size, -1, np.int64)
+def _unique_inverse(values, seen):
     unique = np.empty(values.shape[0], np.uint64)
     inverse = np.empty(values.shape[0], np.int64)
     count = 0
     for i in range(values.shape[0]):
-        at = (values[i] * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32) & mask
-        while slot_ids[at] >= 0 and slot_values[at] != values[i]:
-            at = (at + np.uint64(1)) & mask
-        if slot_ids[at] < 0:
-            slot_values[at] = values[i]
-            slot_ids[at] = count
+        at = slots.find(seen, values[i])
+        if slots.value(seen, at) < 0:
+            slots.put(seen, at, values[i], count)
             unique[count] = values[i]
             count += 1
-        inverse[i] = slot_ids[at]
+        inverse[i] = slots.value(seen, at)
     return unique[:count], inverse
 
 
 @numba.njit(cache=True, nogil=True)
-def _noted(ktime, tid, index, note_ktime, note_tid):
+def _noted(ktime, tid, index, note_ktime, note_tid, by_time):
     """Each of the rows' note (its index; -1: none), by kernel time and thread."""
     noted = np.full(index.shape[0], -1, np.int64)
-    if note_ktime.shape[0] == 0:
-        return noted
     for k in range(index.shape[0]):
         i = index[k]
-        at = np.searchsorted(note_ktime, ktime[i])
-        while at < note_ktime.shape[0] and note_ktime[at] == ktime[i]:
+        at = slots.value(by_time, slots.find(by_time, ktime[i]))
+        while 0 <= at < note_ktime.shape[0] and note_ktime[at] == ktime[i]:
             if note_tid[at] == tid[i]:
                 noted[k] = at
                 break
