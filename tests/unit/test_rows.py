@@ -89,7 +89,8 @@ def matches_both_ways(rules: dict, batches: list[list[bytes]]) -> tuple[list, li
         records = d.records(arrays, None, notes)
         expected += [(_identity(records[i]), name) for i, name in reference.match(records)]
         batch = d.rows(arrays.get("syscall", []), notes)
-        got += [(_identity(batch[a].record(i)), engine.program.names[r]) for a, i, r in engine.match_rows(batch).tolist()]
+        names = engine.program.names
+        got += [(_identity(batch[a].record(i)), names[r]) for a, i, r in engine.match_rows(batch).tolist()]
         others = d.records({kind: groups for kind, groups in arrays.items() if kind != "syscall"}, None, notes)
         got += [(_identity(others[i]), name) for i, name in engine.match(others)]  # as the sensor does
     return sorted(got), sorted(expected)
