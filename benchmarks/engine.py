@@ -268,11 +268,11 @@ def report(results: dict, command: str) -> str:
               "a field value rules out (by their conjuncts on that field alone) is worked out once per value, so "
               "an event meets only the rules its values leave.",
               f"- Where the time goes (built-in rules, quiet, steady): {builtin['engine_keys_share']:.0%} in "
-              "making the rows: each row's part keys hashed (Numba), the fd notes of the rows that have one hashed "
-              "and each process's version of the process table looked up (Python, per note and per process); the "
-              "rest in matching: the part keys looked up with the rules their values rule out, the jump code of "
-              "the candidates left, per-array numpy calls, and records made for keys not seen before (a process "
-              "table that changed makes new `proc` keys)." + falco_note, END]
+              "making the rows: each row's part keys hashed (compiled), and in Python the fd notes of the rows "
+              "that have one hashed and each process's version of the process table looked up; the rest in "
+              "matching: the part keys looked up with the rules their values rule out (a table as large as the "
+              "stream's distinct keys, so mostly cache misses), the jump code of the candidates left, and numpy "
+              "calls per array (a batch comes as several arrays, one per record width)." + falco_note, END]
     return "\n".join(lines) + "\n"
 
 
