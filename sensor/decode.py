@@ -10,13 +10,14 @@ import time
 import numpy as np
 
 from sensor import layout, records
+from sensor.slots import unique_inverse
 from sensor.batches import each
 from sensor.cgroups import CgroupTable
 from sensor.fds import FdNotes
 from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
 from sensor.ringbuf import RawBatch, group, scatter
-from sensor.rows import Decoding, Notes, Rows, unique_inverse
+from sensor.rows import Decoding, Notes, Rows
 from sensor.syscalls import EXEC, SyscallTable
 from sensor.users import Users
 

@@ -155,27 +155,6 @@ class Rows:
         return record
 
 
-def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct values in order of first appearance, each value's index in them):
-    np.unique without its sort, for the few distinct pids of a batch's many rows."""
-    return _unique_inverse(np.ascontiguousarray(values, np.uint64), slots.new(len(values)))
-
-
-@numba.njit(cache=True, nogil=True)
-def _unique_inverse(values, seen):
-    unique = np.empty(values.shape[0], np.uint64)
-    inverse = np.empty(values.shape[0], np.int64)
-    count = 0
-    for i in range(values.shape[0]):
-        at = slots.find(seen, values[i])
-        if slots.value(seen, at) < 0:
-            slots.put(seen, at, values[i], count)
-            unique[count] = values[i]
-            count += 1
-        inverse[i] = slots.value(seen, at)
-    return unique[:count], inverse
-
-
 @numba.njit(cache=True, nogil=True)
 def _noted(ktime, tid, index, note_ktime, note_tid, by_time):
     """Each of the rows' note (its index; -1: none), by kernel time and thread."""

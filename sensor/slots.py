@@ -1,5 +1,6 @@
 """Open-addressing hash tables in numpy arrays, for compiled (Numba) code: the rule
-engine's part keys, a batch's distinct pids, a batch's fd notes by kernel time.
+engine's part keys, a batch's fd notes by kernel time, and unique_inverse (a batch's
+distinct pids).
 
 A table is a uint64 array [capacity, 2 + extra]: slot s holds (key, value + 1, extra
 columns...), and is empty while its value column is 0, so any key can be stored. A
@@ -52,3 +53,24 @@ def insert(slots, keys, values, extra):
         at = find(slots, keys[i])
         put(slots, at, keys[i], values[i])
         slots[at, 2:] = extra[i]
+
+
+def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values in order of first appearance, each value's index in them):
+    np.unique without its sort, for the few distinct pids of a batch's many rows."""
+    return _unique_inverse(np.ascontiguousarray(values, np.uint64), new(len(values)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _unique_inverse(values, seen):
+    unique = np.empty(values.shape[0], np.uint64)
+    inverse = np.empty(values.shape[0], np.int64)
+    count = 0
+    for i in range(values.shape[0]):
+        at = find(seen, values[i])
+        if value(seen, at) < 0:
+            put(seen, at, values[i], count)
+            unique[count] = values[i]
+            count += 1
+        inverse[i] = value(seen, at)
+    return unique[:count], inverse

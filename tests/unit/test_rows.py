@@ -18,7 +18,7 @@ from sensor.condition import And, Check, Or, parse
 from sensor.engine import Engine
 from sensor.evaluate import Reference
 from sensor.fds import FdTable
-from sensor.rows import Notes, unique_inverse
+from sensor.rows import Notes
 from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 from test_engine import conditions
 
@@ -203,11 +203,3 @@ def test_rows_of_chosen_syscalls_only_and_their_records():
 def test_fd_notes_out_of_time_order_are_refused():
     with pytest.raises(ValueError, match="time order"):
         Notes({(100, 5): None, (100, 4): None})
-
-
-@given(st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 100, 2**32]), max_size=300))
-def test_unique_inverse_keeps_first_appearance_order(values):
-    array = np.array(values, np.uint64)
-    unique, inverse = unique_inverse(array)
-    assert unique.tolist() == list(dict.fromkeys(values))
-    assert unique[inverse].tolist() == values
