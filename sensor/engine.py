@@ -36,6 +36,7 @@ import numpy as np
 from sensor import evaluate, slots
 from sensor.condition import And, Check, Not, Or
 from sensor.condition import fields as fields_of
+from sensor.records import Record
 from sensor.rows import PARTS, Rows
 
 MAX_VALUES = 1 << 16
@@ -281,20 +282,26 @@ class Engine:
         """(array, row, rule index in program.names) of every match of a batch's syscall
         arrays, in array and row order, then rule order: int64 [matches, 3]."""
         p = self.program
-        found = [np.zeros((0, 3), np.int64)]
-        if not p.names:
-            return found[0]
+        if not p.names or not batch:
+            return np.zeros((0, 3), np.int64)
         self._start_over_if_full()
-        for a, rows in enumerate(batch):
-            ids = np.zeros((rows.n, len(p.fields)), np.int32)
-            ruled_out = np.zeros((rows.n, p.words), np.uint64)
-            for part in PARTS:  # evt first: evt.type is one of its fields
-                self._read_part(part, rows, ids, ruled_out)
-            if self._per_record:
-                ids[:, self._per_record] = DEFERRED
-            matches = self._evaluate(ids, ruled_out, rows.record)
-            found.append(np.column_stack((np.full(len(matches), a), matches)))
-        return np.concatenate(found)
+        # The arrays' rows run as one: row i of the whole is row i - starts[a] of array a.
+        ends = np.cumsum([rows.n for rows in batch])
+        starts = ends - [rows.n for rows in batch]
+
+        def record(i: int) -> Record:
+            a = int(np.searchsorted(ends, i, side="right"))
+            return batch[a].record(i - int(starts[a]))
+
+        ids = np.zeros((int(ends[-1]), len(p.fields)), np.int32)
+        ruled_out = np.zeros((len(ids), p.words), np.uint64)
+        for part in PARTS:  # evt first: evt.type is one of its fields
+            self._read_part(part, np.concatenate([rows.keys[part] for rows in batch]), record, ids, ruled_out)
+        if self._per_record:
+            ids[:, self._per_record] = DEFERRED
+        matches = self._evaluate(ids, ruled_out, record)
+        which = np.searchsorted(ends, matches[:, 0], side="right")
+        return np.column_stack((which, matches[:, 0] - starts[which], matches[:, 1]))
 
     def _read_field(self, f: int, ids: np.ndarray, record, among: np.ndarray | None = None) -> None:
         """Field f of the records (of those `among`) whose type has rules that read it."""
@@ -303,14 +310,13 @@ class Engine:
         for i in rows.tolist():
             row[i] = values.intern(field.get(record(i), index))
 
-    def _read_part(self, part: str, rows: Rows, ids: np.ndarray, ruled_out: np.ndarray) -> None:
-        """A part's fields for every row, and the rules they rule out: looked up by key,
-        read for keys not seen yet from one row that has it."""
+    def _read_part(self, part: str, keys: np.ndarray, record, ids: np.ndarray, ruled_out: np.ndarray) -> None:
+        """A part's fields for every row (its key in keys), and the rules they rule out:
+        looked up by key, read for keys not seen yet from one row that has it (record(i))."""
         known = self._parts[part]
         if not len(known.fields):
             return
-        keys = rows.keys[part]
-        at = np.empty(rows.n, np.int64)
+        at = np.empty(len(keys), np.int64)
         if _gather(keys, known.slots, known.table, known.coded_columns, known.coded_fields, self._coded_rules, ids,
                    ruled_out, at):
             missing = np.flatnonzero(at < 0)
@@ -319,8 +325,8 @@ class Engine:
             values = [self._values[f] for f in known.fields]
             read = np.empty((len(new), len(known.fields)), np.int32)
             for k, i in enumerate(missing[first].tolist()):
-                record = rows.record(i)
-                read[k] = [v.intern(field.get(record, index)) for (field, index), v in zip(getters, values)]
+                fields = record(i)
+                read[k] = [v.intern(field.get(fields, index)) for (field, index), v in zip(getters, values)]
             self._fill_tables()
             self._extend_index()
             known.add(new, read, self._ruled_out(read, known.fields))
