@@ -269,10 +269,10 @@ def report(results: dict, command: str) -> str:
               "an event meets only the rules its values leave.",
               f"- Where the time goes (built-in rules, quiet, steady): {builtin['engine_keys_share']:.0%} in "
               "making the rows: each row's part keys hashed (compiled), and in Python the fd notes of the rows "
-              "that have one hashed and each process's version of the process table looked up; the rest in "
-              "matching: the part keys looked up with the rules their values rule out (a table as large as the "
-              "stream's distinct keys, so mostly cache misses), the jump code of the candidates left, and numpy "
-              "calls per array (a batch comes as several arrays, one per record width)." + falco_note, END]
+              "that have one hashed, each process's version of the process table looked up and numpy calls per "
+              "array (a batch comes as several arrays, one per record width); the rest in matching, the arrays "
+              "as one: the part keys looked up with the rules their values rule out (a table as large as the "
+              "stream's distinct keys, so mostly cache misses) and the jump code of the candidates left." + falco_note, END]
     return "\n".join(lines) + "\n"
 
 

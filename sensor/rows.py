@@ -115,7 +115,8 @@ class Notes:
             raise ValueError("fd notes must come in time order, as FdTable.apply gives them")
         # Kernel time -> the first note of that time (inserted last to first: the first wins).
         self.by_time = slots.new(len(notes))
-        slots.insert(self.by_time, self.ktime[::-1], np.arange(len(notes))[::-1], np.zeros((len(notes), 0), np.uint64))
+        last_first = np.arange(len(notes))[::-1].copy()
+        slots.insert(self.by_time, self.ktime[last_first], last_first, np.zeros((len(notes), 0), np.uint64))
 
     def hashes(self, found: np.ndarray) -> np.ndarray:
         """The content hash of each note found (an index here; -1: none, hash 0)."""
