@@ -82,6 +82,14 @@ def _words(rules: int) -> int:
     return max(1, -(-rules // 64))
 
 
+def _bits(rules, words: int) -> np.ndarray:
+    """The rules (indices) as a bit each in `words` 64-bit words."""
+    out = np.zeros(words, np.uint64)
+    for r in rules:
+        out[r // 64] |= np.uint64(1 << (r % 64))
+    return out
+
+
 @dataclass
 class Program:
     """A rule set compiled: rule r's code is code[rule_code[r]:rule_code[r + 1]].
@@ -141,31 +149,32 @@ class Program:
             emit(condition, used)
             rule_fields.append(frozenset(used))
         starts.append(len(code))
-        terms: dict[tuple[str, object], list[int]] = {}
+        terms: dict[tuple[str, object], list[int]] = {}  # (field, conjunct) -> its rules
         exact = []
         for r, condition in enumerate(conditions.values()):
-            items = conjuncts(condition)
-            found = [(item, fields_of(item)) for item in items]
-            # Fields read per record are not read before the rules run: not terms.
-            single = [(read.pop(), item) for item, read in found
-                      if len(read) == 1 and evaluate.field_of(next(iter(read)))[0].part != "record"]
-            for key in single:
-                terms.setdefault(key, []).append(r)
-            exact.append(len(single) == len(items))
-        term_code, term_rules = [], np.zeros((len(terms), _words(len(conditions))), np.uint64)
-        for t, ((_, item), rules) in enumerate(terms.items()):
+            exact.append(True)
+            for item in conjuncts(condition):
+                (field, *more) = fields_of(item)
+                # Fields read per record are not read before the rules run: not terms.
+                if more or evaluate.field_of(field)[0].part == "record":
+                    exact[r] = False
+                else:
+                    terms.setdefault((field, item), []).append(r)
+        term_code = []
+        for _, item in terms:
             term_code.append(len(code))
             emit(item, set())
-            for r in rules:
-                term_rules[t, r // 64] |= np.uint64(1 << (r % 64))
         term_code.append(len(code))
+        words = _words(len(conditions))
         ordered = sorted(checks, key=checks.get)
         return cls(names=list(conditions), fields=fields, checks=ordered,
                    check_field=np.array([fields.index(c.field) for c in ordered], np.int32),
                    code=np.array(code, np.int32).reshape(-1, 2), rule_code=np.array(starts, np.int32),
                    types=[event_types(c) for c in conditions.values()], rule_fields=rule_fields,
                    term_field=np.array([fields.index(field) for field, _ in terms], np.int32),
-                   term_code=np.array(term_code, np.int32), term_rules=term_rules, exact=np.array(exact, np.bool_))
+                   term_code=np.array(term_code, np.int32),
+                   term_rules=np.array([_bits(rules, words) for rules in terms.values()], np.uint64).reshape(-1, words),
+                   exact=np.array(exact, np.bool_))
 
 
 class _Values:
@@ -238,17 +247,13 @@ class Engine:
         self._fails = np.zeros((0, p.words), np.uint64)
         part_of = [getter[0].part for getter in self._getters]
         coded = set().union(*(p.rule_fields[r] for r in range(len(p.names)) if not p.exact[r]))
-        self._coded_rules = np.zeros(p.words, np.uint64)  # a bit per rule that runs its code
-        for r in np.flatnonzero(~p.exact).tolist():
-            self._coded_rules[r // 64] |= np.uint64(1 << (r % 64))
+        self._coded_rules = _bits(np.flatnonzero(~p.exact).tolist(), p.words)  # the rules that run their code
         self._parts = {part: _Part([f for f in range(len(p.fields)) if part_of[f] == part], p.words, coded)
                        for part in PARTS}
         self._per_record = [f for f in range(len(p.fields)) if part_of[f] == "record"]
         self._index_types = 0  # type ids the index covers
         self._type_rules = np.zeros((1, p.words), np.uint64)  # per type id: the rules of that type
-        self._rule_mask = np.zeros(p.words, np.uint64)  # a bit per rule
-        for r in range(len(p.names)):
-            self._rule_mask[r // 64] |= np.uint64(1 << (r % 64))
+        self._rule_mask = _bits(range(len(p.names)), p.words)
         # Compiled (or loaded from Numba's cache) now: at the first batch it would stall
         # a sensor that has short-lived containers to name.
         self._run(np.zeros((0, 1), np.int32), np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64),
@@ -325,8 +330,8 @@ class Engine:
             values = [self._values[f] for f in known.fields]
             read = np.empty((len(new), len(known.fields)), np.int32)
             for k, i in enumerate(missing[first].tolist()):
-                fields = record(i)
-                read[k] = [v.intern(field.get(fields, index)) for (field, index), v in zip(getters, values)]
+                event = record(i)
+                read[k] = [v.intern(field.get(event, index)) for (field, index), v in zip(getters, values)]
             self._fill_tables()
             self._extend_index()
             known.add(new, read, self._ruled_out(read, known.fields))
@@ -383,14 +388,13 @@ class Engine:
         if self._index_types == len(values):
             return
         p = self.program
-        self._type_rules = np.zeros((len(values), p.words), np.uint64)
+        per_type = [[r for r, allowed in enumerate(p.types) if allowed is None or value in allowed] for value in values]
+        self._type_rules = np.array([_bits(rules, p.words) for rules in per_type], np.uint64)
         # reads[f][type id]: whether some rule of that type reads field f
         reads = np.zeros((len(p.fields), len(values)), bool)
-        for t, value in enumerate(values):
-            for r, allowed in enumerate(p.types):
-                if allowed is None or value in allowed:
-                    self._type_rules[t, r // 64] |= np.uint64(1 << (r % 64))
-                    reads[list(p.rule_fields[r]), t] = True
+        for t, rules in enumerate(per_type):
+            for r in rules:
+                reads[list(p.rule_fields[r]), t] = True
         self._reads = reads
         self._index_types = len(values)
 
@@ -536,10 +540,10 @@ def _run(ids, ruled_out, rule_mask, check_field, table, code, rule_code, exact, 
 
 @numba.njit(cache=True, nogil=True)
 def _gather(keys, keyed, table, columns, fields, coded_rules, ids, ruled_out, at):
-    """Each key's row in `keyed` (at; -1 when not seen), and for those seen, the rules their values
-    rule out into ruled_out and, unless those include every rule that runs its code
-    (coded_rules), the value ids in their table columns `columns` into ids' columns
-    `fields`. Returns how many were not seen."""
+    """Each key's row in `keyed` (at; -1 when not seen), and for those seen, the rules
+    their values rule out into ruled_out and, unless those include every rule that runs
+    its code (coded_rules), the value ids in their table columns `columns` into ids'
+    columns `fields`. Returns how many were not seen."""
     missing = 0
     for i in range(keys.shape[0]):
         s = slots.find(keyed, keys[i])

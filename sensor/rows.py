@@ -173,7 +173,7 @@ def _noted(ktime, tid, index, note_ktime, note_tid, by_time):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _mix(h, value):
-    h = (h ^ value) * np.uint64(0x9E3779B97F4A7C15)
+    h = (h ^ value) * slots.GOLDEN
     return h ^ (h >> np.uint64(29))
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: a multiplier that spreads bits
+
 
 def new(count: int, extra: int = 0) -> np.ndarray:
     """An empty table with room for `count` keys at most half full."""
@@ -27,7 +29,7 @@ def new(count: int, extra: int = 0) -> np.ndarray:
 def find(slots, key):
     """The slot that holds key, or the empty slot where it would go."""
     mask = np.uint64(slots.shape[0] - 1)
-    h = key * np.uint64(0x9E3779B97F4A7C15)
+    h = key * GOLDEN
     at = (h ^ (h >> np.uint64(32))) & mask
     while slots[at, 1] and slots[at, 0] != key:
         at = (at + np.uint64(1)) & mask
