@@ -4,6 +4,7 @@ from pathlib import Path
 
 from sensor import resources, rule_loader
 from sensor.condition import And, Check, Not, Or
+from sensor.evaluate import Reference
 
 
 def test_builtin_rules_load_cleanly():
@@ -233,3 +234,17 @@ def test_exceptions_follow_falco(tmp_path):
     assert writes("curl")
     assert not writes("apk") and not writes("dpkg")  # the list the exception names
     assert not writes("cp") and not writes("install")  # a tuple, and one an append added
+
+
+def test_runc_init_mounting_its_cloned_binary_is_runtime_setup():
+    """runc init, re-executed from its cloned binary (comm "exe") by the host's runc,
+    mounts that binary in the new container's cgroup (seen in the e2e tier); the same
+    mount by a shell in the container is not setup."""
+    rules = Reference(rule_loader.load(resources.builtin_rule_files()).conditions)
+    mount = {"kind": "event", "ts": 1, "container": {"id": "abc", "cgroup_id": 7},
+             "evt": {"type": "mount", "res": 0, "source": "/proc/self/exe", "target": "/run/runc/abc/runc.x"}}
+    runc_init = dict(mount, proc={"pid": 9, "comm": "exe", "exe": "/dev/fd/6", "cmdline": "runc init",
+                                  "pname": "runc", "pexe": "/usr/sbin/runc"})
+    shell = dict(mount, proc={"pid": 9, "comm": "sh", "exe": "/bin/sh", "cmdline": "sh -c mount", "pname": "runc"})
+    assert [name for _, name in rules.match([runc_init, shell])] == ["Mount in Container"]
+    assert rules.match([shell]) == [(0, "Mount in Container")]
