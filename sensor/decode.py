@@ -17,7 +17,7 @@ from sensor.fds import FdNotes
 from sensor.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
 from sensor.ringbuf import RawBatch, group, scatter
-from sensor.rows import Decoding, Notes, Rows
+from sensor.rows import Decoding, Notes, Rows, chosen
 from sensor.syscalls import EXEC, SyscallTable
 from sensor.users import Users
 
@@ -51,6 +51,12 @@ def ip_text(family: int, raw: np.ndarray) -> str:
     return str(ipaddress.IPv6Address(bytes(raw)))
 
 
+def _per_distinct(values: np.ndarray, version_of) -> np.ndarray:
+    """version_of(value) for each of values, called once per distinct value, as uint64."""
+    unique, inverse = unique_inverse(values)
+    return np.array([version_of(v) for v in unique.tolist()], np.int64).view(np.uint64)[inverse]
+
+
 class Decoder:
     def __init__(self, table: SyscallTable, cgroups: CgroupTable, processes: ProcessTable | None = None,
                  clock: MonotonicClock | None = None, events: layout.Layout | None = None, users: Users | None = None):
@@ -67,9 +73,9 @@ class Decoder:
         # The rule engine's hashing compiled (or loaded from Numba's cache) now, not at
         # the first batch.
         Rows(np.zeros(0, self._dtypes[self.layout.constants["MAYFLY_EVENT_SYSCALL"]]), np.zeros(0, np.int64),
-             self._decoding, Notes({}), self.syscall_record, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+             self._decoding, Notes(FdNotes()), self.syscall_record, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         unique_inverse(np.zeros(0, np.uint64))
-        self._fd_notes: FdNotes = {}
+        self._fd_notes = FdNotes()
         # Buffers reused by every split (its arrays are views of them): grouping keys,
         # group counts (kind x row width in 8-byte units) and the grouped rows.
         self._itemsizes = np.zeros(max(self.kinds) + 1, np.int64)
@@ -116,7 +122,7 @@ class Decoder:
                 fds: FdNotes | None = None) -> list[Record]:
         """`event` records for the events whose evt.type is in `types` (None: all), in time
         order. `fds`: what the fd an event names was then, by (tid, kernel time)."""
-        self._fd_notes = fds or {}
+        self._fd_notes = fds or FdNotes()
         wanted = None if types is None else [self.table.numbers[t] for t in types if t in self.table.numbers]
         result = []
         for kind, groups in arrays.items():
@@ -137,12 +143,9 @@ class Decoder:
         only (None: all); a row's record is made only when the engine needs it. `fds` as
         for records()."""
         notes = Notes(fds)
-        if nrs is None:
-            index = [np.arange(len(events)) for events in groups]
-        else:
-            wanted = np.zeros(max(self.table.by_nr) + 2, np.bool_)  # the last: any number past the table
-            wanted[nrs] = True
-            index = [np.flatnonzero(wanted[np.minimum(events["nr"], len(wanted) - 1)]) for events in groups]
+        wanted = np.zeros(max(self.table.by_nr) + 1, np.bool_)
+        wanted[np.arange(len(wanted)) if nrs is None else nrs] = True
+        index = [chosen(events, self._decoding, wanted) for events in groups]
         procs, containers = self._versions([events["hdr"]["pid"][rows] for events, rows in zip(groups, index)],
                                            [events["hdr"]["cgroup_id"][rows] for events, rows in zip(groups, index)])
         return [Rows(events, selected, self._decoding, notes, self.syscall_record, proc, container)
@@ -151,23 +154,16 @@ class Decoder:
     def _versions(self, pids: list[np.ndarray], cgroups: list[np.ndarray]) -> tuple[list, list]:
         """Per event (of each array, by its pid and cgroup id), what its `proc` and its
         `container` depend on beyond its own bytes, as numbers that change when they do:
-        for `proc`, the process table's entries for it and its ancestors and its
-        container's user names; for `container`, the cgroup table's entry."""
-        sizes = [len(p) for p in pids]
-        pids = np.concatenate(pids or [np.zeros(0, np.uint32)])
-        cgroups = np.concatenate(cgroups or [np.zeros(0, np.uint64)])
-        unique, inverse = unique_inverse(pids)
-        cgroup_of = np.zeros(len(unique), np.uint64)
-        cgroup_of[inverse] = cgroups
-        if not np.array_equal(cgroup_of[inverse], cgroups):  # a process moved to another cgroup
-            both, inverse = np.unique(np.stack([pids.astype(np.uint64), cgroups]), axis=1, return_inverse=True)
-            unique, cgroup_of, inverse = both[0], both[1], inverse.reshape(-1)
-        procs = [hash((self.processes.version(pid), self.users.version(self.cgroups.container(cgroup)["id"])))
-                 & 0xFFFFFFFFFFFFFFFF for pid, cgroup in zip(unique.tolist(), cgroup_of.tolist())]
-        containers = [self.cgroups.version(cgroup) for cgroup in cgroup_of.tolist()]
-        at = np.cumsum(sizes)[:-1]
-        return (np.split(np.array(procs, np.uint64)[inverse], at),
-                np.split(np.array(containers, np.uint64)[inverse], at))
+        for `proc`, the process table's entries for it and its ancestors; for
+        `container`, the cgroup table's entry and the user names read in the container's
+        root (a `proc` key takes in its `container` key)."""
+        at = np.cumsum([len(p) for p in pids])[:-1]
+        procs = _per_distinct(np.concatenate(pids or [np.zeros(0, np.uint32)]), self.processes.version)
+        containers = _per_distinct(np.concatenate(cgroups or [np.zeros(0, np.uint64)]), self._container_version)
+        return np.split(procs, at), np.split(containers, at)
+
+    def _container_version(self, cgroup_id: int) -> int:
+        return hash((self.cgroups.version(cgroup_id), self.users.version(self.cgroups.container(cgroup_id)["id"])))
 
     def syscall_record(self, event: np.void, fds: FdNotes) -> Record:
         self._fd_notes = fds
@@ -187,7 +183,7 @@ class Decoder:
     def _syscall(self, event: np.void, evt: dict | None = None) -> Record:
         """`evt`: the event's arguments if decoded already (SyscallTable.decode_many)."""
         evt = self.table.decode_args(event) if evt is None else evt
-        note = self._fd_notes.get((int(event["hdr"]["tid"]), int(event["hdr"]["ktime_ns"])))
+        note = self._fd_notes.get(int(event["hdr"]["tid"]), int(event["hdr"]["ktime_ns"]))
         if note is not None:
             evt["fd"] = note.as_record()
         if evt["type"] in EXEC and evt["res"] == 0:

@@ -12,6 +12,7 @@ had before the sensor started are not known.
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import os
@@ -66,13 +67,39 @@ class Note(NamedTuple):
     def as_record(self) -> dict:
         return self.fd.as_record(self.num)
 
-    def digest(self) -> int:
-        """A 64-bit hash of the note (of what as_record() says, and cloexec)."""
-        return hash(self) & 0xFFFFFFFFFFFFFFFF
 
+class FdNotes:
+    """What FdTable.apply gives: each fd event's note by (tid, kernel time), in time
+    order, as columns, with a 64-bit hash of each (of what as_record() says, and
+    cloexec). The hash is taken as the note is made, while it is fresh in memory: the
+    rule engine keys events by it (sensor.rows) without touching the notes again."""
 
-# What FdTable.apply gives: each fd event's note by (tid, kernel time), in time order.
-FdNotes = dict[tuple[int, int], Note]
+    def __init__(self):
+        # Machine words, not Python ints: numpy reads them without a copy.
+        self.tids = array.array("Q")
+        self.times = array.array("Q")
+        self.digests = array.array("q")  # signed, as hash() gives them
+        self.notes: list[Note] = []
+        self._by_key: dict[tuple[int, int], Note] | None = None
+
+    def add(self, tid: int, ktime: int, note: Note) -> None:
+        self.tids.append(tid)
+        self.times.append(ktime)
+        self.notes.append(note)
+        self.digests.append(hash(note))
+
+    def __len__(self) -> int:
+        return len(self.notes)
+
+    def items(self):
+        return zip(zip(self.tids, self.times), self.notes)
+
+    def get(self, tid: int, ktime: int) -> Note | None:
+        """The note of thread tid's event at ktime (records are made for few events:
+        the lookup table is built at the first)."""
+        if self._by_key is None:
+            self._by_key = dict(self.items())
+        return self._by_key.get((tid, ktime))
 
 
 def _address(decoded: dict | None) -> Address | None:
@@ -117,7 +144,7 @@ class FdTable:
                    + [(g["hdr"]["pid"].tolist(), (g["hdr"]["tid"].tolist(), g["hdr"]["ktime_ns"].tolist(),
                                                   self.table.decode_many(g))) for g in syscalls])
         n_forks, n_exits = len(forks), len(exits)
-        notes: FdNotes = {}
+        notes = FdNotes()
         for which, row in zip(*time_order(forks + exits + syscalls)):
             pids, rest = columns[which]
             if which < n_forks:
@@ -128,7 +155,7 @@ class FdTable:
                 tids, times, evts = rest
                 note = self._syscall(pids[row], evts[row])
                 if note is not None:
-                    notes[tids[row], times[row]] = note
+                    notes.add(tids[row], times[row], note)
         return notes
 
     def _fork(self, parent: int, child: int) -> None:

@@ -171,10 +171,10 @@ class ProcessTable:
 
     def version(self, pid: int) -> int:
         """A number that changes whenever what get(pid) gives may: the serials of the
-        entries it reads (the process's and its ancestors')."""
-        serials, seen, at = [], set(), pid
-        while len(serials) <= self.ancestors and at not in seen:
-            seen.add(at)
+        entries it reads (the process's and its ancestors'). A cycle of ppids only
+        repeats serials: the walk is bounded anyway."""
+        serials, at = [], pid
+        for _ in range(self.ancestors + 1):
             serials.append(self._versions.get(at, 0))
             entry = self.entries.get(at)
             if entry is None:

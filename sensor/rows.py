@@ -10,16 +10,14 @@ one row that has it (made on demand by the decoder, as records always are). Poin
 arguments, which records do not carry, are left out of the key; a successful exec's
 `proc` key includes its `evt` key, since the new image's exe and cmdline come from it.
 
-A `proc` key also takes in what the process table and the user names it is read
-from looked like, and a `container` key what the cgroup table's entry looked like (a
-container's identity is filled in in place when it is known): Decoder gives each row
-a version of them. So every key holds for good. Distinct contents hash alike with a
+A `container` key also takes in what the cgroup table's entry (a container's identity
+is filled in in place when it is known) and the user names read in its root looked
+like, and a `proc` key takes in its `container` key and what the process table's
+entries it is read from looked like: Decoder gives each row a version of them. So every key holds for good. Distinct contents hash alike with a
 probability of about n^2 / 2^65 for n distinct keys.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numba
 import numpy as np
@@ -103,27 +101,20 @@ class Decoding:
 
 
 class Notes:
-    """A batch's fd notes (FdTable.apply), with their threads and kernel times as arrays
-    sorted by time; a note's content is hashed only when a row the engine reads has it."""
+    """A batch's fd notes (FdTable.apply) as arrays: their threads, kernel times (in
+    time order) and hashes, and a table from kernel time to the first note of it."""
 
     def __init__(self, notes: FdNotes):
         self.notes = notes
-        self._notes = list(notes.values())
-        keys = np.fromiter(itertools.chain.from_iterable(notes), np.uint64, 2 * len(notes)).reshape(-1, 2)
-        self.tid, self.ktime = np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1])
+        self.tid = np.frombuffer(notes.tids, np.uint64)
+        self.ktime = np.frombuffer(notes.times, np.uint64)
+        self.digest = np.frombuffer(notes.digests, np.uint64)
         if np.any(self.ktime[1:] < self.ktime[:-1]):
             raise ValueError("fd notes must come in time order, as FdTable.apply gives them")
-        # Kernel time -> the first note of that time (inserted last to first: the first wins).
+        # Inserted last to first: the first of a kernel time wins.
         self.by_time = slots.new(len(notes))
         last_first = np.arange(len(notes))[::-1].copy()
         slots.insert(self.by_time, self.ktime[last_first], last_first, np.zeros((len(notes), 0), np.uint64))
-
-    def hashes(self, found: np.ndarray) -> np.ndarray:
-        """The content hash of each note found (an index here; -1: none, hash 0)."""
-        out = np.zeros(len(found), np.uint64)
-        at = np.flatnonzero(found >= 0)
-        out[at] = [self._notes[i].digest() for i in found[at].tolist()]
-        return out
 
 
 class Rows:
@@ -139,9 +130,9 @@ class Rows:
         self.notes = notes
         self._make_record = make_record  # (event, fd notes) -> Record
         self._records: dict[int, Record] = {}
-        words = self.events.view(np.uint64).reshape(len(self.events), self.events.dtype.itemsize // 8)
+        words = _as_words(self.events)
         hdr = self.events["hdr"]
-        noted = notes.hashes(_noted(hdr["ktime_ns"], hdr["tid"], index, notes.ktime, notes.tid, notes.by_time))
+        noted = _noted(hdr["ktime_ns"], hdr["tid"], index, notes.ktime, notes.tid, notes.digest, notes.by_time)
         d = decoding
         evt, proc, container = _keys(words, index, d.evt_words, d.proc_words, d.container_words, d.args_word,
                                      d.arg_count, d.args, d.data_word, d.slot_len_at, d.slot_count, d.slot_size,
@@ -156,17 +147,39 @@ class Rows:
         return record
 
 
+def chosen(events: np.ndarray, decoding: Decoding, wanted: np.ndarray) -> np.ndarray:
+    """The rows of events whose syscall number is wanted (a bool per number)."""
+    return _chosen(_as_words(events), decoding.nr, wanted)
+
+
+def _as_words(events: np.ndarray) -> np.ndarray:
+    events = np.ascontiguousarray(events)
+    return events.view(np.uint64).reshape(len(events), events.dtype.itemsize // 8)
+
+
 @numba.njit(cache=True, nogil=True)
-def _noted(ktime, tid, index, note_ktime, note_tid, by_time):
-    """Each of the rows' note (its index; -1: none), by kernel time and thread."""
-    noted = np.full(index.shape[0], -1, np.int64)
+def _chosen(words, nr_field, wanted):
+    index = np.empty(words.shape[0], np.int64)
+    count = 0
+    for i in range(words.shape[0]):
+        nr = _field(words[i], nr_field)
+        if nr < wanted.shape[0] and wanted[nr]:
+            index[count] = i
+            count += 1
+    return index[:count]
+
+
+@numba.njit(cache=True, nogil=True)
+def _noted(ktime, tid, index, note_ktime, note_tid, note_digest, by_time):
+    """The hash of each of the rows' note, found by kernel time and thread (0: none;
+    of two notes of one thread and time, the last, as FdNotes.get gives)."""
+    noted = np.zeros(index.shape[0], np.uint64)
     for k in range(index.shape[0]):
         i = index[k]
         at = slots.value(by_time, slots.find(by_time, ktime[i]))
         while 0 <= at < note_ktime.shape[0] and note_ktime[at] == ktime[i]:
             if note_tid[at] == tid[i]:
-                noted[k] = at
-                break
+                noted[k] = note_digest[at]
             at += 1
     return noted
 

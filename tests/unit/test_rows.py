@@ -17,7 +17,7 @@ from sensor import resources, rule_loader
 from sensor.condition import And, Check, Or, parse
 from sensor.engine import Engine
 from sensor.evaluate import Reference
-from sensor.fds import FdTable
+from sensor.fds import Fd, FdNotes, FdTable, Note
 from sensor.rows import Notes
 from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 from test_engine import conditions
@@ -145,7 +145,7 @@ def test_rows_that_differ_only_in_a_pointer_share_their_evt_key():
     def keys(change):
         arrays, _ = d.split(batch_of(first, first))
         change(arrays["syscall"][0][1])
-        (rows,) = d.rows(arrays["syscall"], {})
+        (rows,) = d.rows(arrays["syscall"], FdNotes())
         return rows.keys["evt"]
 
     def pointer(event):
@@ -165,11 +165,11 @@ def test_a_proc_key_changes_with_the_process_table():
     d.processes.apply(arrays)
     event = syscall("close", 0, pid=101, ktime=2, header={"ppid": 100}, fd=3)
     arrays, _ = d.split(batch_of(event))
-    before = d.rows(arrays["syscall"], {})[0].keys["proc"][0]
+    before = d.rows(arrays["syscall"], FdNotes())[0].keys["proc"][0]
     arrays, _ = d.split(batch_of(syscall("execve", 0, pid=100, ktime=3, filename="/bin/nc", argv=b"nc\0")))
     d.processes.apply(arrays)
     arrays, _ = d.split(batch_of(event))
-    assert d.rows(arrays["syscall"], {})[0].keys["proc"][0] != before
+    assert d.rows(arrays["syscall"], FdNotes())[0].keys["proc"][0] != before
 
 
 def test_a_row_record_is_made_only_when_a_rule_needs_a_new_value():
@@ -183,7 +183,7 @@ def test_a_row_record_is_made_only_when_a_rule_needs_a_new_value():
     raws = [syscall("openat", 3, ktime=k, dirfd=-100, name="/etc/shadow", flags=0) for k in range(1, 101)]
     arrays, _ = d.split(batch_of(*raws))
     engine = Engine({"shadow": parse("evt.type = openat and fd.name = /etc/shadow and proc.name = sh")})
-    (rows,) = d.rows(arrays["syscall"], {})
+    (rows,) = d.rows(arrays["syscall"], FdNotes())
     rows._make_record = record
     assert len(engine.match_rows([rows])) == 100
     assert len(made) == 1  # one row read for its evt, proc and container parts alike
@@ -195,11 +195,14 @@ def test_rows_of_chosen_syscalls_only_and_their_records():
             syscall("close", 0, ktime=2, fd=3),
             syscall("openat", 4, ktime=3, dirfd=-100, name="/etc/passwd", flags=0)]
     arrays, _ = d.split(batch_of(*raws))
-    (rows,) = d.rows(arrays["syscall"], {}, np.array([TABLE.numbers["openat"]], np.uint32))
+    (rows,) = d.rows(arrays["syscall"], FdNotes(), np.array([TABLE.numbers["openat"]], np.uint32))
     assert rows.n == 2 and [rows.record(k)["evt"]["name"] for k in range(rows.n)] == ["/etc/shadow", "/etc/passwd"]
-    assert d.rows(arrays["syscall"], {}, np.array([TABLE.numbers["execve"]], np.uint32)) == []
+    assert d.rows(arrays["syscall"], FdNotes(), np.array([TABLE.numbers["execve"]], np.uint32)) == []
 
 
 def test_fd_notes_out_of_time_order_are_refused():
     with pytest.raises(ValueError, match="time order"):
-        Notes({(100, 5): None, (100, 4): None})
+        notes = FdNotes()
+        for ktime in (5, 4):
+            notes.add(100, ktime, Note(3, Fd("file", "/tmp/x")))
+        Notes(notes)
