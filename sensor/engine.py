@@ -10,7 +10,8 @@ table lookups with short-circuit jumps, in Numba.
 
 And only for the rules left: a conjunct that reads one field (a term, see Program) is
 true or false per value, so per value the engine keeps, as bits, the rules that value
-rules out (and per evt.type value, the rules of other types). A record's candidates
+rules out (and per evt.type value, the rules of other types); one that reads several
+fields of one part of an event is true or false per part key. A record's candidates
 are the rules none of its values rules out; those whose conjuncts are all terms match
 without running their code. So 1000 rules cost about what 10 do.
 
@@ -99,9 +100,11 @@ class Program:
     each of that field's values, whatever else the event holds. So per field value the
     engine keeps the rules that one of their terms rules out (a bit per rule), and an
     event's candidates are the rules of its type that none of its values rules out: a
-    few word operations, however many rules there are. A candidate whose conjuncts are
-    all terms matches; the others run their code. Term t's code is
-    code[term_code[t]:term_code[t + 1]]."""
+    few word operations, however many rules there are. A conjunct that reads several
+    fields of one part of an event (`fd.name in (...) or fd.directory = /etc/ssh`) is
+    a term too, of that part: it is true or false per part key (Engine.match_rows),
+    and per record. A candidate whose conjuncts are all terms matches; the others run
+    their code. Term t's code is code[term_code[t]:term_code[t + 1]]."""
     names: list[str]
     fields: list[str]               # field names as conditions write them; TYPE_FIELD first
     checks: list[Check]             # distinct checks
@@ -110,7 +113,8 @@ class Program:
     rule_code: np.ndarray           # int32 [rules + 1]
     types: list[frozenset[str] | None]
     rule_fields: list[frozenset[int]]
-    term_field: np.ndarray          # int32, per term: the field it reads
+    term_field: np.ndarray          # int32, per term: the field it reads (-1: several)
+    term_part: list[str]            # per term: the part (sensor.rows) its fields are of
     term_code: np.ndarray           # int32 [terms + 1]
     term_rules: np.ndarray          # uint64 [terms, words]: the rules that have the term
     exact: np.ndarray               # bool, per rule: all its conjuncts are terms
@@ -149,17 +153,18 @@ class Program:
             emit(condition, used)
             rule_fields.append(frozenset(used))
         starts.append(len(code))
-        terms: dict[tuple[str, object], list[int]] = {}  # (field, conjunct) -> its rules
+        terms: dict[tuple[str, object], list[int]] = {}  # (field or part, conjunct) -> its rules
         exact = []
         for r, condition in enumerate(conditions.values()):
             exact.append(True)
             for item in conjuncts(condition):
-                (field, *more) = fields_of(item)
-                # Fields read per record are not read before the rules run: not terms.
-                if more or evaluate.field_of(field)[0].part == "record":
+                names = sorted(fields_of(item))
+                (part, *more) = {evaluate.field_of(name)[0].part for name in names}
+                # Fields read per record are not read before the rules run: not in terms.
+                if more or part == "record":
                     exact[r] = False
                 else:
-                    terms.setdefault((field, item), []).append(r)
+                    terms.setdefault((names[0] if len(names) == 1 else part, item), []).append(r)
         term_code = []
         for _, item in terms:
             term_code.append(len(code))
@@ -171,7 +176,8 @@ class Program:
                    check_field=np.array([fields.index(c.field) for c in ordered], np.int32),
                    code=np.array(code, np.int32).reshape(-1, 2), rule_code=np.array(starts, np.int32),
                    types=[event_types(c) for c in conditions.values()], rule_fields=rule_fields,
-                   term_field=np.array([fields.index(field) for field, _ in terms], np.int32),
+                   term_field=np.array([fields.index(at) if at in fields else -1 for at, _ in terms], np.int32),
+                   term_part=[at if at not in fields else evaluate.field_of(at)[0].part for at, _ in terms],
                    term_code=np.array(term_code, np.int32),
                    term_rules=np.array([_bits(rules, words) for rules in terms.values()], np.uint64).reshape(-1, words),
                    exact=np.array(exact, np.bool_))
@@ -241,6 +247,10 @@ class Engine:
         self._checks_of = [np.flatnonzero(p.check_field == f) for f in range(len(p.fields))]
         self._table = np.zeros((len(p.checks), 1024), np.uint8)
         self._terms_of = [np.flatnonzero(p.term_field == f).astype(np.int32) for f in range(len(p.fields))]
+        # Terms of several fields of one part: ruled on per part key (all of them per record).
+        several = np.flatnonzero(p.term_field < 0).tolist()
+        self._part_terms = {part: np.array([t for t in several if p.term_part[t] == part], np.int32) for part in PARTS}
+        self._part_terms[None] = np.array(several, np.int32)
         # Per value of a field with terms: the rules it rules out, at row fail_base[f] + value id.
         self._fail_base = np.zeros(len(p.fields), np.int64)
         self._fail_rows = np.zeros(len(p.fields), np.int64)  # rows each field has
@@ -258,7 +268,9 @@ class Engine:
         # a sensor that has short-lived containers to name.
         self._run(np.zeros((0, 1), np.int32), np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64),
                   np.zeros(0, np.bool_))
-        self._ruled_out(np.zeros((0, 1), np.int32), [0])
+        self._ruled_out(np.zeros((0, 1), np.int32), [0], None)
+        _failing(np.zeros((0, 1), np.int32), np.zeros(0, np.int32), p.code, p.term_code, p.term_rules, p.check_field,
+                 self._table, np.zeros((0, p.words), np.uint64))
         _fill_fails(self._fails, 0, 0, 0, np.zeros(0, np.int32), p.code, p.term_code, p.term_rules, p.check_field,
                     self._table)
         evt, none = self._parts["evt"], np.zeros(0, np.uint64)
@@ -280,7 +292,7 @@ class Engine:
         for f in range(1, len(p.fields)):
             self._read_field(f, ids, records.__getitem__)
         self._fill_tables()
-        ruled_out = self._ruled_out(ids, range(len(p.fields)))
+        ruled_out = self._ruled_out(ids, range(len(p.fields)), None)
         return [(i, p.names[r]) for i, r in self._evaluate(ids, ruled_out).tolist()]
 
     def match_rows(self, batch: Sequence[Rows]) -> np.ndarray:
@@ -334,15 +346,23 @@ class Engine:
                 read[k] = [v.intern(field.get(event, index)) for (field, index), v in zip(getters, values)]
             self._fill_tables()
             self._extend_index()
-            known.add(new, read, self._ruled_out(read, known.fields))
+            known.add(new, read, self._ruled_out(read, known.fields, part))
             _gather(keys, known.slots, known.table, known.coded_columns, known.coded_fields, self._coded_rules, ids,
                    ruled_out, at)
 
-    def _ruled_out(self, ids: np.ndarray, fields) -> np.ndarray:
-        """Per row of ids (whose columns are `fields`): the rules its values rule out,
-        by their terms or, for evt.type, by the type index."""
-        return _ruled_out(ids, np.asarray(fields, np.int64), self._fails, self._fail_base, self._fail_rows,
-                          self._type_rules)
+    def _ruled_out(self, ids: np.ndarray, fields, part: str | None) -> np.ndarray:
+        """Per row of ids (whose columns are `fields`, those of `part`; None: all): the
+        rules its values rule out, by their terms or, for evt.type, by the type index,
+        and the rules that the terms of several of those fields rule out."""
+        fields = np.asarray(fields, np.int64)
+        out = _ruled_out(ids, fields, self._fails, self._fail_base, self._fail_rows, self._type_rules)
+        terms = self._part_terms[part]
+        if len(terms) and len(ids):
+            p = self.program
+            full = np.zeros((len(ids), len(p.fields)), np.int32)
+            full[:, fields] = ids
+            _failing(full, terms, p.code, p.term_code, p.term_rules, p.check_field, self._table, out)
+        return out
 
     def _evaluate(self, ids: np.ndarray, ruled_out: np.ndarray, record=None) -> np.ndarray:
         """Run the rules that ruled_out leaves over ids: (record, rule) int64 [matches,
@@ -484,11 +504,17 @@ def _fill_fails(fails, base, first, last, terms, code, term_code, term_rules, ch
     for k in range(last - first):
         ids[k, f] = first + k
     fails[base + first:base + last] = 0
+    _failing(ids, terms, code, term_code, term_rules, check_field, table, fails[base + first:base + last])
+
+
+@numba.njit(cache=True, nogil=True)
+def _failing(ids, terms, code, term_code, term_rules, check_field, table, out):
+    """Into out[i], the rules that one of `terms` rules out for row i of ids."""
     for t in terms:
-        for k in range(last - first):
-            if _interpret(code, term_code[t], term_code[t + 1], check_field, table, ids, k) == 0:
-                for w in range(fails.shape[1]):
-                    fails[base + first + k, w] |= term_rules[t, w]
+        for i in range(ids.shape[0]):
+            if _interpret(code, term_code[t], term_code[t + 1], check_field, table, ids, i) == 0:
+                for w in range(out.shape[1]):
+                    out[i, w] |= term_rules[t, w]
 
 
 @numba.njit(cache=True, nogil=True)

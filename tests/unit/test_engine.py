@@ -97,15 +97,29 @@ def test_rule_sets_wider_than_a_word_match_the_same(rules, batches):
     assert_same_matches(rules, batches)
 
 
-def test_conjuncts_on_one_field_are_terms():
+def test_conjuncts_on_one_field_or_one_part_are_terms():
     program = engine.Program.compile({
         "exact": parse("evt.type = openat and (fd.name = /a or fd.name glob '/b*') and not proc.name in (sh)"),
+        "one part": parse("evt.type = openat and (fd.name = /a or fd.directory = /etc) and (proc.name = sh or "
+                          "proc.pname = sh)"),
         "mixed": parse("evt.type = openat and (fd.name = /a or proc.name = sh)"),
         "per record": parse("evt.type = openat and proc.duration > 5")})
-    terms = sorted(program.fields[f] for f in program.term_field)
-    assert terms == ["evt.type", "fd.name", "proc.name"]  # evt.type = openat is one term, shared
-    assert program.exact.tolist() == [True, False, False]
-    assert program.term_rules[0, 0] == 0b111  # the shared term: a bit for each rule
+    terms = sorted(program.fields[f] if f >= 0 else program.term_part[t] for t, f in enumerate(program.term_field))
+    # evt.type = openat is one term, shared
+    assert terms == ["evt", "evt.type", "fd.name", "proc", "proc.name"]
+    assert program.exact.tolist() == [True, True, False, False]
+    assert program.term_rules[0, 0] == 0b1111  # the shared term: a bit for each rule
+
+
+def test_a_term_of_one_part_rules_out_per_key_and_per_record():
+    """Rules whose conjuncts all read one part each match without running code: the
+    rules their part terms rule out must be ruled out on both ways in."""
+    rules = {"one part": parse("evt.type = openat and (fd.name = /a or fd.directory = /etc)")}
+    compiled, reference = Engine(rules), Reference(rules)
+    assert compiled.program.exact.tolist() == [True]
+    batch = [{"kind": "event", "ts": 1, "evt": {"type": "openat", "fd": {"num": 3, "type": "file", "name": name}}}
+             for name in ("/a", "/etc/x", "/tmp/a", "/etc", "/b/a")]
+    assert compiled.match(batch) == reference.match(batch) == [(0, "one part"), (1, "one part")]
 
 
 @settings(max_examples=100, deadline=None)
