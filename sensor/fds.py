@@ -75,7 +75,8 @@ class FdNotes:
     rule engine keys events by it (sensor.rows) without touching the notes again."""
 
     def __init__(self):
-        # Machine words, not Python ints: numpy reads them without a copy.
+        # Machine words, not Python ints: numpy reads them without a copy (and once it
+        # does, rows.Notes, they refuse to grow: a batch's notes are all made by then).
         self.tids = array.array("Q")
         self.times = array.array("Q")
         self.digests = array.array("q")  # signed, as hash() gives them

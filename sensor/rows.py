@@ -13,8 +13,9 @@ arguments, which records do not carry, are left out of the key; a successful exe
 A `container` key also takes in what the cgroup table's entry (a container's identity
 is filled in in place when it is known) and the user names read in its root looked
 like, and a `proc` key takes in its `container` key and what the process table's
-entries it is read from looked like: Decoder gives each row a version of them. So every key holds for good. Distinct contents hash alike with a
-probability of about n^2 / 2^65 for n distinct keys.
+entries it is read from looked like: Decoder gives each row a version of them. So
+every key holds for good. Distinct contents hash alike with a probability of about
+n^2 / 2^65 for n distinct keys.
 """
 
 from __future__ import annotations

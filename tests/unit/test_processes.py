@@ -50,6 +50,20 @@ def test_loops_in_parent_links_end():
     assert table.get(7)["anames"] == ["b"]
 
 
+def test_a_version_changes_with_the_entries_get_reads_and_only_those():
+    table = ProcessTable(TABLE, decoder().clock, ancestors=1)
+    for pid in range(1, 5):
+        table._put(pid, Process(f"p{pid}", f"/bin/p{pid}", f"p{pid}", pid - 1))
+    before = table.version(4)
+    table._put(2, Process("p2", "/bin/p2", "p2", 1))  # a grandparent: get(4) does not read it
+    assert table.version(4) == before
+    table._put(3, Process("x", "/bin/x", "x", 2))  # the parent
+    assert table.version(4) != before
+    table._put(7, Process("a", "/a", "a", 8))
+    table._put(8, Process("b", "/b", "b", 7))
+    assert table.version(7) != table.version(8)  # a loop of parent links ends here too
+
+
 def test_the_table_is_bounded():
     d = decoder()
     d.processes = table = ProcessTable(TABLE, d.clock, capacity=100)
