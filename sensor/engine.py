@@ -153,7 +153,7 @@ class Program:
             emit(condition, used)
             rule_fields.append(frozenset(used))
         starts.append(len(code))
-        terms: dict[tuple[str, object], list[int]] = {}  # (field or part, conjunct) -> its rules
+        terms: dict[tuple, list[int]] = {}  # (part, its field or None: several, conjunct) -> its rules
         exact = []
         for r, condition in enumerate(conditions.values()):
             exact.append(True)
@@ -164,9 +164,9 @@ class Program:
                 if more or part == "record":
                     exact[r] = False
                 else:
-                    terms.setdefault((names[0] if len(names) == 1 else part, item), []).append(r)
+                    terms.setdefault((part, names[0] if len(names) == 1 else None, item), []).append(r)
         term_code = []
-        for _, item in terms:
+        for _, _, item in terms:
             term_code.append(len(code))
             emit(item, set())
         term_code.append(len(code))
@@ -176,8 +176,9 @@ class Program:
                    check_field=np.array([fields.index(c.field) for c in ordered], np.int32),
                    code=np.array(code, np.int32).reshape(-1, 2), rule_code=np.array(starts, np.int32),
                    types=[event_types(c) for c in conditions.values()], rule_fields=rule_fields,
-                   term_field=np.array([fields.index(at) if at in fields else -1 for at, _ in terms], np.int32),
-                   term_part=[at if at not in fields else evaluate.field_of(at)[0].part for at, _ in terms],
+                   term_field=np.array([-1 if field is None else fields.index(field) for _, field, _ in terms],
+                                       np.int32),
+                   term_part=[part for part, _, _ in terms],
                    term_code=np.array(term_code, np.int32),
                    term_rules=np.array([_bits(rules, words) for rules in terms.values()], np.uint64).reshape(-1, words),
                    exact=np.array(exact, np.bool_))
@@ -218,7 +219,7 @@ class _Part:
             self.slots[:] = 0
             self.size = 0
 
-    def add(self, keys: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def add(self, keys: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
         """Rows for new keys, with their fields' value ids and the rules these rule out
         (ids[k] and out[k] for keys[k])."""
         start = self.size
@@ -226,13 +227,14 @@ class _Part:
         if end > self.table.shape[0]:
             self.table = _grown(self.table, 0, end)
         self.table[start:end] = ids
-        if 2 * end > len(self.slots):
-            used = self.slots[self.slots[:, 1] > 0]
-            self.slots = slots.new(2 * end, self.slots.shape[1] - 2)
-            slots.insert(self.slots, used[:, 0], used[:, 1].astype(np.int64) - 1, used[:, 2:])
-        rows = np.arange(start, end, dtype=np.int64)
-        slots.insert(self.slots, keys, rows, out)
-        return rows
+        self.slots = slots.with_room(self.slots, end)
+        slots.insert(self.slots, keys, np.arange(start, end, dtype=np.int64), out)
+
+    def gather(self, keys: np.ndarray, coded_rules: np.ndarray, ids: np.ndarray, ruled_out: np.ndarray,
+               at: np.ndarray) -> int:
+        """_gather over this part's table: how many keys were not seen."""
+        return _gather(keys, self.slots, self.table, self.coded_columns, self.coded_fields, coded_rules, ids,
+                       ruled_out, at)
 
 
 class Engine:
@@ -274,8 +276,8 @@ class Engine:
         _fill_fails(self._fails, 0, 0, 0, np.zeros(0, np.int32), p.code, p.term_code, p.term_rules, p.check_field,
                     self._table)
         evt, none = self._parts["evt"], np.zeros(0, np.uint64)
-        _gather(none, evt.slots, evt.table, evt.coded_columns, evt.coded_fields, self._coded_rules,
-                np.zeros((0, len(p.fields)), np.int32), np.zeros((0, p.words), np.uint64), np.zeros(0, np.int64))
+        evt.gather(none, self._coded_rules, np.zeros((0, len(p.fields)), np.int32), np.zeros((0, p.words), np.uint64),
+                   np.zeros(0, np.int64))
         slots.insert(evt.slots, none, np.zeros(0, np.int64), np.zeros((0, p.words), np.uint64))
 
     def match(self, records: Sequence[dict]) -> list[tuple[int, str]]:
@@ -334,10 +336,9 @@ class Engine:
         if not len(known.fields):
             return
         at = np.empty(len(keys), np.int64)
-        if _gather(keys, known.slots, known.table, known.coded_columns, known.coded_fields, self._coded_rules, ids,
-                   ruled_out, at):
+        if known.gather(keys, self._coded_rules, ids, ruled_out, at):
             missing = np.flatnonzero(at < 0)
-            new, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
+            new, first = np.unique(keys[missing], return_index=True)
             getters = [self._getters[f] for f in known.fields]
             values = [self._values[f] for f in known.fields]
             read = np.empty((len(new), len(known.fields)), np.int32)
@@ -347,8 +348,7 @@ class Engine:
             self._fill_tables()
             self._extend_index()
             known.add(new, read, self._ruled_out(read, known.fields, part))
-            _gather(keys, known.slots, known.table, known.coded_columns, known.coded_fields, self._coded_rules, ids,
-                   ruled_out, at)
+            known.gather(keys, self._coded_rules, ids, ruled_out, at)
 
     def _ruled_out(self, ids: np.ndarray, fields, part: str | None) -> np.ndarray:
         """Per row of ids (whose columns are `fields`, those of `part`; None: all): the

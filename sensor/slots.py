@@ -48,6 +48,17 @@ def put(slots, at, key, value):
     slots[at, 1] = np.uint64(value + 1)
 
 
+def with_room(slots: np.ndarray, count: int) -> np.ndarray:
+    """The table itself, or when `count` keys would fill it past half, a larger one
+    holding the same keys, values and extra columns."""
+    if 2 * count <= slots.shape[0]:
+        return slots
+    used = slots[slots[:, 1] > 0]
+    grown = new(count, slots.shape[1] - 2)
+    insert(grown, used[:, 0], used[:, 1].astype(np.int64) - 1, used[:, 2:])
+    return grown
+
+
 @numba.njit(cache=True, nogil=True)
 def insert(slots, keys, values, extra):
     """keys[i] -> values[i], with the extra columns extra[i]."""

@@ -176,8 +176,7 @@ def test_part_rows_are_found_by_key_through_growth_and_collisions():
     def found(probe):
         at, ids, ruled_out = np.empty(len(probe), np.int64), np.zeros((len(probe), 1), np.int32), \
             np.zeros((len(probe), 1), np.uint64)
-        engine._gather(probe, part.slots, part.table, part.coded_columns, part.coded_fields, np.ones(1, np.uint64),
-                       ids, ruled_out, at)
+        part.gather(probe, np.ones(1, np.uint64), ids, ruled_out, at)
         return at, ids[:, 0], ruled_out[:, 0]
 
     at, ids, ruled_out = found(np.concatenate([keys, np.array([7 << 40, 123456789], np.uint64)]))
