@@ -11,19 +11,19 @@ PYTEST  ?= -ra
 
 setup: system-packages venv host
 
-# Debian/Ubuntu/Fedora packages: BCC, runc, headers, compilers (names in sensor/distro.py).
+# Debian/Ubuntu/Fedora packages: BCC, runc, headers, compilers (names in sensor/system/distro.py).
 system-packages:
-	@$(PYTHON) sensor/distro.py install
+	@$(PYTHON) sensor/system/distro.py install
 
 # What the benchmarks add (bpftrace, redis); `make test` runs their quick mode.
 bench-packages:
-	@$(PYTHON) sensor/distro.py install-bench
+	@$(PYTHON) sensor/system/distro.py install-bench
 
 # The venv, with the system's bcc package alone linked in: not the whole
 # dist-packages, whose cffi and others clash with pip's.
 venv: $(BIN)/mayfly
 	@bcc_dir=$$(/usr/bin/python3 -c 'import bcc, os; print(os.path.dirname(bcc.__file__))') \
-	  || { echo "the system python cannot import bcc: install $$($(PYTHON) sensor/distro.py bcc)" >&2; exit 1; }; \
+	  || { echo "the system python cannot import bcc: install $$($(PYTHON) sensor/system/distro.py bcc)" >&2; exit 1; }; \
 	site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	ln -sfn "$$bcc_dir" "$$site/bcc"
 

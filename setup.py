@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="mayfly",
@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     # ebpf/ and rules/ stay at the top level of the repo, and ship inside the package.
-    packages=["sensor", "sensor.testing", "sensor.ebpf", "sensor.rules"],
+    packages=find_packages(include=["sensor", "sensor.*"]) + ["sensor.ebpf", "sensor.rules"],
     package_dir={"sensor": "sensor", "sensor.ebpf": "ebpf", "sensor.rules": "rules"},
     package_data={
         "sensor": ["py.typed"],

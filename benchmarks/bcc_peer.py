@@ -28,10 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sensor import layout, resources, rule_loader, syscalls  # noqa: E402
-from sensor.bpf_program import import_bcc  # noqa: E402
-from sensor.engine import event_types  # noqa: E402
-from sensor.evaluate import evaluate  # noqa: E402
+from sensor import resources  # noqa: E402
+from sensor.detect import rule_loader  # noqa: E402
+from sensor.kernel import layout, syscalls  # noqa: E402
+from sensor.kernel.bpf_program import import_bcc  # noqa: E402
+from sensor.detect.engine import event_types  # noqa: E402
+from sensor.detect.evaluate import evaluate  # noqa: E402
 
 PATH_LEN = layout.events().constants["MAYFLY_STR_LEN"]  # bytes of a path read: as much as Mayfly reads
 PROGRAM = """

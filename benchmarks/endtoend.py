@@ -47,7 +47,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sensor import records, syscalls  # noqa: E402
+from sensor import records  # noqa: E402
+from sensor.kernel import syscalls  # noqa: E402
 from sensor.testing.containers import ContainerRig, RigError, wait_until  # noqa: E402
 from sensor.testing.running import RunningSensor  # noqa: E402
 

@@ -34,11 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sensor import resources, rule_loader  # noqa: E402
-from sensor.condition import parse  # noqa: E402
-from sensor.engine import Engine, rule_types  # noqa: E402
-from sensor.evaluate import Reference  # noqa: E402
-from sensor.fds import FdTable  # noqa: E402
+from sensor import resources  # noqa: E402
+from sensor.detect import rule_loader  # noqa: E402
+from sensor.detect.condition import parse  # noqa: E402
+from sensor.detect.engine import Engine, rule_types  # noqa: E402
+from sensor.detect.evaluate import Reference  # noqa: E402
+from sensor.identity.fds import FdTable  # noqa: E402
 from sensor.testing.events import batch_of, decoder, inet, raw, syscall  # noqa: E402
 
 from report import machine, main  # noqa: E402
@@ -193,8 +194,8 @@ def compile_times() -> dict:
     """Seconds to load the built-in rules and to compile them into an engine, in fresh
     processes: with an empty Numba cache, then with the cache that run left."""
     code = ("import time\n"
-            "from sensor import resources, rule_loader\n"
-            "from sensor.engine import Engine\n"
+            "from sensor import resources; from sensor.detect import rule_loader\n"
+            "from sensor.detect.engine import Engine\n"
             "from sensor.testing.events import decoder\n"
             "start = time.perf_counter()\n"
             "conditions = rule_loader.load(resources.builtin_rule_files()).conditions\n"

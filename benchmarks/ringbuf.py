@@ -45,12 +45,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sensor import maps, resources, syscalls  # noqa: E402
-from sensor.bpf_program import ProgramConfig, Programs, import_bcc  # noqa: E402
-from sensor.cgroups import CgroupTable  # noqa: E402
-from sensor.decode import Decoder  # noqa: E402
-from sensor.layout import events as event_layout  # noqa: E402
-from sensor.ringbuf import RawBatch, RingReader  # noqa: E402
+from sensor import resources  # noqa: E402
+from sensor.kernel import maps, syscalls  # noqa: E402
+from sensor.kernel.bpf_program import ProgramConfig, Programs, import_bcc  # noqa: E402
+from sensor.identity.cgroups import CgroupTable  # noqa: E402
+from sensor.output.decode import Decoder  # noqa: E402
+from sensor.kernel.layout import events as event_layout  # noqa: E402
+from sensor.kernel.ringbuf import RawBatch, RingReader  # noqa: E402
 
 from report import machine, main  # noqa: E402
 

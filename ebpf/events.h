@@ -1,7 +1,7 @@
 /* The kernel/user-space contract: every record that crosses the ring buffer, and
  * every map value that user space writes or reads.
  *
- * This header is the single source of truth. sensor/layout.py parses it to build
+ * This header is the single source of truth. sensor/kernel/layout.py parses it to build
  * the numpy dtypes, and tests/unit/test_layout.py checks every size and offset
  * against what the C compiler produces. Keep to the subset that parser reads:
  * `#define NAME <integer>` constants and structs of fixed-width fields

@@ -3,7 +3,7 @@
  * struct read, struct pt_regs, is the syscall register frame: on x86_64 its layout
  * is the ptrace ABI (uapi asm/ptrace.h) and does not change between releases.
  *
- * Configured by sensor/bpf_program.py through cflags: every MAYFLY_* knob below must
+ * Configured by sensor/kernel/bpf_program.py through cflags: every MAYFLY_* knob below must
  * be defined there, and each optional tracepoint is compiled in only when the loader
  * found it in tracefs (MAYFLY_TP_*).
  */

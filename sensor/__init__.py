@@ -4,10 +4,10 @@ Importing this package needs no BCC and no root: records, sinks, rule files and
 replay work anywhere. Only `Sensor.start()` loads BPF programs.
 """
 
-from sensor.bpf_program import BccMissing, ProgramConfig
+from sensor.kernel.bpf_program import BccMissing, ProgramConfig
 from sensor.records import RECORD_SCHEMA_VERSION, Record, read_stream
 from sensor.sensor import ALL, Sensor
-from sensor.sinks import CallbackSink, FileSink, Sink, StreamSink
+from sensor.output.sinks import CallbackSink, FileSink, Sink, StreamSink
 
 __version__ = "0.1.0"
 

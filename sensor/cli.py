@@ -10,8 +10,12 @@ import time
 
 import click
 
-from sensor import bpf_program, doctor, host, records, rule_loader, sinks
-from sensor.bpf_program import ProgramConfig
+from sensor import doctor, records
+from sensor.detect import rule_loader
+from sensor.kernel import bpf_program
+from sensor.output import sinks
+from sensor.system import host
+from sensor.kernel.bpf_program import ProgramConfig
 from sensor.log import configure_cli, get_logger
 
 log = get_logger("cli")

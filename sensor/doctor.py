@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sensor import host, kernel_headers
-from sensor.bpf_program import BccMissing, import_bcc
+from sensor.system import host, kernel_headers
+from sensor.kernel.bpf_program import BccMissing, import_bcc
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,22 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from sensor import host, layout, maps, records, resources, rule_loader, syscalls
-from sensor.alerts import Alerts
-from sensor.bpf_program import ProgramConfig, Programs
-from sensor.cgroups import CgroupTable
-from sensor.decode import OTHER_TYPES, Decoder, MonotonicClock
-from sensor.fds import FD_SYSCALLS, FdTable
+from sensor import records, resources
+from sensor.detect import rule_loader
+from sensor.kernel import layout, maps, syscalls
+from sensor.system import host
+from sensor.detect.alerts import Alerts
+from sensor.kernel.bpf_program import ProgramConfig, Programs
+from sensor.identity.cgroups import CgroupTable
+from sensor.output.decode import OTHER_TYPES, Decoder, MonotonicClock
+from sensor.identity.fds import FD_SYSCALLS, FdTable
 from sensor.log import get_logger
-from sensor.processes import ProcessTable
+from sensor.identity.processes import ProcessTable
 from sensor.records import Record
-from sensor.reports import KernelReports
-from sensor.ringbuf import RingReader
-from sensor.rows import Rows
-from sensor.sinks import CallbackSink, Sink
+from sensor.output.reports import KernelReports
+from sensor.kernel.ringbuf import RingReader
+from sensor.detect.rows import Rows
+from sensor.output.sinks import CallbackSink, Sink
 
 log = get_logger("sensor")
 

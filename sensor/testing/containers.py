@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sensor import host
+from sensor.system import host
 
 DEFAULT_WORKDIR = "/var/tmp/mayfly-rig"
 ID_PREFIX = "mayfly-"

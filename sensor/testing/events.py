@@ -3,14 +3,14 @@ with nothing of the host behind it: for tests and benchmarks."""
 
 import numpy as np
 
-from sensor import layout
-from sensor.cgroups import CgroupTable
-from sensor.decode import Decoder, MonotonicClock
-from sensor.processes import Details, ProcessTable
-from sensor.ringbuf import RawBatch
-from sensor.runtimes import Resolver
-from sensor.syscalls import SyscallTable
-from sensor.users import Users
+from sensor.kernel import layout
+from sensor.identity.cgroups import CgroupTable
+from sensor.output.decode import Decoder, MonotonicClock
+from sensor.identity.processes import Details, ProcessTable
+from sensor.kernel.ringbuf import RawBatch
+from sensor.identity.runtimes import Resolver
+from sensor.kernel.syscalls import SyscallTable
+from sensor.identity.users import Users
 
 EVENTS = layout.events()
 C = EVENTS.constants

@@ -4,7 +4,7 @@ the built-in rules (container rules only: the host's cgroups are filtered in the
 
 from scenarios import ATTACK, run_scenarios
 
-from sensor import rule_loader
+from sensor.detect import rule_loader
 from sensor.resources import builtin_rule_files
 
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from sensor import host
+from sensor.system import host
 from sensor.testing.containers import ContainerRig, RigError, wait_until
 
 

@@ -7,7 +7,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from sensor import host
+from sensor.system import host
 
 
 def drain(sensor, timeout=10.0):

@@ -8,7 +8,8 @@ import uuid
 
 from capture import collect, drain, events, own_cgroup, run_in_cgroup
 
-from sensor import ProgramConfig, Sensor, host
+from sensor import ProgramConfig, Sensor
+from sensor.system import host
 from sensor.testing.containers import wait_until
 
 N = 97  # prime

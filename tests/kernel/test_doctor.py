@@ -2,7 +2,8 @@
 
 import os
 
-from sensor import doctor, host
+from sensor import doctor
+from sensor.system import host
 
 
 def by_name(checks):

@@ -4,7 +4,7 @@ import os
 
 from capture import collect
 
-from sensor import host
+from sensor.system import host
 
 RUNS = 7  # prime: doubled or missed events show
 

@@ -9,7 +9,7 @@ import socket
 import pytest
 from capture import run_fire
 
-from sensor import syscalls
+from sensor.kernel import syscalls
 
 N = 5  # prime: doubled or missed events show
 

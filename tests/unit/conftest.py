@@ -4,8 +4,8 @@ implementations."""
 
 import pytest
 
-from sensor.engine import Engine
-from sensor.evaluate import Reference
+from sensor.detect.engine import Engine
+from sensor.detect.evaluate import Reference
 
 MATCHERS = {"reference": Reference, "engine": Engine}
 

@@ -1,7 +1,7 @@
 """Alert records: rendered outputs, and what the loaded rules ask the kernel for."""
 
-from sensor import rule_loader
-from sensor.alerts import Alerts, render
+from sensor.detect import rule_loader
+from sensor.detect.alerts import Alerts, render
 
 
 def load(tmp_path, text):

@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 
-from sensor import layout, records
-from sensor.cgroups import CgroupTable
-from sensor.runtimes import Resolver
+from sensor import records
+from sensor.kernel import layout
+from sensor.identity.cgroups import CgroupTable
+from sensor.identity.runtimes import Resolver
 
 EVENTS = layout.events()
 

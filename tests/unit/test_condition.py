@@ -3,7 +3,7 @@ the expansion of macros and lists."""
 
 import pytest
 
-from sensor.condition import And, Check, ConditionError, MacroRef, Not, Or, expand, fields, parse
+from sensor.detect.condition import And, Check, ConditionError, MacroRef, Not, Or, expand, fields, parse
 
 
 def test_not_binds_tighter_than_and_than_or():

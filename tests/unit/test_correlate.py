@@ -2,9 +2,9 @@
 
 import pytest
 
-from sensor import correlate, rule_loader
-from sensor.alerts import Alerts
-from sensor.correlate import duration_ns
+from sensor.detect import correlate, rule_loader
+from sensor.detect.alerts import Alerts
+from sensor.detect.correlate import duration_ns
 
 SECOND = 1_000_000_000
 

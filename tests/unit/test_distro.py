@@ -2,7 +2,7 @@
 
 import pytest
 
-from sensor import distro
+from sensor.system import distro
 
 
 @pytest.mark.parametrize("os_release, family, bcc", [

@@ -7,10 +7,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor import engine
-from sensor.condition import And, Check, Not, Or, parse
-from sensor.engine import Engine, event_types
-from sensor.evaluate import Reference
+from sensor.detect import engine
+from sensor.detect.condition import And, Check, Not, Or, parse
+from sensor.detect.engine import Engine, event_types
+from sensor.detect.evaluate import Reference
 
 TYPES = ["openat", "execve", "connect", "dup2"]
 PATHS = ["/etc/shadow", "/etc/passwd", "/tmp/x", "/usr/bin/sh", "", "/ETC/Shadow", "/etc"]

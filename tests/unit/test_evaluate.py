@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from sensor import rule_loader
-from sensor.condition import parse
-from sensor.domains import DOMAINS
-from sensor.fields import lookup, open_flags_text
+from sensor.detect import rule_loader
+from sensor.detect.condition import parse
+from sensor.detect.domains import DOMAINS
+from sensor.detect.fields import lookup, open_flags_text
 
 
 def record(evt, container=None, **proc):

@@ -6,7 +6,7 @@ import socket
 
 from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 
-from sensor.fds import FdTable
+from sensor.identity.fds import FdTable
 
 
 def apply(table: FdTable, *records: bytes) -> dict:

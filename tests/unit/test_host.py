@@ -2,7 +2,7 @@
 
 import pytest
 
-from sensor import host
+from sensor.system import host
 
 HYBRID = """\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from sensor import kernel_headers
+from sensor.system import kernel_headers
 
 RUNNING = "6.18.44-test"
 
@@ -72,7 +72,7 @@ def test_a_dangling_link_from_an_uninstalled_tree_is_replaced(tmp_path):
 
 
 def test_nothing_installed_names_the_package(tmp_path, monkeypatch):
-    from sensor import distro
+    from sensor.system import distro
     monkeypatch.setattr(distro, "detect", lambda: distro.Distro("debian", "debian"))
     with pytest.raises(kernel_headers.HeadersMissing, match=f"install linux-headers-{RUNNING} or linux-headers-"):
         kernel_headers.resolve(RUNNING, str(tmp_path / "empty"), environ={})

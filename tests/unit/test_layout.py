@@ -5,7 +5,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from sensor import layout, resources
+from sensor import resources
+from sensor.kernel import layout
 
 
 def compiler_layout(tmp_path, events):
@@ -53,7 +54,7 @@ def test_constants_and_kinds():
 
 
 def test_schema_version_is_the_one_user_space_decodes():
-    from sensor import bpf_program
+    from sensor.kernel import bpf_program
     assert layout.events().constants["MAYFLY_SCHEMA_VERSION"] == bpf_program.EXPECTED_SCHEMA
 
 

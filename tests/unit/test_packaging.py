@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def layout_structs():
-    from sensor import layout
+    from sensor.kernel import layout
     return layout.events().structs
 
 
@@ -24,7 +24,8 @@ def test_non_editable_install_finds_its_data(tmp_path):
     assert (target / "sensor" / "ebpf" / "events.h").is_file()
     assert (target / "sensor" / "ebpf" / "mayfly.bpf.c").is_file()
     assert (target / "sensor" / "rules" / "mayfly_rules.yaml").is_file()
-    probe = ("from sensor import resources, layout, bpf_program, ProgramConfig\n"
+    probe = ("from sensor import ProgramConfig, resources\n"
+             "from sensor.kernel import bpf_program, layout\n"
              "print(resources.ebpf_file('events.h'))\n"
              "print(resources.builtin_rule_files()[0])\n"
              "print(len(layout.events().structs))\n"
@@ -39,7 +40,7 @@ def test_import_without_bcc_and_a_clear_error_at_start(tmp_path):
     probe = ("import sys\n"
              "sys.modules['bcc'] = None  # as on a host without python3-bpfcc\n"
              "import sensor\n"
-             "from sensor import distro\n"
+             "from sensor.system import distro\n"
              "try:\n"
              "    sensor.Sensor(rules=[]).start()\n"
              "except sensor.BccMissing as e:\n"
@@ -60,7 +61,7 @@ def test_no_pypi_bcc_dependency():
 def test_without_privileges_the_error_says_so(tmp_path):
     # Mocked: the check reads the capabilities in /proc/self/status, and this suite
     # runs as root, so the probe makes it see none.
-    probe = ("import sensor, sensor.host as h\n"
+    probe = ("import sensor, sensor.system.host as h\n"
              "h.effective_capabilities = lambda status='': set()\n"
              "try:\n"
              "    sensor.Sensor(rules=[]).start()\n"

@@ -8,7 +8,7 @@ import sys
 from sensor.testing.events import TABLE, batch_of, decoder, raw, syscall
 
 from sensor.testing.containers import wait_until
-from sensor.processes import Details, Process, ProcessTable, _below, capability_text, read_details, read_proc
+from sensor.identity.processes import Details, Process, ProcessTable, _below, capability_text, read_details, read_proc
 
 
 def test_lineage_from_forks_and_execs_in_time_order():

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensor import RECORD_SCHEMA_VERSION, CallbackSink, FileSink, StreamSink, read_stream, records, sinks
+from sensor import RECORD_SCHEMA_VERSION, CallbackSink, FileSink, StreamSink, read_stream, records
+from sensor.output import sinks
 
 EXEC = records.new("event", 1_700_000_000_123_000_000, container={"id": "abc", "cgroup_id": 77},
                    proc={"pid": 5, "tid": 5, "ppid": 1, "uid": 0, "gid": 0, "comm": "ls"},

@@ -4,7 +4,7 @@ side is exercised in tests/kernel). Both the Numba function and its Python sourc
 import numpy as np
 import pytest
 
-from sensor import ringbuf
+from sensor.kernel import ringbuf
 
 SIZE = 256  # data bytes; the simulation maps them twice, as the kernel does
 BUSY, DISCARD = 1 << 31, 1 << 30

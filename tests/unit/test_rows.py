@@ -1,4 +1,4 @@
-"""The engine reading a batch's syscall rows (sensor.rows) against the reference
+"""The engine reading a batch's syscall rows (sensor.detect.rows) against the reference
 evaluator reading the records the decoder makes of the same rows: random streams of
 raw kernel records (hypothesis), the built-in rules, Falco's stable rules and random
 conditions must give identical matches, batch after batch."""
@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor import resources, rule_loader
-from sensor.condition import And, Check, Or, parse
-from sensor.engine import Engine
-from sensor.evaluate import Reference
-from sensor.fds import Fd, FdNotes, FdTable, Note
-from sensor.rows import Notes
+from sensor import resources
+from sensor.detect import rule_loader
+from sensor.detect.condition import And, Check, Or, parse
+from sensor.detect.engine import Engine
+from sensor.detect.evaluate import Reference
+from sensor.identity.fds import Fd, FdNotes, FdTable, Note
+from sensor.detect.rows import Notes
 from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 from test_engine import conditions
 

@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from sensor import resources, rule_loader
-from sensor.condition import And, Check, Not, Or
-from sensor.evaluate import Reference
+from sensor import resources
+from sensor.detect import rule_loader
+from sensor.detect.condition import And, Check, Not, Or
+from sensor.detect.evaluate import Reference
 
 
 def test_builtin_rules_load_cleanly():
@@ -196,7 +197,7 @@ def test_append_override_and_enabled_follow_falco(tmp_path):
 
 
 def test_exceptions_follow_falco(tmp_path):
-    from sensor.evaluate import evaluate
+    from sensor.detect.evaluate import evaluate
 
     path = tmp_path / "rules.yaml"
     path.write_text("""

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from sensor import runtimes
-from sensor.runtimes import PathMatch, Resolver, parse_cgroup_path, parse_image
+from sensor.identity import runtimes
+from sensor.identity.runtimes import PathMatch, Resolver, parse_cgroup_path, parse_image
 
 ID = "4f9a" * 16
 UID = "0b4c2b1e-6a3d-4d1e-9f3a-2c5e8d7f6a10"

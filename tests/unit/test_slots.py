@@ -1,10 +1,10 @@
-"""The open-addressing tables of sensor.slots."""
+"""The open-addressing tables of sensor.detect.slots."""
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensor.slots import unique_inverse
+from sensor.detect.slots import unique_inverse
 
 
 @given(st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 100, 2**32]), max_size=300))

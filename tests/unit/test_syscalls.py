@@ -5,8 +5,8 @@ import socket
 import numpy as np
 import pytest
 
-from sensor import layout, syscalls
-from sensor.syscalls import SyscallTable
+from sensor.kernel import layout, syscalls
+from sensor.kernel.syscalls import SyscallTable
 
 C = layout.events().constants
 

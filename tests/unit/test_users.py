@@ -2,7 +2,7 @@
 
 import os
 
-from sensor.users import Users, parse_ids, read_in_root
+from sensor.identity.users import Users, parse_ids, read_in_root
 
 
 def make_root(tmp_path, passwd=b"root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n",

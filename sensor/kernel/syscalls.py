@@ -27,7 +27,7 @@ from functools import cache
 
 import numpy as np
 
-from sensor import layout
+from sensor.kernel import layout
 from sensor.records import c_string, untrusted_text
 
 _COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
@@ -311,7 +311,7 @@ def sockaddr(raw: bytes) -> dict:
 @cache
 def table() -> SyscallTable:
     """The table for the header tree BCC uses (resolved without changing the host)."""
-    from sensor import kernel_headers
+    from sensor.system import kernel_headers
     try:
         tree = kernel_headers.resolve(link=False).path
     except kernel_headers.HeadersMissing:

@@ -7,7 +7,7 @@ executable, then executed, by path). A rate rule counts the events that match a
 condition per key over a sliding window, or the distinct values of a field among them,
 and fires when the count reaches a threshold (then starts counting again).
 
-The engine (sensor.engine) matches each step's and each rate's condition like any
+The engine (sensor.detect.engine) matches each step's and each rate's condition like any
 rule's; this module keeps the state those matches build. State is bounded: keys per
 rule (the least recent go first), partial sequences per key, events per rate window;
 and a container's state is dropped when it exits.
@@ -19,7 +19,7 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from sensor import fields
+from sensor.detect import fields
 
 MAX_KEYS = 4096       # per rule
 MAX_PARTIALS = 64     # partial sequences per key

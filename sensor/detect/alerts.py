@@ -7,15 +7,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from sensor import fields, records
-from sensor.condition import FIELD, And, Check, Not, checks
-from sensor.condition import fields as fields_of
-from sensor.correlate import Correlator
-from sensor.domains import DOMAINS
-from sensor.engine import Engine, rule_types
+from sensor import records
+from sensor.detect import fields
+from sensor.detect.condition import FIELD, And, Check, Not, checks
+from sensor.detect.condition import fields as fields_of
+from sensor.detect.correlate import Correlator
+from sensor.detect.domains import DOMAINS
+from sensor.detect.engine import Engine, rule_types
 from sensor.records import Record
-from sensor.rows import Rows
-from sensor.rule_loader import RuleSet
+from sensor.detect.rows import Rows
+from sensor.detect.rule_loader import RuleSet
 
 MISSING = "<NA>"  # how Falco renders a field the event does not have
 RATE = -1  # the part of a rate rule the engine matches
@@ -43,7 +44,7 @@ def _in_containers(node) -> bool:
 class Alerts:
     """The enabled rules of a rule set, compiled once: plain rules alert on one event;
     the steps of sequence rules and the conditions of rate rules are matched by the same
-    engine and feed their state (sensor.correlate)."""
+    engine and feed their state (sensor.detect.correlate)."""
 
     def __init__(self, ruleset: RuleSet):
         loaded = set(ruleset.conditions) | set(ruleset.sequences) | set(ruleset.rates)

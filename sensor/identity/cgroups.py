@@ -2,7 +2,7 @@
 
 An id is the inode of the cgroup's directory. The table is filled by a scan of the
 cgroup2 mount at start and kept by the kernel's cgroup_mkdir/rmdir events; identities
-come from sensor.runtimes, resolved when the cgroup appears, off the hot path.
+come from sensor.identity.runtimes, resolved when the cgroup appears, off the hot path.
 
 A cgroup whose identity is not known yet (its runtime has not written its state) is
 pending: its records are held, up to `hold_max`, and released enriched once the state
@@ -29,7 +29,7 @@ import numpy as np
 from sensor import records
 from sensor.log import get_logger
 from sensor.records import Record
-from sensor.runtimes import Identity, Resolver
+from sensor.identity.runtimes import Identity, Resolver
 
 log = get_logger("cgroups")
 

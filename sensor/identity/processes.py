@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sensor import uapi
-from sensor.batches import in_time_order
+from sensor.system import uapi
+from sensor.kernel.batches import in_time_order
 from sensor.records import c_string, cmdline, untrusted_text
-from sensor.syscalls import EXEC, SyscallTable
+from sensor.kernel.syscalls import EXEC, SyscallTable
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The reference evaluator: an expanded condition (sensor.condition) against one record,
+"""The reference evaluator: an expanded condition (sensor.detect.condition) against one record,
 with Falco's operator semantics, in plain Python, one record per call. It is the
 definition a compiled engine is checked against.
 
@@ -14,8 +14,8 @@ import ipaddress
 import operator
 from fnmatch import fnmatchcase
 
-from sensor import fields
-from sensor.condition import And, Check, Not, Or
+from sensor.detect import fields
+from sensor.detect.condition import And, Check, Not, Or
 
 UNSUPPORTED_OPERATORS = {"regex", "bcontains", "bstartswith"}
 _ORDER = {"=": operator.eq, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -109,7 +109,7 @@ def _compare(value, op: str, expected) -> bool:
 
 
 class Reference:
-    """The reference evaluator behind the engine's interface (sensor.engine.Engine):
+    """The reference evaluator behind the engine's interface (sensor.detect.engine.Engine):
     every rule against every record, in plain Python."""
 
     def __init__(self, conditions: dict[str, object]):

@@ -15,7 +15,8 @@ import stat
 import time
 from collections import OrderedDict
 
-from sensor import syscalls, uapi
+from sensor.kernel import syscalls
+from sensor.system import uapi
 
 MAX_BYTES = 1 << 20
 REFRESH_S = 5.0  # an unknown id makes a root's files be read again, at most this often

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sensor import syscalls, uapi
-from sensor.domains import DOMAINS
-from sensor.processes import capability_text
-from sensor.syscalls import OPENS
+from sensor.kernel import syscalls
+from sensor.system import uapi
+from sensor.detect.domains import DOMAINS
+from sensor.identity.processes import capability_text
+from sensor.kernel.syscalls import OPENS
 
 Record = dict[str, Any]
 Value = str | int | tuple | None
@@ -52,7 +53,7 @@ class Field:
     get: Callable[[Record, str | None], Value]
     indexed: bool = False  # takes [N] (proc.aname[2]) or a name (evt.arg.flags)
     network: bool = False  # an address compared with networks: fd.snet in ("10.0.0.0/8")
-    # What the value is a function of (sensor.rows): the record's "evt", "proc" or
+    # What the value is a function of (sensor.detect.rows): the record's "evt", "proc" or
     # "container" alone, or "record" (its time, or state that changes over time).
     part: str = "evt"
 

@@ -14,7 +14,7 @@ import platform
 import re
 from dataclasses import dataclass
 
-from sensor import distro
+from sensor.system import distro
 from sensor.log import get_logger
 
 log = get_logger("kernel_headers")

@@ -23,10 +23,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sensor import layout, slots
-from sensor.fds import FdNotes
+from sensor.detect import slots
+from sensor.kernel import layout
+from sensor.identity.fds import FdNotes
 from sensor.records import Record
-from sensor.syscalls import EXEC, SyscallTable
+from sensor.kernel.syscalls import EXEC, SyscallTable
 
 PARTS = ("evt", "proc", "container")
 # Fields each part is hashed from, a whole number of 8-byte words per group (checked

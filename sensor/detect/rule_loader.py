@@ -2,7 +2,7 @@
 
 Items are read in order across files, with Falco's `append` (a list's items, a macro's
 or rule's condition text) and `override: {condition: append|replace}`. Conditions are
-parsed (sensor.condition), then each enabled rule's is expanded with the macros and
+parsed (sensor.detect.condition), then each enabled rule's is expanded with the macros and
 lists as they stand once every file is read. Every problem names its file, line and
 reason, and rejects only the item it is in (a rule that uses a macro that did not load
 is rejected too, saying so); the rest still loads.
@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from sensor import condition, fields
-from sensor.correlate import Rate, Sequence, Step, duration_ns
-from sensor.evaluate import UNSUPPORTED_OPERATORS
+from sensor.detect import condition, fields
+from sensor.detect.correlate import Rate, Sequence, Step, duration_ns
+from sensor.detect.evaluate import UNSUPPORTED_OPERATORS
 
 PRIORITIES = ("EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL",
               "INFO", "DEBUG")

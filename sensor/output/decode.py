@@ -9,17 +9,18 @@ import time
 
 import numpy as np
 
-from sensor import layout, records
-from sensor.slots import unique_inverse
-from sensor.batches import each
-from sensor.cgroups import CgroupTable
-from sensor.fds import FdNotes
-from sensor.processes import ProcessTable
+from sensor import records
+from sensor.kernel import layout
+from sensor.detect.slots import unique_inverse
+from sensor.kernel.batches import each
+from sensor.identity.cgroups import CgroupTable
+from sensor.identity.fds import FdNotes
+from sensor.identity.processes import ProcessTable
 from sensor.records import Record, c_string, cmdline
-from sensor.ringbuf import RawBatch, group, scatter
-from sensor.rows import Decoding, Notes, Rows, chosen
-from sensor.syscalls import EXEC, SyscallTable
-from sensor.users import Users
+from sensor.kernel.ringbuf import RawBatch, group, scatter
+from sensor.detect.rows import Decoding, Notes, Rows, chosen
+from sensor.kernel.syscalls import EXEC, SyscallTable
+from sensor.identity.users import Users
 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}

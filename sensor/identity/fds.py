@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sensor.batches import time_order
-from sensor.syscalls import EXEC, OPENS, SyscallTable, open_flags
+from sensor.kernel.batches import time_order
+from sensor.kernel.syscalls import EXEC, OPENS, SyscallTable, open_flags
 
 _DUPS = {"dup", "dup2", "dup3", "fcntl"}
 _PAIRS = {"pipe", "pipe2", "socketpair"}
@@ -72,7 +72,7 @@ class FdNotes:
     """What FdTable.apply gives: each fd event's note by (tid, kernel time), in time
     order, as columns, with a 64-bit hash of each (of what as_record() says, and
     cloexec). The hash is taken as the note is made, while it is fresh in memory: the
-    rule engine keys events by it (sensor.rows) without touching the notes again."""
+    rule engine keys events by it (sensor.detect.rows) without touching the notes again."""
 
     def __init__(self):
         # Machine words, not Python ints: numpy reads them without a copy (and once it

@@ -8,11 +8,12 @@ from collections import Counter
 
 import numpy as np
 
-from sensor import layout, maps, records
-from sensor.cgroups import CgroupTable
-from sensor.decode import MonotonicClock, family_name, ip_text
+from sensor import records
+from sensor.kernel import layout, maps
+from sensor.identity.cgroups import CgroupTable
+from sensor.output.decode import MonotonicClock, family_name, ip_text
 from sensor.records import Record
-from sensor.syscalls import SyscallTable
+from sensor.kernel.syscalls import SyscallTable
 
 U32, U64 = np.dtype("<u4"), np.dtype("<u8")
 PROTOCOLS = {socket.IPPROTO_ICMP: "icmp", socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",

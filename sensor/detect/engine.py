@@ -16,7 +16,7 @@ are the rules none of its values rules out; those whose conjuncts are all terms 
 without running their code. So 1000 rules cost about what 10 do.
 
 Two ways in: `match(records)` reads fields from records (dicts), and `match_rows(rows)`
-from a batch's syscall rows (sensor.rows), where a field is read once per distinct
+from a batch's syscall rows (sensor.detect.rows), where a field is read once per distinct
 part of an event (its `evt`, `proc` or `container`, by the part's key), not once per
 event, and so are the rules a part's values rule out. What each key seen gives is kept
 from batch to batch.
@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from sensor import evaluate, slots
-from sensor.condition import And, Check, Not, Or
-from sensor.condition import fields as fields_of
+from sensor.detect import evaluate, slots
+from sensor.detect.condition import And, Check, Not, Or
+from sensor.detect.condition import fields as fields_of
 from sensor.records import Record
-from sensor.rows import PARTS, Rows
+from sensor.detect.rows import PARTS, Rows
 
 MAX_VALUES = 1 << 16
 MAX_PARTS = 1 << 17
@@ -114,7 +114,7 @@ class Program:
     types: list[frozenset[str] | None]
     rule_fields: list[frozenset[int]]
     term_field: np.ndarray          # int32, per term: the field it reads (-1: several)
-    term_part: list[str]            # per term: the part (sensor.rows) its fields are of
+    term_part: list[str]            # per term: the part (sensor.detect.rows) its fields are of
     term_code: np.ndarray           # int32 [terms + 1]
     term_rules: np.ndarray          # uint64 [terms, words]: the rules that have the term
     exact: np.ndarray               # bool, per rule: all its conjuncts are terms
@@ -201,7 +201,7 @@ class _Values:
 
 class _Part:
     """The value ids of one part's fields for each key seen, table[row], found with the
-    rules those values rule out in a hash table (sensor.slots): key -> row, with the
+    rules those values rule out in a hash table (sensor.detect.slots): key -> row, with the
     rules' bits as extra columns, so a key's slot says what an event needs of it."""
 
     def __init__(self, fields: list[int], words: int, coded: set[int]):

@@ -1,7 +1,7 @@
 """Which system packages Mayfly needs, by distribution family.
 
 Standard library only: the Makefile runs this file directly (`python3
-sensor/distro.py packages`) before the venv exists, so the package names live in
+sensor/system/distro.py packages`) before the venv exists, so the package names live in
 one place for both `make setup` and the sensor's error messages.
 """
 

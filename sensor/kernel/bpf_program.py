@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensor import distro, host, kernel_headers, layout, maps, resources, syscalls
+from sensor import resources
+from sensor.kernel import layout, maps, syscalls
+from sensor.system import distro, host, kernel_headers
 
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
-# The schema version of events.h that sensor/decode.py and sensor/syscalls.py read.
+# The schema version of events.h that sensor/output/decode.py and sensor/kernel/syscalls.py read.
 EXPECTED_SCHEMA = 5
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
