@@ -8,6 +8,7 @@ import os
 import pytest
 
 from sensor.identity import runtimes
+from sensor.identity.runtimes import state
 from sensor.identity.runtimes import PathMatch, Resolver, parse_cgroup_path, parse_image
 
 ID = "4f9a" * 16
@@ -181,7 +182,7 @@ def test_huge_labels_are_bounded(tmp_path):
 
 
 def test_oversized_state_files_are_not_read(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(runtimes, "MAX_STATE_BYTES", 100)
+    monkeypatch.setattr(state, "MAX_STATE_BYTES", 100)
     write(tmp_path, f"var/lib/docker/containers/{ID}/config.v2.json", {"Name": "/x" + "y" * 200})
     assert Resolver(str(tmp_path)).resolve(f"/docker/{ID}").resolved is False
     assert any("more than the 100 read" in w for w in warnings(caplog))
