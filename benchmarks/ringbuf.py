@@ -48,8 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sensor import resources  # noqa: E402
 from sensor.kernel import maps, syscalls  # noqa: E402
 from sensor.kernel.bpf_program import ProgramConfig, Programs, import_bcc  # noqa: E402
-from sensor.identity.cgroups import CgroupTable  # noqa: E402
-from sensor.output.decode import Decoder  # noqa: E402
+from sensor.kernel.split import Splitter  # noqa: E402
 from sensor.kernel.layout import events as event_layout  # noqa: E402
 from sensor.kernel.ringbuf import RawBatch, RingReader  # noqa: E402
 
@@ -132,7 +131,7 @@ class Bench:
         self.prctl = self.table.numbers["prctl"]
         constants = event_layout().constants
         self.prctl_slot = constants["MAYFLY_KINDS_MAX"] + self.prctl
-        self.decoder = Decoder(self.table, CgroupTable("/nonexistent"))
+        self.splitter = Splitter()
 
     def captured(self, programs: Programs) -> Source:
         """Mayfly's programs, capturing prctl: lost is their ring_lost count for prctl."""
@@ -149,15 +148,15 @@ class Bench:
                               f"-DBURST={BURST}", f"-DWAKEUP_EVERY={config.wakeup_every}"])
         return Source(bpf, BURST, lambda: int(sum(bpf[b"lost"].getvalue(0))))
 
-    def warm_up_decoder(self) -> None:
-        """One full batch of syscall records through the decoder, so that its compiled
+    def warm_up_splitter(self) -> None:
+        """One full batch of syscall records through the splitter, so that its compiled
         code and its buffers exist before anything is timed (a running sensor's do)."""
         constants = event_layout().constants
         size = event_layout().structs["mayfly_syscall_event"].fields["data"][1]  # a record with no string
         count = (8 << 20) // size
         buf = np.zeros(size * count, np.uint8)
         buf.reshape(count, size)[:, 0] = constants["MAYFLY_EVENT_SYSCALL"]
-        self.decoder.split(RawBatch(buf, np.arange(count, dtype=np.uint64) * size, np.full(count, size, np.uint32)))
+        self.splitter.split(RawBatch(buf, np.arange(count, dtype=np.uint64) * size, np.full(count, size, np.uint32)))
 
     def configure(self, programs: Programs, config: ProgramConfig, capture: set[str]) -> None:
         """What a Sensor does at start: the config entry (with itself excluded), and what
@@ -219,7 +218,7 @@ class Bench:
         while True:
             done = load.poll() is not None
             reader.wait(0.0 if done else 0.05)
-            arrays, _ = self.decoder.split(reader.drain())
+            arrays, _ = self.splitter.split(reader.drain())
             for batch in arrays.get("syscall", ()):
                 delivered += int(np.count_nonzero(batch["nr"] == self.prctl))
             if done and not reader.pending():
@@ -347,7 +346,7 @@ class Bench:
 
     def run(self) -> dict:
         os.sched_setaffinity(0, {CONSUMER_CPU})
-        self.warm_up_decoder()
+        self.warm_up_splitter()
         workdir = tempfile.mkdtemp(prefix="mayfly-bench-")
         self.load = build_load(workdir)
         loops = 300_000 if self.quick else 1_000_000

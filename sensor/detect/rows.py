@@ -6,14 +6,14 @@ A field's value is a function of one part of an event (fields.Field.part): its `
 thread, its user and the process table's entry) or its `container` (the cgroup). So
 each row gets one 64-bit key per part, hashed in Numba from exactly the bytes that part
 is decoded from, and the engine reads a field once per distinct key, from the record of
-one row that has it (made on demand by the decoder, as records always are). Pointer
+one row that has it (made on demand, as records always are). Pointer
 arguments, which records do not carry, are left out of the key; a successful exec's
 `proc` key includes its `evt` key, since the new image's exe and cmdline come from it.
 
 A `container` key also takes in what the cgroup table's entry (a container's identity
 is filled in in place when it is known) and the user names read in its root looked
 like, and a `proc` key takes in its `container` key and what the process table's
-entries it is read from looked like: Decoder gives each row a version of them. So
+entries it is read from looked like: RowMaker gives each row a version of them. So
 every key holds for good. Distinct contents hash alike with a probability of about
 n^2 / 2^65 for n distinct keys.
 """
@@ -120,7 +120,7 @@ class Notes:
 
 
 class Rows:
-    """The rows `index` of one array of syscall events (as Decoder.split gives them):
+    """The rows `index` of one array of syscall events (as Splitter.split gives them):
     `n` of them, their part keys (`keys[part]`, uint64 per row), and each one's record,
     made on demand (`record(k)`: the k-th of them)."""
 
@@ -246,3 +246,55 @@ def _keys(words, index, evt_words, proc_words, container_words, args_word, arg_c
                     p = _mix(p, evt[i])
         proc[i] = p
     return evt, proc, container
+
+
+class RowMaker:
+    """A batch's syscall arrays as Rows for the engine. Each row's keys take in a version
+    of what its `proc` and `container` are read from beyond its bytes (the process and
+    cgroup tables' entries, and the user names read in the container's root)."""
+
+    def __init__(self, table: SyscallTable, cgroups, processes, users, make_record):
+        self.table = table
+        self.cgroups = cgroups
+        self.processes = processes
+        self.users = users
+        self.make_record = make_record  # (event, fd notes) -> Record
+        self.decoding = Decoding(table)
+        # The hashing compiled (or loaded from Numba's cache) now, not at the first batch.
+        syscall = layout.events().structs["mayfly_syscall_event"]
+        Rows(np.zeros(0, syscall), np.zeros(0, np.int64), self.decoding, Notes(FdNotes()), make_record,
+             np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        slots.unique_inverse(np.zeros(0, np.uint64))
+
+    def rows(self, groups: list[np.ndarray], fds: FdNotes, nrs: np.ndarray | None = None) -> list[Rows]:
+        """Syscall arrays as the rule engine reads them, the rows of syscall numbers `nrs`
+        only (None: all); a row's record is made only when the engine needs it. `fds`:
+        what the fd an event names was then (FdTable.apply)."""
+        notes = Notes(fds)
+        wanted = np.zeros(max(self.table.by_nr) + 1, np.bool_)
+        wanted[np.arange(len(wanted)) if nrs is None else nrs] = True
+        index = [chosen(events, self.decoding, wanted) for events in groups]
+        procs, containers = self._versions([events["hdr"]["pid"][rows] for events, rows in zip(groups, index)],
+                                           [events["hdr"]["cgroup_id"][rows] for events, rows in zip(groups, index)])
+        return [Rows(events, selected, self.decoding, notes, self.make_record, proc, container)
+                for events, selected, proc, container in zip(groups, index, procs, containers) if len(selected)]
+
+    def _versions(self, pids: list[np.ndarray], cgroups: list[np.ndarray]) -> tuple[list, list]:
+        """Per event (of each array, by its pid and cgroup id), what its `proc` and its
+        `container` depend on beyond its own bytes, as numbers that change when they do:
+        for `proc`, the process table's entries for it and its ancestors; for
+        `container`, the cgroup table's entry and the user names read in the container's
+        root (a `proc` key takes in its `container` key)."""
+        at = np.cumsum([len(p) for p in pids])[:-1]
+        procs = _per_distinct(np.concatenate(pids or [np.zeros(0, np.uint32)]), self.processes.version)
+        containers = _per_distinct(np.concatenate(cgroups or [np.zeros(0, np.uint64)]), self._container_version)
+        return np.split(procs, at), np.split(containers, at)
+
+    def _container_version(self, cgroup_id: int) -> int:
+        return hash((self.cgroups.version(cgroup_id), self.users.version(self.cgroups.container(cgroup_id)["id"])))
+
+
+def _per_distinct(values: np.ndarray, version_of) -> np.ndarray:
+    """version_of(value) for each of values, called once per distinct value, as uint64."""
+    unique, inverse = slots.unique_inverse(values)
+    return np.array([version_of(v) for v in unique.tolist()], np.int64).view(np.uint64)[inverse]

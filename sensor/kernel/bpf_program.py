@@ -18,7 +18,7 @@ from sensor.system import distro, host, kernel_headers
 
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
-# The schema version of events.h that sensor/output/decode.py and sensor/kernel/syscalls.py read.
+# The schema version of events.h that sensor/kernel/split.py and sensor/kernel/syscalls.py read.
 EXPECTED_SCHEMA = 5
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).

@@ -4,100 +4,124 @@ flows per cgroup, and syscall counts per cgroup."""
 from __future__ import annotations
 
 import socket
+import time
 from collections import Counter
 
 import numpy as np
 
 from sensor import records
-from sensor.kernel import layout, maps
 from sensor.identity.cgroups import CgroupTable
-from sensor.output.decode import MonotonicClock, family_name, ip_text
-from sensor.records import Record
+from sensor.kernel import layout
+from sensor.kernel.clock import MonotonicClock
+from sensor.kernel.control import Kernel
 from sensor.kernel.syscalls import SyscallTable
+from sensor.output.events import family_name, ip_text
+from sensor.records import Record
 
-U32, U64 = np.dtype("<u4"), np.dtype("<u8")
 PROTOCOLS = {socket.IPPROTO_ICMP: "icmp", socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",
              socket.IPPROTO_ICMPV6: "icmpv6"}
 # Why events were lost, by `stats` index, as lost records name it.
 LOSS_REASONS = {"MAYFLY_STAT_RING_FULL": "ring_full", "MAYFLY_STAT_PENDING_FULL": "pending_full",
                 "MAYFLY_STAT_RATE_LIMITED": "rate_limited", "MAYFLY_STAT_COMPAT": "compat_syscall"}
+# Reasons the kernel also counts per cgroup (mayfly_cgroup_state), by field.
+PER_CGROUP = {"rate_limited": "rate_limited", "ring_full": "ring_lost"}
+# At most one `lost` record per reason in this many seconds: a flood is a few records
+# a minute, not a hundred a second. Nothing is counted less for it.
+LOST_EVERY_S = 1.0
+
+
+class _Losses:
+    """What was lost for one reason since its last record."""
+
+    def __init__(self):
+        self.count = 0
+        self.types: Counter = Counter()
+        self.cgroups: Counter = Counter()
 
 
 class KernelReports:
-    def __init__(self, programs, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock,
-                 counting: bool = True):
-        self.programs = programs
+    def __init__(self, kernel: Kernel, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock,
+                 counting: bool = True, monotonic=time.monotonic):
+        self.kernel = kernel
         self.counting = counting  # whether the programs count syscalls (ProgramConfig.count_syscalls)
         self.table = table
         self.cgroups = cgroups
         self.clock = clock
+        self.monotonic = monotonic
         events = layout.events()
         self.constants = events.constants
-        self.structs = events.structs
         self.kinds = events.kinds()
         self.lost_totals: Counter = Counter()
+        self._losses: dict[str, _Losses] = {}
+        self._lost_at: dict[str, float] = {}       # when each reason's last record went out
         self._stats_seen = np.zeros(self.constants["MAYFLY_STAT_COUNT"], np.uint64)
         self._ring_lost_seen = np.zeros(self.constants["MAYFLY_RING_LOST_SLOTS"], np.uint64)
-        self._cgroup_seen: dict[int, tuple[int, int]] = {}
+        self._cgroup_seen: dict[int, dict[str, int]] = {}
         self._counts_seen: np.ndarray | None = None  # the counter rows as last read
         self._gone: set[int] = set()                 # cgroups whose counter slots to free after the next report
 
-    def _read_array(self, name: str) -> np.ndarray:
-        keys, values = maps.read_all(self.programs[name], U32, U64, percpu=True)
-        result = np.zeros(self.programs[name].max_entries, np.uint64)
-        result[keys] = values.sum(axis=1)
-        return result
-
-    def lost(self, extra: Counter | None = None) -> list[Record]:
-        """`lost` records for what the kernel (and `extra`, user space's own) lost since
-        the last call, with a breakdown by event type and by cgroup where known."""
-        stats = self._read_array("stats")
-        delta = stats - self._stats_seen
-        self._stats_seen = stats
+    def lost(self, extra: Counter | None = None, final: bool = False) -> list[Record]:
+        """`lost` records for what the kernel (and `extra`, user space's own) lost: at
+        most one per reason every LOST_EVERY_S (all that is left with `final`), each
+        with everything since that reason's last one, by event type and by container
+        where known."""
+        stats = self.kernel.per_cpu_sums("stats")
+        delta, self._stats_seen = stats - self._stats_seen, stats
         counts = Counter({reason: int(delta[self.constants[index]]) for index, reason in LOSS_REASONS.items()})
         counts.update(extra or {})
-        counts = +counts
-        if not counts:
-            return []
-        by_cgroup = self._cgroup_losses() if {"ring_full", "rate_limited"} & counts.keys() else {}
-        now = self.clock.now()
-        result = []
-        for reason, count in sorted(counts.items()):
+        for reason, count in (+counts).items():
+            self._losses.setdefault(reason, _Losses()).count += count
             self.lost_totals[reason] += count
-            fields = {"reason": reason, "count": count}
-            if reason == "ring_full":
-                fields["types"] = self._ring_lost_types()
-            if reason in by_cgroup:
-                fields["cgroups"] = by_cgroup[reason]
-            result.append(records.new("lost", now, **fields))
+        now = self.monotonic()
+        due = sorted(reason for reason in self._losses
+                     if final or now - self._lost_at.get(reason, -LOST_EVERY_S) >= LOST_EVERY_S)
+        if not due:
+            return []
+        if "ring_full" in due:
+            self._losses["ring_full"].types.update(self._ring_lost_types())
+        if PER_CGROUP.keys() & set(due):
+            self._read_cgroup_losses()
+        ts = self.clock.now()
+        result = []
+        for reason in due:
+            losses = self._losses.pop(reason)
+            self._lost_at[reason] = now
+            fields = {"reason": reason, "count": losses.count}
+            if losses.types:
+                fields["types"] = dict(losses.types)
+            if losses.cgroups:
+                fields["cgroups"] = [{"container": self.cgroups.container(cgroup_id), "count": count}
+                                     for cgroup_id, count in losses.cgroups.items()]
+            result.append(records.new("lost", ts, **fields))
         return result
 
-    def _ring_lost_types(self) -> dict[str, int]:
-        slots = self._read_array("ring_lost")
+    def _ring_lost_types(self) -> Counter:
+        slots = self.kernel.per_cpu_sums("ring_lost")
         delta, self._ring_lost_seen = slots - self._ring_lost_seen, slots
         first_syscall = self.constants["MAYFLY_KINDS_MAX"]
-        types = {}
+        types = Counter()
         for slot in np.flatnonzero(delta):
             name = self.kinds.get(int(slot), f"kind_{slot}") if slot < first_syscall else \
                 self.table.name(int(slot) - first_syscall)
             types[name] = int(delta[slot])
         return types
 
-    def _cgroup_losses(self) -> dict[str, list[dict]]:
-        keys, states = maps.read_all(self.programs["cgroup_state"], U64, self.structs["mayfly_cgroup_state"])
-        result: dict[str, list[dict]] = {"rate_limited": [], "ring_full": []}
+    def _read_cgroup_losses(self) -> None:
+        keys, states = self.kernel.cgroup_states()
         for cgroup_id, state in zip(keys.tolist(), states):
-            limited, ring = int(state["rate_limited"]), int(state["ring_lost"])
-            seen_limited, seen_ring = self._cgroup_seen.get(cgroup_id, (0, 0))
-            self._cgroup_seen[cgroup_id] = (limited, ring)
-            for reason, count in (("rate_limited", limited - seen_limited), ("ring_full", ring - seen_ring)):
-                if count > 0:
-                    result[reason].append({"container": self.cgroups.container(cgroup_id), "count": count})
-        return {reason: entries for reason, entries in result.items() if entries}
+            self._count_cgroup(cgroup_id, {field: int(state[field]) for field in PER_CGROUP.values()})
+
+    def _count_cgroup(self, cgroup_id: int, state: dict[str, int]) -> None:
+        """A cgroup's loss counters as read now: what grew since the last reading."""
+        seen = self._cgroup_seen.setdefault(cgroup_id, {})
+        for reason, field in PER_CGROUP.items():
+            grew = state[field] - seen.get(field, 0)
+            seen[field] = state[field]
+            if grew > 0:
+                self._losses.setdefault(reason, _Losses()).cgroups[cgroup_id] += grew
 
     def flows(self, interval_s: float) -> list[Record]:
-        keys, values = maps.read_all(self.programs["flows"], self.structs["mayfly_flow_key"],
-                                     self.structs["mayfly_flow_value"], delete=True)
+        keys, values = self.kernel.take_flows()
         now = self.clock.now()
         result = []
         for key, value in zip(keys, values):
@@ -116,9 +140,8 @@ class KernelReports:
         """Each counted cgroup's syscalls since the last call (rows of per-CPU u32
         counters, read whole and compared with the last reading), then the slots of
         cgroups that are gone go back to the kernel's free queue."""
-        slots = dict(zip(*(a.tolist() for a in maps.read_all(self.programs["count_slots"], U64, U32))))
-        _, rows = maps.read_all(self.programs["syscall_counts"], U32, self.structs["mayfly_count_row"], percpu=True)
-        current = rows["n"]  # slot x CPU x syscall number
+        slots = self.kernel.count_slots()
+        current = self.kernel.count_rows()  # slot x CPU x syscall number
         if self._counts_seen is None:
             self._counts_seen = np.zeros_like(current)
         per_slot = (current - self._counts_seen).astype(np.uint64).sum(axis=1)  # u32 arithmetic wraps
@@ -132,36 +155,24 @@ class KernelReports:
                 where = {"unattributed": True} if cgroup_id is None else {"container": self.cgroups.container(cgroup_id)}
                 result.append(records.new("syscall_counts", now, interval_s=interval_s, counts=counts, **where))
         for cgroup_id in self._gone & slots.keys():
-            self._free_slot(cgroup_id, slots[cgroup_id])
+            self.kernel.free_count_slot(cgroup_id, slots[cgroup_id])
+            self._counts_seen[slots[cgroup_id]] = 0
         self._gone.clear()
         return result
-
-    def _free_slot(self, cgroup_id: int, slot: int) -> None:
-        """A gone cgroup's counter row, reported, goes back to the kernel (zeroed)."""
-        counts, names = self.programs["syscall_counts"], self.programs["count_slots"]
-        del names[names.Key(cgroup_id)]
-        counts[counts.Key(slot)] = counts.Leaf()  # zero on every CPU
-        self._counts_seen[slot] = 0
-        free = self.programs["free_count_slots"]
-        free.push(free.Leaf(slot))
 
     def cgroup_losses(self, cgroup_id: int) -> dict[str, int]:
         """What the kernel suppressed (rate_limited) and could not send (ring_full) for
         one cgroup since it first had either."""
-        state = self.programs["cgroup_state"]
-        try:
-            value = state[state.Key(cgroup_id)]
-        except KeyError:
-            return {"rate_limited": 0, "ring_full": 0}
-        return {"rate_limited": int(value.rate_limited), "ring_full": int(value.ring_lost)}
+        state = self.kernel.cgroup_state(cgroup_id)
+        return {reason: state[field] if state else 0 for reason, field in PER_CGROUP.items()}
 
     def forget_cgroup(self, cgroup_id: int) -> None:
-        """After a cgroup is gone: drop its kernel state (its counters once reported)."""
+        """After a cgroup is gone: its losses not yet in a `lost` record are kept for
+        the next one, and its kernel state is dropped (its counters once reported)."""
+        state = self.kernel.cgroup_state(cgroup_id)
+        if state is not None:
+            self._count_cgroup(cgroup_id, state)
         if self.counting:
             self._gone.add(cgroup_id)
         self._cgroup_seen.pop(cgroup_id, None)
-        state = self.programs["cgroup_state"]
-        try:
-            del state[state.Key(cgroup_id)]
-        except KeyError:
-            pass
+        self.kernel.forget_cgroup(cgroup_id)

@@ -1,16 +1,22 @@
-"""Raw kernel records, laid out by events.h as the ring delivers them, and a decoder
-with nothing of the host behind it: for tests and benchmarks."""
+"""Raw kernel records, laid out by events.h as the ring delivers them, and the parts
+that decode them and make records of them, with nothing of the host behind them: for
+tests and benchmarks."""
+
+from dataclasses import dataclass
 
 import numpy as np
 
-from sensor.kernel import layout
+from sensor.detect.rows import RowMaker
 from sensor.identity.cgroups import CgroupTable
-from sensor.output.decode import Decoder, MonotonicClock
 from sensor.identity.processes import Details, ProcessTable
-from sensor.kernel.ringbuf import RawBatch
 from sensor.identity.runtimes import Resolver
-from sensor.kernel.syscalls import SyscallTable
 from sensor.identity.users import Users
+from sensor.kernel import layout
+from sensor.kernel.clock import MonotonicClock
+from sensor.kernel.ringbuf import RawBatch
+from sensor.kernel.split import Splitter
+from sensor.kernel.syscalls import SyscallTable
+from sensor.output.events import EventRecords
 
 EVENTS = layout.events()
 C = EVENTS.constants
@@ -37,14 +43,39 @@ def batch_of(*records: bytes) -> RawBatch:
     return RawBatch(np.frombuffer(b"".join(padded), np.uint8), offsets, np.array([len(r) for r in records], np.uint32))
 
 
-def decoder(paths=None):
+@dataclass
+class Parts:
+    """The pipeline's decoding parts over one set of tables: split raw batches into
+    arrays, make event records of them, and rows for the rule engine."""
+    table: SyscallTable
+    clock: MonotonicClock
+    cgroups: CgroupTable
+    processes: ProcessTable
+    splitter: Splitter
+    events: EventRecords
+    row_maker: RowMaker
+
+    def split(self, batch: RawBatch):
+        return self.splitter.split(batch)
+
+    def records(self, arrays, types, fds=None):
+        return self.events.records(arrays, types, fds)
+
+    def rows(self, groups, fds, nrs=None):
+        return self.row_maker.rows(groups, fds, nrs)
+
+
+def decoder(paths=None) -> Parts:
     cgroups = CgroupTable("/nonexistent", Resolver("/nonexistent"))  # no runtime state anywhere
     for cgroup_id, path in (paths or {4242: "/mayfly-abc"}).items():
         cgroups.made(cgroup_id, path, 0)
     clock = MonotonicClock()
     # The events' pids are made up: /proc/<pid> is some other process, or none.
     processes = ProcessTable(TABLE, clock, details=lambda pid: Details())
-    return Decoder(TABLE, cgroups, processes, clock, users=Users(root_of=lambda pid: "/nonexistent"))
+    users = Users(root_of=lambda pid: "/nonexistent")
+    events = EventRecords(TABLE, cgroups, processes, users, clock, C["MAYFLY_CGROUP_MKDIR"])
+    return Parts(TABLE, clock, cgroups, processes, Splitter(EVENTS), events,
+                 RowMaker(TABLE, cgroups, processes, users, events.syscall_record))
 
 
 def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_000_000_000,

@@ -1,6 +1,8 @@
 """From drained ring-buffer bytes to per-kind arrays and `event` records."""
 
 import numpy as np
+
+from sensor.identity.stage import cgroup_changes
 from sensor.testing.events import EVENTS, TABLE, C, batch_of, decoder, raw
 
 
@@ -74,7 +76,8 @@ def test_tcp_and_cgroup_events():
     arrays, _ = d.split(batch_of(
         raw("tcp", oldstate=7, newstate=2, sport=0, dport=80, family=2, protocol=6, saddr=addr, daddr=addr),
         raw("cgroup", id=555, op=C["MAYFLY_CGROUP_MKDIR"], level=1, path=path)))
-    d.apply_cgroups(arrays, removals=False)
+    for cgroup_id, path, ts in cgroup_changes(arrays, C["MAYFLY_CGROUP_MKDIR"], d.clock, removals=False):
+        d.cgroups.made(cgroup_id, path, ts)
     by_type = {r["evt"]["type"]: r for r in d.records(arrays, None)}
     tcp, cgroup = by_type["tcp_state"], by_type["cgroup_mkdir"]
     assert tcp["evt"] == {"type": "tcp_state", "old": "CLOSE", "new": "SYN_SENT", "family": "inet",
@@ -87,11 +90,11 @@ def test_removed_cgroups_still_name_their_last_events():
     d = decoder()
     rmdir = raw("cgroup", id=4242, op=C["MAYFLY_CGROUP_RMDIR"], level=1, path=b"/mayfly-abc".ljust(256, b"\0"))
     arrays, _ = d.split(batch_of(raw("exit", exit_code=0), rmdir))
-    assert d.apply_cgroups(arrays, removals=False) == []
+    assert list(cgroup_changes(arrays, C["MAYFLY_CGROUP_MKDIR"], d.clock, removals=False)) == []
     exit_record = d.records(arrays, frozenset({"procexit"}))[0]
-    (removed,) = d.apply_cgroups(arrays, removals=True)
-    assert removed == (4242, d.clock.to_epoch(5_000_000_000))
-    d.cgroups.removed(*removed, losses={})
+    ((cgroup_id, path, ts),) = cgroup_changes(arrays, C["MAYFLY_CGROUP_MKDIR"], d.clock, removals=True)
+    assert (cgroup_id, path, ts) == (4242, "/mayfly-abc", d.clock.to_epoch(5_000_000_000))
+    d.cgroups.removed(cgroup_id, ts, losses={})
     assert exit_record["container"]["id"] == "mayfly-abc"
     assert d.cgroups.container(4242)["id"] == "mayfly-abc"  # late records still name it
     assert d.cgroups.container(31337) == {"id": "cgroup-31337", "cgroup_id": 31337, "resolved": False}

@@ -1,6 +1,8 @@
 """Records, sinks and the terminal format."""
 
+import base64
 import io
+import json
 import os
 
 import msgpack
@@ -75,10 +77,10 @@ def test_truncated_file_yields_complete_records_then_fails(tmp_path):
 
 def test_terminal_lines_escape_control_characters():
     out = io.StringIO()
-    StreamSink(out, lines=True).write(EXEC)
+    StreamSink(out, format="text").write(EXEC)
     hostile = records.new("event", EXEC["ts"], container=EXEC["container"], proc={**EXEC["proc"], "comm": "x\x1b[2J"},
                           evt={"type": "openat", "res": 3, "name": "/tmp/\n\x07fake line", "raw": b"\xff"})
-    StreamSink(out, lines=True).write(hostile)
+    StreamSink(out, format="text").write(hostile)
     first, second = out.getvalue().splitlines()
     assert "execve" in first and "container=abc cgroup=77 pid=5 ppid=1 uid=0 comm=ls" in first
     assert "argv=['ls', '-l']" in first and first.endswith("filename=/bin/ls argv=['ls', '-l']")
@@ -86,13 +88,23 @@ def test_terminal_lines_escape_control_characters():
     assert "name=/tmp/\\x0a\\x07fake line" in second and "raw=b'\\xff'" in second
 
 
-def test_stream_sink_writes_msgpack_when_not_a_terminal():
-    out = io.TextIOWrapper(io.BytesIO())
+def test_stream_sink_writes_json_lines_when_not_a_terminal_and_msgpack_when_asked():
+    out = io.StringIO()
     sink = StreamSink(out)
-    assert not sink.lines
+    assert sink.format == "json"
+    raw_bytes = {**EXEC, "evt": {**EXEC["evt"], "name": b"\xff\x00"}}
+    sink.write(EXEC)
+    sink.write(raw_bytes)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first == EXEC
+    assert base64.b64decode(second["evt"]["name"]["$bytes"]) == b"\xff\x00"
+    binary = io.TextIOWrapper(io.BytesIO())
+    sink = StreamSink(binary, format="msgpack")
     sink.write(EXEC)
     sink.flush()
-    assert list(read_stream(io.BytesIO(out.buffer.getvalue()))) == [EXEC]
+    assert list(read_stream(io.BytesIO(binary.buffer.getvalue()))) == [EXEC]
+    with pytest.raises(ValueError, match="unknown stream format"):
+        StreamSink(out, format="xml")
 
 
 def test_callback_sink():
@@ -103,8 +115,9 @@ def test_callback_sink():
 
 def test_sink_specs(tmp_path):
     assert isinstance(sinks.parse("stdout"), StreamSink) and isinstance(sinks.parse("-"), StreamSink)
+    assert [sinks.parse(f"stdout:{f}").format for f in ("text", "json", "msgpack")] == ["text", "json", "msgpack"]
     file_sink = sinks.parse(f"file:{tmp_path}/a/b.msgpack")
     assert isinstance(file_sink, FileSink) and file_sink.path == f"{tmp_path}/a/b.msgpack"
-    for bad in ("file:", "tcp://x", "stderr"):
-        with pytest.raises(ValueError, match="unknown sink"):
+    for bad in ("file:", "tcp://x", "stderr", "stdout:xml"):
+        with pytest.raises(ValueError, match="unknown (sink|stream format)"):
             sinks.parse(bad)

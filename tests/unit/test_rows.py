@@ -179,7 +179,7 @@ def test_a_row_record_is_made_only_when_a_rule_needs_a_new_value():
 
     def record(event, notes):
         made.append(int(event["hdr"]["ktime_ns"]))
-        return d.syscall_record(event, notes)
+        return d.events.syscall_record(event, notes)
 
     raws = [syscall("openat", 3, ktime=k, dirfd=-100, name="/etc/shadow", flags=0) for k in range(1, 101)]
     arrays, _ = d.split(batch_of(*raws))

@@ -1,0 +1,138 @@
+"""The loaded programs as the rest of the sensor sees them: the two ring buffers to
+drain, and every read and write of their maps. Nothing else touches a BPF map, so
+this class is the seam a test replaces (sensor.testing.kernel.FakeKernel) to run the
+whole pipeline without root."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from sensor.kernel import layout, maps
+from sensor.kernel.bpf_program import ProgramConfig, Programs
+from sensor.kernel.ringbuf import RawBatch, RingReader
+from sensor.kernel.syscalls import SyscallTable
+
+U32, U64 = np.dtype("<u4"), np.dtype("<u8")
+
+
+class Kernel:
+    def __init__(self, config: ProgramConfig):
+        self.config = config
+        self.programs = Programs(config)
+        try:
+            ring, spill = self.programs["events"], self.programs["spill"]
+            self.ring = RingReader(ring.map_fd, ring.max_entries)
+            self.spill = RingReader(spill.map_fd, spill.max_entries, batch_bytes=spill.max_entries)
+        except BaseException:
+            self.programs.close()
+            raise
+        events = layout.events()
+        self._structs, self._constants = events.structs, events.constants
+
+    @property
+    def attached(self) -> list[str]:
+        return self.programs.attached
+
+    # ---- the rings ----
+
+    def wait(self, timeout_s: float) -> None:
+        self.ring.wait(timeout_s)
+
+    def drain(self) -> RawBatch:
+        return self.ring.drain()
+
+    def drain_spill(self) -> RawBatch | None:
+        """The spill ring's records, None when it has none (it rarely has)."""
+        return self.spill.drain() if self.spill.pending() else None
+
+    def pending(self) -> bool:
+        """Records the main ring holds that were not drained yet."""
+        return bool(self.ring.pending())
+
+    def spill_pending(self) -> bool:
+        return bool(self.spill.pending())
+
+    # ---- writes ----
+
+    def configure(self, rate: int, burst: int) -> None:
+        """The `config` entry: the token buckets (rate 0: none) and the sensor's own pid."""
+        entry = dataclasses.replace(self.config, cgroup_rate=rate, cgroup_burst=burst).kernel_config()
+        entry["self_tgid"] = os.getpid()
+        maps.write_array(self.programs["config"], entry)
+
+    def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
+        return self.programs.set_capture(table, wanted, results)
+
+    def set_policy(self, cgroup_id: int, track: bool) -> None:
+        policy = self.programs["cgroup_policy"]
+        value = self._constants["MAYFLY_POLICY_TRACK" if track else "MAYFLY_POLICY_IGNORE"]
+        policy[policy.Key(cgroup_id)] = policy.Leaf(value)
+
+    def drop_policy(self, cgroup_id: int) -> None:
+        policy = self.programs["cgroup_policy"]
+        policy.pop(policy.Key(cgroup_id), None)
+
+    def seed_parents(self, parents: dict[int, int]) -> None:
+        """The kernel's parent_of map, for processes that forked before the sensor started."""
+        parent_of = self.programs["parent_of"]
+        for pid, ppid in parents.items():
+            parent_of[parent_of.Key(pid)] = parent_of.Leaf(ppid)
+
+    def forget_cgroup(self, cgroup_id: int) -> None:
+        """A gone cgroup's token bucket and loss counters."""
+        state = self.programs["cgroup_state"]
+        try:
+            del state[state.Key(cgroup_id)]
+        except KeyError:
+            pass
+
+    def free_count_slot(self, cgroup_id: int, slot: int) -> None:
+        """A gone cgroup's syscall counter row goes back to the kernel's free queue, zeroed."""
+        counts, names = self.programs["syscall_counts"], self.programs["count_slots"]
+        del names[names.Key(cgroup_id)]
+        counts[counts.Key(slot)] = counts.Leaf()  # zero on every CPU
+        free = self.programs["free_count_slots"]
+        free.push(free.Leaf(slot))
+
+    # ---- reads ----
+
+    def per_cpu_sums(self, name: str) -> np.ndarray:
+        """A per-CPU array of u64 counters (`stats`, `ring_lost`), summed over CPUs."""
+        keys, values = maps.read_all(self.programs[name], U32, U64, percpu=True)
+        result = np.zeros(self.programs[name].max_entries, np.uint64)
+        result[keys] = values.sum(axis=1)
+        return result
+
+    def cgroup_states(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cgroup ids, mayfly_cgroup_state) of every cgroup with a bucket or a loss."""
+        return maps.read_all(self.programs["cgroup_state"], U64, self._structs["mayfly_cgroup_state"])
+
+    def cgroup_state(self, cgroup_id: int) -> dict[str, int] | None:
+        state = self.programs["cgroup_state"]
+        try:
+            value = state[state.Key(cgroup_id)]
+        except KeyError:
+            return None
+        return {name: int(getattr(value, name)) for name in self._structs["mayfly_cgroup_state"].names}
+
+    def take_flows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every flow's counters since the last call (read and deleted)."""
+        return maps.read_all(self.programs["flows"], self._structs["mayfly_flow_key"],
+                             self._structs["mayfly_flow_value"], delete=True)
+
+    def count_slots(self) -> dict[int, int]:
+        """cgroup id -> its row of syscall counters."""
+        return dict(zip(*(a.tolist() for a in maps.read_all(self.programs["count_slots"], U64, U32))))
+
+    def count_rows(self) -> np.ndarray:
+        """The syscall counters: slot x CPU x syscall number, u32 each."""
+        _, rows = maps.read_all(self.programs["syscall_counts"], U32, self._structs["mayfly_count_row"], percpu=True)
+        return rows["n"]
+
+    def close(self) -> None:
+        self.ring.close()
+        self.spill.close()
+        self.programs.close()
