@@ -29,7 +29,7 @@ from sensor.kernel.split import Splitter
 from sensor.kernel.stage import Decode, Drain
 from sensor.log import get_logger
 from sensor.output.events import OTHER_TYPES, EventRecords, Selection
-from sensor.output.reports import KernelReports
+from sensor.output.reports import LOST_EVERY_S, KernelReports
 from sensor.output.sinks import CallbackSink, Sink
 from sensor.output.stage import Account, Dispatch, MakeEvents
 from sensor.pipeline import Batch, Pipeline
@@ -57,7 +57,8 @@ class Sensor:
     `identity_deadline`: seconds a new cgroup's records wait for its runtime's state
     before they go out marked `resolved: false`. `container_grace`: seconds a removed
     container's identity is kept for late records. `ancestors`: how many generations
-    of process names records carry (`proc.anames`).
+    of process names records carry (`proc.anames`). `lost_interval`: at most one `lost`
+    record per reason in that many seconds (each counts everything since the last).
 
     One thread polls (iterates); `stop()` may be called from any thread or a signal
     handler. Needs root (CAP_BPF and CAP_PERFMON). `kernel`: a factory of the kernel
@@ -69,7 +70,7 @@ class Sensor:
                  on_record: Callable[[Record], None] | None = None, config: ProgramConfig | None = None,
                  emit_events: str | Iterable[str] | None = None, report_interval: float = 10.0,
                  identity_deadline: float = 1.0, container_grace: float = 300.0, ancestors: int = 5,
-                 kernel: Callable[[ProgramConfig], Kernel] = Kernel):
+                 lost_interval: float = LOST_EVERY_S, kernel: Callable[[ProgramConfig], Kernel] = Kernel):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
@@ -81,6 +82,7 @@ class Sensor:
         self.identity_deadline = identity_deadline
         self.container_grace = container_grace
         self.ancestors = ancestors
+        self.lost_interval = lost_interval
         self.ruleset: rule_loader.RuleSet | None = None
         self.kernel: Kernel | None = None
         self._make_kernel = kernel
@@ -139,7 +141,7 @@ class Sensor:
         events = EventRecords(self.table, self.cgroups, self.processes, users, self.clock, mkdir)
         self._identify = Identify(self.kernel, self.cgroups, self.processes, self.fds, self.clock, mkdir)
         self.reports = KernelReports(self.kernel, self.table, self.cgroups, self.clock,
-                                     counting=self.config.count_syscalls)
+                                     counting=self.config.count_syscalls, lost_every_s=self.lost_interval)
         self._account = Account(self.reports, self._identify, self.report_interval, self.config.flows)
         self._detect = Detect(self.alerts, np.zeros(0, np.uint32),
                               RowMaker(self.table, self.cgroups, self.processes, users, events.syscall_record),

@@ -3,6 +3,7 @@ flows per cgroup, and syscall counts per cgroup."""
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections import Counter
@@ -25,8 +26,8 @@ LOSS_REASONS = {"MAYFLY_STAT_RING_FULL": "ring_full", "MAYFLY_STAT_PENDING_FULL"
                 "MAYFLY_STAT_RATE_LIMITED": "rate_limited", "MAYFLY_STAT_COMPAT": "compat_syscall"}
 # Reasons the kernel also counts per cgroup (mayfly_cgroup_state), by field.
 PER_CGROUP = {"rate_limited": "rate_limited", "ring_full": "ring_lost"}
-# At most one `lost` record per reason in this many seconds: a flood is a few records
-# a minute, not a hundred a second. Nothing is counted less for it.
+# By default at most one `lost` record per reason a second: a flood is a few records a
+# minute, not a hundred a second. Nothing is counted less for it.
 LOST_EVERY_S = 1.0
 
 
@@ -41,12 +42,13 @@ class _Losses:
 
 class KernelReports:
     def __init__(self, kernel: Kernel, table: SyscallTable, cgroups: CgroupTable, clock: MonotonicClock,
-                 counting: bool = True, monotonic=time.monotonic):
+                 counting: bool = True, lost_every_s: float = LOST_EVERY_S, monotonic=time.monotonic):
         self.kernel = kernel
         self.counting = counting  # whether the programs count syscalls (ProgramConfig.count_syscalls)
         self.table = table
         self.cgroups = cgroups
         self.clock = clock
+        self.lost_every_s = lost_every_s
         self.monotonic = monotonic
         events = layout.events()
         self.constants = events.constants
@@ -62,7 +64,7 @@ class KernelReports:
 
     def lost(self, extra: Counter | None = None, final: bool = False) -> list[Record]:
         """`lost` records for what the kernel (and `extra`, user space's own) lost: at
-        most one per reason every LOST_EVERY_S (all that is left with `final`), each
+        most one per reason every `lost_every_s` (all that is left with `final`), each
         with everything since that reason's last one, by event type and by container
         where known."""
         stats = self.kernel.per_cpu_sums("stats")
@@ -74,7 +76,7 @@ class KernelReports:
             self.lost_totals[reason] += count
         now = self.monotonic()
         due = sorted(reason for reason in self._losses
-                     if final or now - self._lost_at.get(reason, -LOST_EVERY_S) >= LOST_EVERY_S)
+                     if final or now - self._lost_at.get(reason, -math.inf) >= self.lost_every_s)
         if not due:
             return []
         if "ring_full" in due:

@@ -91,7 +91,7 @@ class Dispatch:
 
     def run(self, batch: Batch) -> None:
         lost = [loss for sink in self.sinks for loss in sink.losses()]
-        records = batch.records + lost
+        records = lost + batch.records
         batch.records = records
         for sink in self.sinks:
             sink.deliver(records)

@@ -40,10 +40,10 @@ class Poller(threading.Thread):
 def sensor():
     """One Sensor for the tier, emitting every event, without rate limits (tests fire
     bursts), polled by a thread of its own. Tests take their records with `collect`,
-    by cgroup id."""
+    by cgroup id. Losses go out at every batch, for the tests that count them."""
     seen = []
     with Sensor(emit_events="all", config=ProgramConfig(cgroup_rate=0), on_record=seen.append,
-                report_interval=3600, identity_deadline=0.5) as running:
+                report_interval=3600, identity_deadline=0.5, lost_interval=0) as running:
         running.seen = seen
         running.poller = Poller(running)
         running.poller.start()

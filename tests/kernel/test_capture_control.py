@@ -124,7 +124,7 @@ def test_a_full_ring_buffer_loses_nothing_unaccounted(fire):
     """Delivered + counted lost = generated, for a cgroup that floods a one-page ring."""
     seen = []
     with Sensor(config=ProgramConfig(ringbuf_pages=1, cgroup_rate=0, flows=False), rules=[],  # what it emits only
-                emit_events=["openat", "execve", "procexit"], on_record=seen.append) as small:
+                emit_events=["openat", "execve", "procexit"], on_record=seen.append, lost_interval=0) as small:
         with own_cgroup() as (path, cgroup_id):
             run_in_cgroup(path, [fire, "openat", str(N * 10)])  # nothing polls meanwhile
             drain(small)
@@ -144,7 +144,7 @@ def test_lifecycle_events_outlive_a_full_ring_buffer(fire):
     seen = []
     types = ["openat", "execve", "procexit", "cgroup_mkdir", "cgroup_rmdir"]
     with Sensor(config=ProgramConfig(ringbuf_pages=1, cgroup_rate=0, flows=False), rules=[],
-                emit_events=types, on_record=seen.append) as small:
+                emit_events=types, on_record=seen.append, lost_interval=0) as small:
         with own_cgroup() as (flood, flood_id):
             run_in_cgroup(flood, [fire, "openat", str(N * 10)])  # fills the ring
             path = os.path.join(host.cgroup2_root(), f"mayfly-test-{uuid.uuid4().hex[:8]}")
@@ -188,7 +188,8 @@ def test_threads_sharing_a_pending_slot_lose_nothing(tmp_path):
     import sys
     seen = []
     with Sensor(config=ProgramConfig(pending_slots=1, cgroup_rate=0, flows=False), rules=[],
-                emit_events=["accept", "accept4", "openat"], on_record=seen.append) as small:
+                emit_events=["accept", "accept4", "openat"], on_record=seen.append,
+                lost_interval=0) as small:
         with own_cgroup() as (path, cgroup_id):
             assert run_in_cgroup(path, [sys.executable, "-c", THREADS_SCRIPT]).returncode == 0
             drain(small)
@@ -247,14 +248,14 @@ def test_with_only_container_rules_the_host_sends_nothing_but_is_counted(tmp_pat
         subprocess.run(["mkdir", path], check=True)  # by another process: the sensor does not see its own doings
         try:
             cgroup_id = host.cgroup_id(path)
-            wait_until(lambda: only.poll(0) is not None and cgroup_id in only._ignored_hosts)  # known as the host's
+            wait_until(lambda: only.poll(0) is not None and cgroup_id in only._identify.ignored_hosts)  # known as the host's
             run_in_cgroup(path, [fire, "openat", str(N)])
             drain(only)
             counts = [r for r in only.report() if r["kind"] == "syscall_counts"
                       and r.get("container", {}).get("cgroup_id") == cgroup_id]
         finally:
             os.rmdir(path)
-        assert only._containers_only
-        delivered = only._delivered["syscall"]
+        assert only._identify.containers_only
+        delivered = only._account.delivered["syscall"]
     assert counts[0]["counts"]["openat"] >= N
     assert delivered < N  # the host's opens never left the kernel

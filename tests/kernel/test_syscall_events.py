@@ -91,7 +91,7 @@ def test_syscall_event(sensor, rig, fire, action):
         assert len(mine) == N, f"{evt_type}: {len(mine)} events, expected {N}: {mine}"
         # Without an exit tracepoint (here: the module syscalls, not built in), an
         # event is sent at enter, and its result is not known.
-        with_result = syscalls.exit_tracepoint(evt_type) in sensor.programs.attached
+        with_result = syscalls.exit_tracepoint(evt_type) in sensor.kernel.attached
         for evt in mine:
             assert result_ok(evt["res"]) if with_result else "res" not in evt, evt
             assert {k: evt[k] for k in expected} == expected, evt

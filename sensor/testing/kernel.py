@@ -1,0 +1,116 @@
+"""A kernel side with no BPF behind it, for running the whole pipeline without root:
+it hands out the raw batches a test feeds it, keeps the map state that user space
+reads (losses by reason, per cgroup and per type) in plain arrays, and records the
+writes. It stands in for sensor.kernel.control.Kernel only: everything above the
+kernel side runs for real."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from sensor.kernel import layout
+from sensor.kernel.bpf_program import ProgramConfig
+from sensor.kernel.ringbuf import RawBatch
+from sensor.kernel.syscalls import SyscallTable
+
+_EMPTY = RawBatch(np.zeros(0, np.uint8), np.zeros(0, np.uint64), np.zeros(0, np.uint32))
+
+
+class FakeKernel:
+    def __init__(self, config: ProgramConfig):
+        self.config = config
+        events = layout.events()
+        self.constants, self.structs = events.constants, events.structs
+        self.batches: deque[RawBatch] = deque()
+        self.spilled: deque[RawBatch] = deque()
+        self.stats = np.zeros(self.constants["MAYFLY_STAT_COUNT"], np.uint64)
+        self.ring_lost = np.zeros(self.constants["MAYFLY_RING_LOST_SLOTS"], np.uint64)
+        self.cgroup_losses: dict[int, dict[str, int]] = {}
+        self.policies: dict[int, bool] = {}
+        self.captured: set[str] = set()
+        self.rate: tuple[int, int] | None = None
+        self.closed = False
+
+    attached = ["fake"]
+
+    # ---- what a test does ----
+
+    def feed(self, batch: RawBatch, spill: bool = False) -> None:
+        (self.spilled if spill else self.batches).append(batch)
+
+    def lose(self, reason: str, count: int, cgroup_id: int | None = None, nr: int | None = None) -> None:
+        """Count losses as the programs do: `reason` is a MAYFLY_STAT_* suffix
+        (RING_FULL, RATE_LIMITED, ...); per cgroup and per syscall number where given."""
+        self.stats[self.constants[f"MAYFLY_STAT_{reason}"]] += count
+        if nr is not None:
+            self.ring_lost[self.constants["MAYFLY_KINDS_MAX"] + nr] += count
+        if cgroup_id is not None:
+            field = {"RING_FULL": "ring_lost", "RATE_LIMITED": "rate_limited"}[reason]
+            state = self.cgroup_losses.setdefault(cgroup_id, {"rate_limited": 0, "ring_lost": 0})
+            state[field] += count
+
+    # ---- Kernel's interface ----
+
+    def wait(self, timeout_s: float) -> None:
+        pass
+
+    def drain(self) -> RawBatch:
+        return self.batches.popleft() if self.batches else _EMPTY
+
+    def drain_spill(self) -> RawBatch | None:
+        return self.spilled.popleft() if self.spilled else None
+
+    def pending(self) -> bool:
+        return bool(self.batches)
+
+    def spill_pending(self) -> bool:
+        return bool(self.spilled)
+
+    def configure(self, rate: int, burst: int) -> None:
+        self.rate = rate, burst
+
+    def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
+        self.captured = set(wanted)
+        return set(results) & set(wanted)
+
+    def set_policy(self, cgroup_id: int, track: bool) -> None:
+        self.policies[cgroup_id] = track
+
+    def drop_policy(self, cgroup_id: int) -> None:
+        self.policies.pop(cgroup_id, None)
+
+    def seed_parents(self, parents: dict[int, int]) -> None:
+        pass
+
+    def forget_cgroup(self, cgroup_id: int) -> None:
+        self.cgroup_losses.pop(cgroup_id, None)
+
+    def free_count_slot(self, cgroup_id: int, slot: int) -> None:
+        pass
+
+    def per_cpu_sums(self, name: str) -> np.ndarray:
+        return {"stats": self.stats, "ring_lost": self.ring_lost}[name].copy()
+
+    def cgroup_states(self) -> tuple[np.ndarray, np.ndarray]:
+        states = np.zeros(len(self.cgroup_losses), self.structs["mayfly_cgroup_state"])
+        for i, state in enumerate(self.cgroup_losses.values()):
+            states[i]["rate_limited"], states[i]["ring_lost"] = state["rate_limited"], state["ring_lost"]
+        return np.array(list(self.cgroup_losses), np.uint64), states
+
+    def cgroup_state(self, cgroup_id: int) -> dict[str, int] | None:
+        state = self.cgroup_losses.get(cgroup_id)
+        return None if state is None else {"credit_ns": 0, "refill_ns": 0, **state}
+
+    def take_flows(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(0, self.structs["mayfly_flow_key"]), np.zeros(0, self.structs["mayfly_flow_value"])
+
+    def count_slots(self) -> dict[int, int]:
+        return {}
+
+    def count_rows(self) -> np.ndarray:
+        return np.zeros((1, 1, self.constants["MAYFLY_MAX_SYSCALLS"]), np.uint32)
+
+    def close(self) -> None:
+        self.closed = True
