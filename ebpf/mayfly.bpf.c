@@ -239,11 +239,20 @@ static __always_inline u64 wakeup_flags(struct mayfly_config *cfg, int urgent)
     return BPF_RB_NO_WAKEUP;
 }
 
-/* May this cgroup emit one more event? Applies its policy and token bucket. */
-static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
+/* Is this cgroup traced at all? (User space drops the host's cgroups when the rules
+ * look at containers alone.) */
+static __always_inline int tracked(u64 cgroup_id)
 {
     u32 *policy = cgroup_policy.lookup(&cgroup_id);
-    if (policy && *policy == MAYFLY_POLICY_IGNORE)
+    return !policy || *policy != MAYFLY_POLICY_IGNORE;
+}
+
+/* May this cgroup emit one more event? Its policy, then its token bucket. Lifecycle
+ * events (forks, execs, exits, cgroups) never ask the bucket: a container cannot
+ * spend its budget and then run a shell unseen. */
+static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
+{
+    if (!tracked(cgroup_id))
         return 0;
     if (!cfg->cost_ns)
         return 1;
@@ -577,7 +586,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (!e) {
         /* The enter was not seen (sensor started mid-exec, or no room to hold it). */
         holder = tid;
-        if (!admit(cgroup_id, cfg) || !(e = claim(holder, &in_slot)))
+        if (!tracked(cgroup_id) || !(e = claim(holder, &in_slot)))
             return 0;
         e->nr = __NR_execve;
         e->truncated = 0;
@@ -630,7 +639,7 @@ TRACEPOINT_PROBE(task, task_newtask)
 
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_config *cfg = get_config();
-    if (!cfg || parent == cfg->self_tgid || !admit(cgroup_id, cfg))
+    if (!cfg || parent == cfg->self_tgid || !tracked(cgroup_id))
         return 0;
     struct mayfly_fork_event *e = events.ringbuf_reserve(sizeof(*e));
     if (!e)
@@ -694,7 +703,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 
     u64 cgroup_id = bpf_get_current_cgroup_id();
     struct mayfly_config *cfg = get_config();
-    if (cfg && tgid != cfg->self_tgid && admit(cgroup_id, cfg)) {
+    if (cfg && tgid != cfg->self_tgid && tracked(cgroup_id)) {
         struct mayfly_exit_event *e = events.ringbuf_reserve(sizeof(*e));
         if (!e)
             e = spill.ringbuf_reserve(sizeof(*e));

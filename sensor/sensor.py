@@ -228,7 +228,8 @@ class Sensor:
         self.kernel.set_capture(self.table, set(self.captured), asked)
 
     def set_rate_limit(self, rate: int, burst: int) -> None:
-        """Events per second one cgroup may emit on average (0: no limit), and at once."""
+        """Events per second one cgroup may emit on average (0: no limit), and at once.
+        Forks, execs, exits and cgroup changes are never limited."""
         self.kernel.configure(rate, burst)
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:

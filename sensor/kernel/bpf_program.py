@@ -199,14 +199,13 @@ class Programs:
         self.bpf.cleanup()
 
 
-_BPF_LINK_CREATE = 28
-_SYS_BPF = 321  # x86_64
+_BPF_LINK_CREATE = 28  # enum bpf_cmd (linux/bpf.h): an enum, which the uapi reader cannot take
 
 
 def _link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     attr = (ctypes.c_uint32 * 16)(prog_fd, target_fd, attach_type, 0)
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd = libc.syscall(syscalls.table().numbers["bpf"], _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         raise OSError(ctypes.get_errno(), f"BPF_LINK_CREATE failed: {os.strerror(ctypes.get_errno())}")
     return fd

@@ -8,15 +8,13 @@ import re
 from dataclasses import dataclass
 
 from sensor.log import get_logger
+from sensor.system import uapi
 
 log = get_logger("host")
 
 TRACEFS = "/sys/kernel/tracing"
 SECURITYFS = "/sys/kernel/security"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
-
-# Capability bits from linux/capability.h.
-CAPABILITIES = {"CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 
 
 class HostError(RuntimeError):
@@ -122,7 +120,7 @@ def effective_capabilities(status: str = "/proc/self/status") -> set[str]:
         for line in f:
             if line.startswith("CapEff:"):
                 bits = int(line.split()[1], 16)
-                return {name for name, bit in CAPABILITIES.items() if bits >> bit & 1}
+                return {name for bit, name in uapi.capabilities().items() if bits >> bit & 1}
     return set()
 
 

@@ -114,10 +114,12 @@ def test_a_flooding_cgroup_is_limited_and_the_others_are_not(sensor, fire):
                   for c in r.get("cgroups", []) if c["container"]["cgroup_id"] == noisy)
     assert len(calm_events) == 2 * calm + 2  # exec, openat+close each, exit
     assert 0 < len(noisy_events) < 2 * flood
-    # Every exec, open and exit asks the bucket once; a close only follows an open that
-    # got through (a limited open leaves no fd to track).
+    # Every open asks the bucket once; a close only follows an open that got through (a
+    # limited open leaves no fd to track). The exec and the exit never ask it: they arrive.
     opens = len([r for r in noisy_events if r["evt"]["type"] == "openat"])
     assert len(noisy_events) + limited == 1 + flood + opens + 1
+    assert [r["evt"]["type"] for r in noisy_events if r["evt"]["type"] in ("execve", "procexit")] == \
+        ["execve", "procexit"]
 
 
 def test_a_full_ring_buffer_loses_nothing_unaccounted(fire):
