@@ -40,8 +40,8 @@ def _sink(ctx, param, values):
 @click.option("--rules", "rule_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Rule file (repeatable). Default: the built-in rules.")
 @click.option("--output", "-o", "outputs", multiple=True, metavar="SINK", callback=_sink, expose_value=True,
-              help="file:PATH (msgpack, rotated), stdout or - (lines on a terminal, msgpack in a pipe). "
-                   "Repeatable; default: stdout.")
+              help="file:PATH (msgpack, rotated), stdout:text, stdout:json, stdout:msgpack, or stdout / - "
+                   "(text on a terminal, JSON lines otherwise). Repeatable; default: stdout.")
 @click.option("--emit-events", is_flag=False, flag_value="all", default=None, metavar="[TYPES]",
               help="Emit raw events as records: all, or a comma-separated list of types (execve,openat,...).")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
