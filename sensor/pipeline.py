@@ -35,7 +35,6 @@ class Batch:
     fd_notes: FdNotes | None = None              # identity: what the fd each event names was then
     records: list[Record] = field(default_factory=list)   # what goes out, in order
     emitted: list[Record] = field(default_factory=list)   # event records of `live` rows (rules read their rows)
-    removed: list[tuple[int, int]] = field(default_factory=list)  # accounting: (cgroup id, ns) gone in it
 
 
 class Stage(Protocol):
@@ -51,13 +50,6 @@ class Pipeline:
             raise ValueError(f"stage names must be unique: {names}")
         self.stages = stages
         self.busy_ns: Counter = Counter()  # per stage: where the sensor's time goes
-
-    @property
-    def names(self) -> list[str]:
-        return [stage.name for stage in self.stages]
-
-    def stage(self, name: str) -> Stage:
-        return next(stage for stage in self.stages if stage.name == name)
 
     def run(self, batch: Batch | None = None) -> Batch:
         batch = batch or Batch()

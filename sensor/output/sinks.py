@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import IO, Protocol
 
@@ -66,31 +65,34 @@ class FileSink:
         self._queued.append(records.pack(record))
 
     def _write_queued(self) -> None:
-        """The queued records, in as few writes as rotation allows. On a failure the
-        current file is cut back to where this flush began in it and the queue is
-        emptied, so that the caller can offer the same records again without
-        duplicates (those written to a file rotated away in this flush excepted)."""
+        """The queued records, one write per file. On a failure the current file is cut
+        back to where this flush began in it and the queue is emptied, so that the
+        caller can offer the same records again without duplicates (those written to a
+        file rotated away in this flush excepted)."""
         start, queued, self._queued = self._size, self._queued, []
+        chunk: list[bytes] = []
+        pending = 0  # bytes in chunk
         try:
-            while queued:
-                room, take, size = self.max_bytes - self._size, 0, 0
-                while take < len(queued) and (size + len(queued[take]) <= room or not (self._size or take)):
-                    size += len(queued[take])
-                    take += 1
-                if take == 0:
+            for data in queued:
+                if self._size + pending and self._size + pending + len(data) > self.max_bytes:
+                    self._write(chunk)
+                    chunk, pending = [], 0
                     self._rotate()
                     start = 0
-                    continue
-                data = b"".join(queued[:take])
-                written = 0
-                while written < len(data):
-                    written += os.write(self._fd, data[written:])
-                self._size += len(data)
-                del queued[:take]
+                chunk.append(data)
+                pending += len(data)
+            self._write(chunk)
         except OSError:
             os.ftruncate(self._fd, start)  # no partial record for a reader to trip on
             self._size = start
             raise
+
+    def _write(self, chunk: list[bytes]) -> None:
+        data = b"".join(chunk)
+        written = 0
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        self._size += len(data)
 
     def _rotate(self) -> None:
         self._sync()
@@ -188,7 +190,7 @@ class Guarded:
     def __init__(self, sink: Sink, backlog: int = 100_000, log_every_s: float = 10.0):
         self.sink = sink
         self.name = str(sink)
-        self.backlog: deque[Record] = deque()
+        self.backlog: list[Record] = []
         self.limit = backlog
         self.log_every_s = log_every_s
         self.failures = 0
@@ -197,7 +199,9 @@ class Guarded:
         self._logged = -log_every_s
 
     def deliver(self, batch: list[Record]) -> None:
-        self.backlog.extend(batch)
+        if not batch and not self.backlog:
+            return  # an idle poll: nothing to write, nothing to flush
+        self.backlog += batch
         if len(self.backlog) > self.limit:
             self._drop(len(self.backlog) - self.limit)
         at = 0
@@ -224,8 +228,7 @@ class Guarded:
             self._logged = 0
 
     def _drop(self, count: int) -> None:
-        for _ in range(count):
-            self.backlog.popleft()
+        del self.backlog[:count]
         self.dropped += count
         self._unreported += count
 

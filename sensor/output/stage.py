@@ -31,12 +31,12 @@ class MakeEvents:
         self.selection = selection
 
     def run(self, batch: Batch) -> None:
-        decode_types, chosen = self.selection.decode_types, self.selection
-        made = self.events.records(dict(batch.arrays, syscall=batch.held), decode_types, batch.fd_notes) \
-            if decode_types is None or decode_types else []
+        selection = self.selection
+        made = self.events.records(dict(batch.arrays, syscall=batch.held), selection.decode_types, batch.fd_notes) \
+            if selection.decode_types is None or selection.decode_types else []
         made = [record for record in made if not self.cgroups.hold(record)]
-        batch.emitted = self.events.records({"syscall": batch.live}, chosen.emit_types, batch.fd_notes) \
-            if chosen.emit else []
+        batch.emitted = self.events.records({"syscall": batch.live}, selection.emit_types, batch.fd_notes) \
+            if selection.emit else []
         batch.records += sorted(made + batch.emitted, key=lambda record: record["ts"])
 
 
@@ -65,7 +65,6 @@ class Account:
             cgroups.removed(cgroup_id, ts, self.reports.cgroup_losses(cgroup_id))
             self.reports.forget_cgroup(cgroup_id)
             self.identify.forget(cgroup_id)
-            batch.removed.append((cgroup_id, ts))
         batch.records += cgroups.take()
 
     def periodic(self) -> list[Record]:

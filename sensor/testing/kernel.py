@@ -14,6 +14,7 @@ from sensor.kernel import layout
 from sensor.kernel.bpf_program import ProgramConfig
 from sensor.kernel.ringbuf import RawBatch
 from sensor.kernel.syscalls import SyscallTable
+from sensor.output.reports import PER_CGROUP
 
 _EMPTY = RawBatch(np.zeros(0, np.uint8), np.zeros(0, np.uint64), np.zeros(0, np.uint32))
 
@@ -47,9 +48,8 @@ class FakeKernel:
         if nr is not None:
             self.ring_lost[self.constants["MAYFLY_KINDS_MAX"] + nr] += count
         if cgroup_id is not None:
-            field = {"RING_FULL": "ring_lost", "RATE_LIMITED": "rate_limited"}[reason]
-            state = self.cgroup_losses.setdefault(cgroup_id, {"rate_limited": 0, "ring_lost": 0})
-            state[field] += count
+            state = self.cgroup_losses.setdefault(cgroup_id, dict.fromkeys(self.structs["mayfly_cgroup_state"].names, 0))
+            state[PER_CGROUP[reason.lower()]] += count
 
     # ---- Kernel's interface ----
 
@@ -94,14 +94,13 @@ class FakeKernel:
         return {"stats": self.stats, "ring_lost": self.ring_lost}[name].copy()
 
     def cgroup_states(self) -> tuple[np.ndarray, np.ndarray]:
-        states = np.zeros(len(self.cgroup_losses), self.structs["mayfly_cgroup_state"])
-        for i, state in enumerate(self.cgroup_losses.values()):
-            states[i]["rate_limited"], states[i]["ring_lost"] = state["rate_limited"], state["ring_lost"]
+        dtype = self.structs["mayfly_cgroup_state"]
+        states = np.array([tuple(state[name] for name in dtype.names) for state in self.cgroup_losses.values()], dtype)
         return np.array(list(self.cgroup_losses), np.uint64), states
 
     def cgroup_state(self, cgroup_id: int) -> dict[str, int] | None:
         state = self.cgroup_losses.get(cgroup_id)
-        return None if state is None else {"credit_ns": 0, "refill_ns": 0, **state}
+        return None if state is None else dict(state)
 
     def take_flows(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, self.structs["mayfly_flow_key"]), np.zeros(0, self.structs["mayfly_flow_value"])
