@@ -15,7 +15,7 @@
 #ifndef MAYFLY_EVENTS_H
 #define MAYFLY_EVENTS_H
 
-#define MAYFLY_SCHEMA_VERSION 5
+#define MAYFLY_SCHEMA_VERSION 6
 
 #define MAYFLY_COMM_LEN 16
 #define MAYFLY_STR_LEN 256          /* one data slot of a syscall event */
@@ -57,6 +57,12 @@
 #define MAYFLY_SPEC_EXIT_CODE 64    /* exit/exit_group: keep args[0] as the exit code, emit nothing */
 #define MAYFLY_SPEC_TRACK_PAIR 128  /* on success, the two ints read into slot 0 are new fds (pipe) */
 #define MAYFLY_SPEC_AT_ENTER 256    /* no exit tracepoint is attached for it: send at enter */
+
+/* The token buckets are work-conserving: an empty one holds a cgroup back only while
+ * the ring is under pressure, which lasts this long after it was last seen (by user
+ * space, from the backlog at a drain; by the programs, when the ring was full). The
+ * `pressure` array holds until when, in bpf_ktime_get_ns() time (~0: always). */
+#define MAYFLY_PRESSURE_HOLD_NS 100000000
 
 /* `cgroup_policy` values */
 #define MAYFLY_POLICY_TRACK 0

@@ -34,6 +34,8 @@ BPF_RINGBUF_OUTPUT(events, MAYFLY_RINGBUF_PAGES);
  * them user space would lose track of containers and processes while one floods. */
 BPF_RINGBUF_OUTPUT(spill, MAYFLY_SPILL_PAGES);
 BPF_ARRAY(config, struct mayfly_config, 1);
+/* Until when the ring counts as under pressure (MAYFLY_PRESSURE_HOLD_NS). */
+BPF_ARRAY(pressure, u64, 1);
 BPF_ARRAY(syscall_specs, struct mayfly_syscall_spec, MAYFLY_MAX_SYSCALLS);
 BPF_PERCPU_ARRAY(stats, u64, MAYFLY_STAT_COUNT);
 BPF_PERCPU_ARRAY(ring_lost, u64, MAYFLY_RING_LOST_SLOTS);
@@ -215,6 +217,10 @@ static __always_inline struct mayfly_cgroup_state *cgroup_state_of(u64 cgroup_id
 
 static __always_inline void count_ring_lost(u32 slot, u64 cgroup_id, struct mayfly_config *cfg)
 {
+    u32 zero = 0;
+    u64 *until = pressure.lookup(&zero);
+    if (until && *until != ~0ULL)
+        *until = bpf_ktime_get_ns() + MAYFLY_PRESSURE_HOLD_NS;
     u64 *value = ring_lost.lookup(&slot);
     if (value)
         (*value)++;
@@ -247,9 +253,12 @@ static __always_inline int tracked(u64 cgroup_id)
     return !policy || *policy != MAYFLY_POLICY_IGNORE;
 }
 
-/* May this cgroup emit one more event? Its policy, then its token bucket. Lifecycle
- * events (forks, execs, exits, cgroups) never ask the bucket: a container cannot
- * spend its budget and then run a shell unseen. */
+/* May this cgroup emit one more event? Its policy, then its token bucket. Every event
+ * spends the bucket's credit, but an empty bucket holds the cgroup back only while the
+ * ring is under pressure: a lone busy cgroup gets the whole drain, and a flooding one
+ * is the first held back when the ring fills. Lifecycle events (forks, execs, exits,
+ * cgroups) never ask the bucket: a container cannot spend its budget and then run a
+ * shell unseen. */
 static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
 {
     if (!tracked(cgroup_id))
@@ -267,6 +276,10 @@ static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
     state->refill_ns = now;
     if (credit < cfg->cost_ns) {
         state->credit_ns = credit;
+        u32 zero = 0;
+        u64 *until = pressure.lookup(&zero);
+        if (!until || now >= *until)
+            return 1;
         __sync_fetch_and_add(&state->rate_limited, 1);
         count_stat(MAYFLY_STAT_RATE_LIMITED);
         return 0;

@@ -48,7 +48,11 @@ def _sink(ctx, param, values):
 @click.option("--ringbuf-pages", default=ProgramConfig.ringbuf_pages, show_default=True,
               help="Ring buffer size in pages (a power of two).")
 @click.option("--cgroup-rate", default=ProgramConfig.cgroup_rate, show_default=True,
-              help="Events per second one cgroup may emit on average (0: no limit).")
+              help="Events per second one cgroup may emit on average (0: no limit); over it, a cgroup is "
+                   "held back only while the ring buffer is under pressure.")
+@click.option("--ring-pressure", default=ProgramConfig.ring_pressure, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="How full the ring buffer is (a fraction) when cgroups over their rate are held back (0: always).")
 @click.option("--report-interval", default=10.0, show_default=True, help="Seconds between flow and count records.")
 @click.option("--identity-deadline", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a new cgroup's records wait for its runtime's state before going out unresolved.")
@@ -57,13 +61,13 @@ def _sink(ctx, param, values):
 @click.option("--ancestors", default=5, show_default=True, type=click.IntRange(min=0),
               help="Generations of ancestors' names records carry (proc.anames).")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
-def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, report_interval, identity_deadline,
-        container_grace, ancestors, print_ebpf) -> None:
+def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, ring_pressure, report_interval,
+        identity_deadline, container_grace, ancestors, print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
 
     try:
-        config = ProgramConfig(ringbuf_pages=ringbuf_pages, cgroup_rate=cgroup_rate)
+        config = ProgramConfig(ringbuf_pages=ringbuf_pages, cgroup_rate=cgroup_rate, ring_pressure=ring_pressure)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if print_ebpf:

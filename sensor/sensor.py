@@ -227,10 +227,12 @@ class Sensor:
         self.captured = sorted(asked | set(syscalls.EXEC))
         self.kernel.set_capture(self.table, set(self.captured), asked)
 
-    def set_rate_limit(self, rate: int, burst: int) -> None:
+    def set_rate_limit(self, rate: int, burst: int, pressure: float | None = None) -> None:
         """Events per second one cgroup may emit on average (0: no limit), and at once.
-        Forks, execs, exits and cgroup changes are never limited."""
-        self.kernel.configure(rate, burst)
+        Over its rate, a cgroup is held back only while the ring buffer is under
+        pressure: `pressure` full (a fraction; 0: always; None: the config's
+        ring_pressure). Forks, execs, exits and cgroup changes are never limited."""
+        self.kernel.configure(rate, burst, self.config.ring_pressure if pressure is None else pressure)
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:
         """Track a cgroup (the default) or drop its events in the kernel. Its syscalls are

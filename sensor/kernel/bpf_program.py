@@ -19,7 +19,7 @@ from sensor.system import distro, host, kernel_headers
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
 # The schema version of events.h that sensor/kernel/split.py and sensor/kernel/syscalls.py read.
-EXPECTED_SCHEMA = 5
+EXPECTED_SCHEMA = 6
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
 REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_exit", "task/task_newtask",
@@ -54,6 +54,7 @@ class ProgramConfig:
     spill_pages: int = 64         # lifecycle events that find the main ring full (1,000 or more)
     cgroup_rate: int = 50_000     # events/s one cgroup may emit on average; 0: no limit
     cgroup_burst: int = 100_000   # events one cgroup may emit at once
+    ring_pressure: float = 0.25   # over its rate, a cgroup is held back only while the ring is this full (0: always)
     wakeup_every: int = 512       # wake user space every N records per CPU (and at once for lifecycle)
     flows: bool = True            # per-cgroup flow accounting with cgroup_skb
     count_syscalls: bool = True   # count every syscall per cgroup (syscall_counts records)
@@ -70,6 +71,8 @@ class ProgramConfig:
             value = getattr(self, name)
             if value <= 0 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, not {value}")
+        if not 0 <= self.ring_pressure <= 1:
+            raise ValueError(f"ring_pressure is a fraction of the ring, from 0 to 1, not {self.ring_pressure}")
         for name in ("cgroup_rate", "cgroup_burst", "wakeup_every", "max_procs", "max_pending", "max_cgroups",
                      "max_fds", "max_flows", "count_slots"):
             if getattr(self, name) < (0 if name == "cgroup_rate" else 1):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from sensor.kernel.ringbuf import RawBatch, RingReader
 from sensor.kernel.syscalls import SyscallTable
 
 U32, U64 = np.dtype("<u4"), np.dtype("<u8")
+ALWAYS = np.iinfo(np.uint64).max  # a `pressure` that never ends
 
 
 class Kernel:
@@ -31,6 +33,9 @@ class Kernel:
             raise
         events = layout.events()
         self._structs, self._constants = events.structs, events.constants
+        self._hold_ns = self._constants["MAYFLY_PRESSURE_HOLD_NS"]
+        self._pressure_bytes = 0   # a backlog of this much at a drain is pressure (0: always pressure)
+        self._pressed_until = 0    # what the `pressure` map says, as last written here
 
     @property
     def attached(self) -> list[str]:
@@ -42,6 +47,12 @@ class Kernel:
         self.ring.wait(timeout_s)
 
     def drain(self) -> RawBatch:
+        """The main ring's records. A backlog over the pressure threshold first tells the
+        programs the ring is under pressure, for MAYFLY_PRESSURE_HOLD_NS from now."""
+        if self._pressure_bytes and self.ring.pending() >= self._pressure_bytes:
+            now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            if now + self._hold_ns // 2 >= self._pressed_until:  # a write per half hold at most
+                self._press(now + self._hold_ns)
         return self.ring.drain()
 
     def drain_spill(self) -> RawBatch | None:
@@ -57,11 +68,19 @@ class Kernel:
 
     # ---- writes ----
 
-    def configure(self, rate: int, burst: int) -> None:
-        """The `config` entry: the token buckets (rate 0: none) and the sensor's own pid."""
+    def configure(self, rate: int, burst: int, pressure: float) -> None:
+        """The `config` entry: the token buckets (rate 0: none) and the sensor's own pid;
+        and when an empty bucket holds a cgroup back: while the ring is `pressure` full
+        (0: always)."""
         entry = dataclasses.replace(self.config, cgroup_rate=rate, cgroup_burst=burst).kernel_config()
         entry["self_tgid"] = os.getpid()
         maps.write_array(self.programs["config"], entry)
+        self._pressure_bytes = int(self.ring.size * pressure)
+        self._press(ALWAYS if not pressure else 0)
+
+    def _press(self, until_ns: int) -> None:
+        maps.write_array(self.programs["pressure"], np.array([until_ns], U64))
+        self._pressed_until = until_ns
 
     def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
         return self.programs.set_capture(table, wanted, results)

@@ -144,6 +144,7 @@ class RingReader:
         self._data = np.frombuffer(self._data_map, np.uint8, offset=page)
         self._data32 = self._data.view(np.uint32)
         self._data[::page].sum()  # map every data page now, not during the first burst
+        self.size = size
         self._mask = np.uint64(size - 1)
         self._out = np.zeros(batch_bytes, np.uint8)
         self._out.fill(0)  # fault the pages in now, not on the first busy batch

@@ -31,7 +31,7 @@ class FakeKernel:
         self.cgroup_losses: dict[int, dict[str, int]] = {}
         self.policies: dict[int, bool] = {}
         self.captured: set[str] = set()
-        self.rate: tuple[int, int] | None = None
+        self.rate: tuple[int, int, float] | None = None
         self.closed = False
 
     attached = ["fake"]
@@ -68,8 +68,8 @@ class FakeKernel:
     def spill_pending(self) -> bool:
         return bool(self.spilled)
 
-    def configure(self, rate: int, burst: int) -> None:
-        self.rate = rate, burst
+    def configure(self, rate: int, burst: int, pressure: float) -> None:
+        self.rate = rate, burst, pressure
 
     def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
         self.captured = set(wanted)

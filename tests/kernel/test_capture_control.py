@@ -96,7 +96,7 @@ def test_counts_follow_a_process_that_moves_between_cgroups(sensor):
 def test_a_flooding_cgroup_is_limited_and_the_others_are_not(sensor, fire):
     flood, calm = 2003, 7
     try:
-        sensor.set_rate_limit(1000, 50)
+        sensor.set_rate_limit(1000, 50, pressure=0)  # held back at once, as under a full ring
         with own_cgroup() as (noisy_path, noisy), own_cgroup() as (calm_path, quiet):
             run_in_cgroup(noisy_path, [fire, "getppid", "1", "0"])  # warm the page cache
             drain(sensor)
@@ -120,6 +120,58 @@ def test_a_flooding_cgroup_is_limited_and_the_others_are_not(sensor, fire):
     assert len(noisy_events) + limited == 1 + flood + opens + 1
     assert [r["evt"]["type"] for r in noisy_events if r["evt"]["type"] in ("execve", "procexit")] == \
         ["execve", "procexit"]
+
+
+def test_a_lone_busy_cgroup_is_not_held_back_while_the_ring_has_room(sensor, fire):
+    """The buckets are work-conserving: over its rate, a cgroup is held back only while
+    the ring buffer is under pressure (a quarter full by default)."""
+    flood = 2003
+    try:
+        sensor.set_rate_limit(1000, 50)
+        with own_cgroup() as (path, cgroup_id):
+            run_in_cgroup(path, [fire, "openat", str(flood)])
+            records = collect(sensor, cgroup_id)
+            limited = sensor.reports.cgroup_losses(cgroup_id)["rate_limited"]
+    finally:
+        sensor.set_rate_limit(0, 1)
+    assert len(events(records, "openat")) == flood and len(events(records, "close")) == flood
+    assert limited == 0
+
+
+def losses(records, reason, cgroup_id):
+    return sum(c["count"] for r in records if r["kind"] == "lost" and r["reason"] == reason
+               for c in r.get("cgroups", []) if c["container"]["cgroup_id"] == cgroup_id)
+
+
+def test_a_full_ring_puts_it_under_pressure_and_buckets_engage(fire):
+    """Nobody drains a small ring while a cgroup floods it: once it is full, the
+    programs mark it under pressure, and the flooder's empty bucket holds it back (its
+    events are then rate_limited, not ring_full)."""
+    seen = []
+    with Sensor(config=ProgramConfig(ringbuf_pages=16, cgroup_rate=1000, cgroup_burst=50, flows=False), rules=[],
+                emit_events=["openat"], on_record=seen.append, lost_interval=0) as small:
+        with own_cgroup() as (path, cgroup_id):
+            run_in_cgroup(path, [fire, "openat", "20011"])
+            drain(small)
+    ring_full, limited = losses(seen, "ring_full", cgroup_id), losses(seen, "rate_limited", cgroup_id)
+    delivered = len([r for r in events(seen, "openat") if r["container"]["cgroup_id"] == cgroup_id])
+    assert ring_full > 0 and limited > 0
+    assert delivered + ring_full + limited == 20011
+
+
+def test_a_backlog_seen_at_a_drain_puts_the_ring_under_pressure(fire):
+    """A quarter of the ring unread at a drain: the flood that follows at once is held
+    back by its empty bucket, before the ring is anywhere near full. (The drain is the
+    kernel side's own, so that the pipeline's time does not eat into the hold.)"""
+    with Sensor(config=ProgramConfig(ringbuf_pages=64, cgroup_rate=1000, cgroup_burst=50, flows=False), rules=[],
+                emit_events=["openat"]) as small:
+        with own_cgroup() as (path, cgroup_id):
+            run_in_cgroup(path, [fire, "openat", "503"])  # ~200 KiB: more than a quarter of 256 KiB
+            assert small.kernel.ring.pending() >= small.kernel.ring.size // 4
+            small.kernel.drain()
+            run_in_cgroup(path, [fire, "openat", "503"])
+            counted = small.reports.cgroup_losses(cgroup_id)
+    assert counted["ring_full"] == 0 and counted["rate_limited"] > 0
 
 
 def test_a_full_ring_buffer_loses_nothing_unaccounted(fire):
