@@ -15,7 +15,7 @@
 #ifndef MAYFLY_EVENTS_H
 #define MAYFLY_EVENTS_H
 
-#define MAYFLY_SCHEMA_VERSION 6
+#define MAYFLY_SCHEMA_VERSION 7
 
 #define MAYFLY_COMM_LEN 16
 #define MAYFLY_STR_LEN 256          /* one data slot of a syscall event */
@@ -46,6 +46,7 @@
 /* mayfly_syscall_event.flags */
 #define MAYFLY_SYSCALL_COMPAT 1     /* exec of a 32-bit (ia32) image */
 #define MAYFLY_SYSCALL_NO_RESULT 2  /* sent at enter (MAYFLY_SPEC_AT_ENTER): `result` is unknown */
+#define MAYFLY_SYSCALL_NEEDLE 4     /* its path is a needle's: sent past an empty bucket, spilled if need be */
 
 /* mayfly_syscall_spec.flags */
 #define MAYFLY_SPEC_EMIT 1          /* capture this syscall */
@@ -57,12 +58,27 @@
 #define MAYFLY_SPEC_EXIT_CODE 64    /* exit/exit_group: keep args[0] as the exit code, emit nothing */
 #define MAYFLY_SPEC_TRACK_PAIR 128  /* on success, the two ints read into slot 0 are new fds (pipe) */
 #define MAYFLY_SPEC_AT_ENTER 256    /* no exit tracepoint is attached for it: send at enter */
+#define MAYFLY_SPEC_NEEDLE 512      /* `needles` has entries for it: look its slot 0 path up there */
+#define MAYFLY_SPEC_LIFECYCLE 1024  /* an exec: never asks the token bucket */
 
 /* The token buckets are work-conserving: an empty one holds a cgroup back only while
  * the ring is under pressure, which lasts this long after it was last seen (by user
  * space, from the backlog at a drain; by the programs, when the ring was full). The
  * `pressure` array holds until when, in bpf_ktime_get_ns() time (~0: always). */
 #define MAYFLY_PRESSURE_HOLD_NS 100000000
+
+/* `needles` LPM trie: events that can match a rule of priority WARNING or above, as
+ * the kernel can tell them: a syscall and its slot 0 path, exactly (the entry ends
+ * with the NUL) or by prefix. The prefix covers `nr` (32 bits) and the path's bytes.
+ * A flood cannot hide them: they pass an empty token bucket and spill when the ring
+ * is full. */
+#define MAYFLY_NEEDLE_LEN 128
+#define MAYFLY_MAX_NEEDLES 4096
+struct mayfly_needle_key {
+    __u32 prefixlen;
+    __u32 nr;
+    __u8 path[MAYFLY_NEEDLE_LEN];
+};
 
 /* `cgroup_policy` values */
 #define MAYFLY_POLICY_TRACK 0

@@ -36,6 +36,9 @@ BPF_RINGBUF_OUTPUT(spill, MAYFLY_SPILL_PAGES);
 BPF_ARRAY(config, struct mayfly_config, 1);
 /* Until when the ring counts as under pressure (MAYFLY_PRESSURE_HOLD_NS). */
 BPF_ARRAY(pressure, u64, 1);
+/* Written by user space only: the needles (events.h), and a per-CPU key to look one up. */
+BPF_LPM_TRIE(needles, struct mayfly_needle_key, u8, MAYFLY_MAX_NEEDLES);
+BPF_PERCPU_ARRAY(needle_key, struct mayfly_needle_key, 1);
 BPF_ARRAY(syscall_specs, struct mayfly_syscall_spec, MAYFLY_MAX_SYSCALLS);
 BPF_PERCPU_ARRAY(stats, u64, MAYFLY_STAT_COUNT);
 BPF_PERCPU_ARRAY(ring_lost, u64, MAYFLY_RING_LOST_SLOTS);
@@ -253,16 +256,22 @@ static __always_inline int tracked(u64 cgroup_id)
     return !policy || *policy != MAYFLY_POLICY_IGNORE;
 }
 
-/* May this cgroup emit one more event? Its policy, then its token bucket. Every event
- * spends the bucket's credit, but an empty bucket holds the cgroup back only while the
- * ring is under pressure: a lone busy cgroup gets the whole drain, and a flooding one
- * is the first held back when the ring fills. Lifecycle events (forks, execs, exits,
- * cgroups) never ask the bucket: a container cannot spend its budget and then run a
- * shell unseen. */
-static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
+/* Is the ring under pressure now (MAYFLY_PRESSURE_HOLD_NS)? */
+static __always_inline int under_pressure(u64 now)
 {
-    if (!tracked(cgroup_id))
-        return 0;
+    u32 zero = 0;
+    u64 *until = pressure.lookup(&zero);
+    return until && now < *until;
+}
+
+/* May this cgroup emit one more event by its token bucket? Every event spends the
+ * bucket's credit, but an empty bucket holds the cgroup back only while the ring is
+ * under pressure: a lone busy cgroup gets the whole drain, and a flooding one is the
+ * first held back when the ring fills. Lifecycle events (forks, execs, exits, cgroups)
+ * never ask: a container cannot spend its budget and then run a shell unseen. What is
+ * held back is counted by the caller (count_limited), which may still send a needle. */
+static __always_inline int within_budget(u64 cgroup_id, struct mayfly_config *cfg)
+{
     if (!cfg->cost_ns)
         return 1;
     struct mayfly_cgroup_state *state = cgroup_state_of(cgroup_id, cfg);
@@ -276,16 +285,32 @@ static __always_inline int admit(u64 cgroup_id, struct mayfly_config *cfg)
     state->refill_ns = now;
     if (credit < cfg->cost_ns) {
         state->credit_ns = credit;
-        u32 zero = 0;
-        u64 *until = pressure.lookup(&zero);
-        if (!until || now >= *until)
-            return 1;
-        __sync_fetch_and_add(&state->rate_limited, 1);
-        count_stat(MAYFLY_STAT_RATE_LIMITED);
-        return 0;
+        return !under_pressure(now);
     }
     state->credit_ns = credit - cfg->cost_ns;
     return 1;
+}
+
+static __always_inline void count_limited(u64 cgroup_id, struct mayfly_config *cfg)
+{
+    struct mayfly_cgroup_state *state = cgroup_state_of(cgroup_id, cfg);
+    if (state)
+        __sync_fetch_and_add(&state->rate_limited, 1);
+    count_stat(MAYFLY_STAT_RATE_LIMITED);
+}
+
+/* Is this event's slot 0 path a needle's (the `needles` trie, MAYFLY_SPEC_NEEDLE)? What
+ * follows the path's NUL in the slot is stale: an exact entry ends at the NUL. */
+static __always_inline int is_needle(struct mayfly_syscall_event *e)
+{
+    u32 zero = 0;
+    struct mayfly_needle_key *key = needle_key.lookup(&zero);
+    if (!key)
+        return 0;
+    key->prefixlen = 32 + 8 * MAYFLY_NEEDLE_LEN;
+    key->nr = e->nr;
+    __builtin_memcpy(key->path, e->data, MAYFLY_NEEDLE_LEN);
+    return needles.lookup(key) != NULL;
 }
 
 static __always_inline void fill_header(struct mayfly_event_header *hdr, u16 kind, u16 size,
@@ -418,6 +443,7 @@ static __always_inline void send_syscall(struct mayfly_syscall_event *e, struct 
     if (size > sizeof(*e))
         size = sizeof(*e);
     e->hdr.size = size;
+    urgent |= e->flags & MAYFLY_SYSCALL_NEEDLE;
     u64 flags = wakeup_flags(cfg, urgent);
     if (events.ringbuf_output(e, size, flags) && (!urgent || spill.ringbuf_output(e, size, flags)))
         count_ring_lost(MAYFLY_KINDS_MAX + (e->nr & (MAYFLY_MAX_SYSCALLS - 1)), e->hdr.cgroup_id, cfg);
@@ -506,8 +532,16 @@ RAW_TRACEPOINT_PROBE(sys_enter)
             return 0;
     }
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    if (!admit(cgroup_id, cfg))
+    if (!tracked(cgroup_id))
         return 0;
+    /* Over budget, only a needle goes on; under pressure, a needle is marked so that it
+     * spills rather than be lost. An exec never asks the bucket. */
+    int over = !(spec->flags & MAYFLY_SPEC_LIFECYCLE) && !within_budget(cgroup_id, cfg);
+    int look = (spec->flags & MAYFLY_SPEC_NEEDLE) && (over || under_pressure(bpf_ktime_get_ns()));
+    if (over && !look) {
+        count_limited(cgroup_id, cfg);
+        return 0;
+    }
 
     u32 tid = pid_tgid, zero = 0;
     int at_enter = spec->flags & MAYFLY_SPEC_AT_ENTER;
@@ -526,6 +560,14 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     for (int i = 0; i < MAYFLY_STR_SLOTS; i++) {
         e->slot_len[i] = 0;
         read_slot(e, &spec->slot[i], args, i, 0);
+    }
+    if (look && is_needle(e)) {
+        e->flags |= MAYFLY_SYSCALL_NEEDLE;
+    } else if (over) {
+        count_limited(cgroup_id, cfg);
+        if (in_slot)
+            release(tid, in_slot);
+        return 0;
     }
     if (at_enter)
         send_syscall(e, cfg, 0);

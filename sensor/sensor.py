@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from sensor import records, resources
-from sensor.detect import rule_loader
+from sensor.detect import needles, rule_loader
 from sensor.detect.alerts import Alerts
 from sensor.detect.rows import RowMaker
 from sensor.detect.stage import Detect
@@ -174,6 +174,14 @@ class Sensor:
                                          np.uint32)
         if capture is not None and self.alerts.reads_fds:
             capture |= FD_SYSCALLS  # captured for the fd table, not decoded
+        found, covered = needles.derive(self.ruleset)
+        limit = layout.events().constants["MAYFLY_MAX_NEEDLES"]
+        if len(found) > limit:
+            log.warning("more needles than the kernel holds: some rules can be hidden by a flood",
+                        needles=len(found), kept=limit)
+            found = set(sorted(found, key=lambda n: (n.syscall, n.path))[:limit])
+        self.kernel.set_needles(self.table, found)
+        log.info("needles: rules whose events a flood cannot hide", rules=covered, needles=len(found))
         self.set_capture(capture)
         # With only container rules and nothing else emitted, the host's cgroups send nothing.
         self._identify.set_containers_only(self.alerts.containers_only and not selection.emit)

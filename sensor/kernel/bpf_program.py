@@ -19,7 +19,7 @@ from sensor.system import distro, host, kernel_headers
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
 # The schema version of events.h that sensor/kernel/split.py and sensor/kernel/syscalls.py read.
-EXPECTED_SCHEMA = 6
+EXPECTED_SCHEMA = 7
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
 REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_exit", "task/task_newtask",
@@ -167,11 +167,13 @@ class Programs:
         names += [f"cgroup_skb/{p.decode()}" for p in FLOW_PROGRAMS][:len(self._links)]
         return names
 
-    def set_capture(self, table: syscalls.SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
+    def set_capture(self, table: syscalls.SyscallTable, wanted: set[str], results: set[str],
+                    needles: set[str] = frozenset()) -> set[str]:
         """Capture the `wanted` syscalls, with the results of those in `results` whose
         exit tracepoint this kernel has (the others are sent at enter). Exit programs
         run only for the syscalls they are attached to, so each is attached only while
-        it is wanted. Returns the syscalls captured with their results."""
+        it is wanted. `needles`: the syscalls the `needles` trie has entries for.
+        Returns the syscalls captured with their results."""
         exits = {name: syscalls.exit_tracepoint(name) for name in sorted(wanted & results)
                  if "exit_code" not in table.syscalls[name].flags
                  and tracepoint_present(self.tracefs, syscalls.exit_tracepoint(name))}
@@ -181,7 +183,7 @@ class Programs:
                 self._exits[name] = tp
         for name in set(self._exits) - set(exits):
             self.bpf.detach_tracepoint(tp=self._exits.pop(name).replace("/", ":").encode())
-        maps.write_array(self["syscall_specs"], table.specs(wanted, set(exits)))
+        maps.write_array(self["syscall_specs"], table.specs(wanted, set(exits), needles))
         return set(exits)
 
     def _attach_flows(self, bcc) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +20,18 @@ from sensor.kernel.syscalls import SyscallTable
 
 U32, U64 = np.dtype("<u4"), np.dtype("<u8")
 ALWAYS = np.iinfo(np.uint64).max  # a `pressure` that never ends
+
+
+@dataclass(frozen=True)
+class Needle:
+    """An entry of the `needles` trie (events.h): a syscall and its slot 0 path."""
+    syscall: str
+    path: str
+    exact: bool  # False: a prefix
+
+    def key(self) -> bytes:
+        """The path's bytes as the trie holds them: an exact one with its NUL."""
+        return self.path.encode() + (b"\0" if self.exact else b"")
 
 
 class Kernel:
@@ -36,6 +50,7 @@ class Kernel:
         self._hold_ns = self._constants["MAYFLY_PRESSURE_HOLD_NS"]
         self._pressure_bytes = 0   # a backlog of this much at a drain is pressure (0: always pressure)
         self._pressed_until = 0    # what the `pressure` map says, as last written here
+        self._needle_syscalls: set[str] = set()
 
     @property
     def attached(self) -> list[str]:
@@ -83,7 +98,20 @@ class Kernel:
         self._pressed_until = until_ns
 
     def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
-        return self.programs.set_capture(table, wanted, results)
+        return self.programs.set_capture(table, wanted, results, self._needle_syscalls)
+
+    def set_needles(self, table: SyscallTable, needles: Iterable[Needle]) -> None:
+        """The `needles` trie (events.h); set_capture() then flags their syscalls."""
+        trie, dtype = self.programs["needles"], self._structs["mayfly_needle_key"]
+        trie.clear()
+        for needle in needles:
+            path = needle.key()
+            key = np.zeros(1, dtype)
+            key["prefixlen"] = 32 + 8 * len(path)
+            key["nr"] = table.numbers[needle.syscall]
+            key["path"][0, :len(path)] = np.frombuffer(path, np.uint8)
+            trie[trie.Key.from_buffer_copy(key.tobytes())] = trie.Leaf(1)
+        self._needle_syscalls = {needle.syscall for needle in needles}
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:
         policy = self.programs["cgroup_policy"]

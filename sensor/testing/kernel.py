@@ -31,6 +31,7 @@ class FakeKernel:
         self.cgroup_losses: dict[int, dict[str, int]] = {}
         self.policies: dict[int, bool] = {}
         self.captured: set[str] = set()
+        self.needles: set = set()
         self.rate: tuple[int, int, float] | None = None
         self.closed = False
 
@@ -74,6 +75,9 @@ class FakeKernel:
     def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
         self.captured = set(wanted)
         return set(results) & set(wanted)
+
+    def set_needles(self, table: SyscallTable, needles) -> None:
+        self.needles = set(needles)
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:
         self.policies[cgroup_id] = track

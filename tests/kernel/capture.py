@@ -3,6 +3,7 @@ cgroup of their own (no container runtime's events mixed in)."""
 
 import os
 import subprocess
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -66,3 +67,31 @@ def run_fire(sensor, rig, fire, *args, **options):
     (start,) = [i for i, r in enumerate(records) if r["evt"].get("filename") == "/usr/local/bin/fire"]
     # runc's init runs as the same pid before it execs fire: keep what follows the exec.
     return records[start + 1:], result
+
+
+class Poller(threading.Thread):
+    """Polls the session's sensor all the time, as `mayfly run` does, so that containers'
+    identities are read from their runtime's state while they live."""
+
+    def __init__(self, sensor):
+        super().__init__(name="sensor-poller", daemon=True)
+        self.sensor = sensor
+        self.polls = 0
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            while not self.sensor.stopped:
+                self.sensor.poll(20)
+                self.polls += 1
+        except BaseException as e:  # surfaced by sync()
+            self.error = e
+
+    def sync(self, timeout: float = 10.0):
+        """Wait until what the kernel committed before the call has been dispatched."""
+        target, deadline = self.polls + 2, time.monotonic() + timeout
+        while time.monotonic() < deadline and self.error is None:
+            if self.polls >= target and self.sensor.idle:
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"the sensor did not catch up within {timeout}s") from self.error

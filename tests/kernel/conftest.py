@@ -1,39 +1,11 @@
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from capture import Poller
+
 from sensor import ProgramConfig, Sensor
-
-
-class Poller(threading.Thread):
-    """Polls the session's sensor all the time, as `mayfly run` does, so that containers'
-    identities are read from their runtime's state while they live."""
-
-    def __init__(self, sensor):
-        super().__init__(name="sensor-poller", daemon=True)
-        self.sensor = sensor
-        self.polls = 0
-        self.error: BaseException | None = None
-
-    def run(self):
-        try:
-            while not self.sensor.stopped:
-                self.sensor.poll(20)
-                self.polls += 1
-        except BaseException as e:  # surfaced by sync()
-            self.error = e
-
-    def sync(self, timeout: float = 10.0):
-        """Wait until what the kernel committed before the call has been dispatched."""
-        target, deadline = self.polls + 2, time.monotonic() + timeout
-        while time.monotonic() < deadline and self.error is None:
-            if self.polls >= target and self.sensor.idle:
-                return
-            time.sleep(0.005)
-        raise AssertionError(f"the sensor did not catch up within {timeout}s") from self.error
 
 
 @pytest.fixture(scope="package")  # this directory: stopped before the e2e tier runs

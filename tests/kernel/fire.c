@@ -1,5 +1,6 @@
 /* Fires one syscall (or a few that belong together) N times, for the kernel tests:
  *   fire ACTION N [PORT]
+ *   fire needle_in_flood N    (N opens, the middle one of /etc/shadow)
  * Built with gcc -static by the container rig and run inside a runc container, where
  * busybox cannot make these calls with known arguments. Results are whatever the
  * kernel says; the tests compare the captured events with what was asked for. */
@@ -218,6 +219,12 @@ int main(int argc, char **argv)
     }
     int n = atoi(argv[2]);
     int port = argc > 3 ? atoi(argv[3]) : 0;
+    if (!strcmp(argv[1], "needle_in_flood")) {
+        /* N opens as fast as they go, one of them (the middle one) of /etc/shadow. */
+        for (int i = 0; i < n; i++)
+            close(openat(AT_FDCWD, i == n / 2 ? "/etc/shadow" : "/tmp/f-flood", O_RDONLY | O_CREAT, 0600));
+        return 0;
+    }
     for (int i = 0; i < n; i++)
         fire(argv[1], port);
     return 0;

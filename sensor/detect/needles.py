@@ -1,0 +1,82 @@
+"""Needles: the events that can match a rule of priority WARNING or above, in terms the
+kernel can test before it sends an event, so that a flood cannot hide them (events.h,
+`needles`): an open-family syscall and the path it names, exactly or by prefix.
+
+A rule gives needles when its condition is a conjunction that fixes evt.type to
+syscalls of the open family and fd.name to paths: `fd.name = P`, `fd.name in (...)`,
+`fd.name startswith P`, `fd.name pmatch (...)`, `fd.directory = D` or `in (...)`, or an `or` of
+these. Its other conjuncts only narrow it, so its needles cover every event it can
+match, but for one case: the kernel sees the path as the process gave it, so an open
+relative to a directory fd or the working directory is not a needle.
+"""
+
+from __future__ import annotations
+
+from sensor.detect.condition import And, Check, Or
+from sensor.detect.rule_loader import PRIORITIES, RuleSet
+from sensor.kernel import layout
+from sensor.kernel.control import Needle
+from sensor.kernel.syscalls import OPENS
+
+THRESHOLD = "WARNING"  # this priority and the ones above it
+
+
+def derive(ruleset: RuleSet) -> tuple[set[Needle], list[str]]:
+    """The needles of the enabled rules at THRESHOLD or above, and the rules they cover."""
+    urgent = set(PRIORITIES[:PRIORITIES.index(THRESHOLD) + 1])
+    room = layout.events().constants["MAYFLY_NEEDLE_LEN"]
+    needles, covered = set(), []
+    for item in ruleset.rules:
+        condition = ruleset.conditions.get(item.name)
+        if condition is None or str(item.body.get("priority", "")).upper() not in urgent:
+            continue
+        found = _reduce(condition)
+        if found and all(len(n.key()) <= room for n in found):
+            needles |= found
+            covered.append(item.name)
+    return needles, covered
+
+
+def _reduce(condition) -> set[Needle] | None:
+    conjuncts = list(_conjuncts(condition))
+    types = next((t for t in map(_types, conjuncts) if t is not None), None)
+    paths = next((p for p in map(_paths, conjuncts) if p is not None), None)
+    if not types or not paths:
+        return None
+    return {Needle(syscall, path, exact) for syscall in types for path, exact in paths}
+
+
+def _conjuncts(node):
+    if isinstance(node, And):
+        for item in node.items:
+            yield from _conjuncts(item)
+    else:
+        yield node
+
+
+def _types(node) -> set[str] | None:
+    """The open-family syscalls an evt.type conjunct allows (None: not one, or one that
+    allows others too)."""
+    if not isinstance(node, Check) or node.field != "evt.type" or node.op not in ("=", "in"):
+        return None
+    types = {node.value} if node.op == "=" else set(node.value)
+    return types if types <= set(OPENS) else None
+
+
+def _paths(node) -> set[tuple[str, bool]] | None:
+    """(path, exact) of a conjunct that fixes fd.name; None if it does not."""
+    if isinstance(node, Or):
+        parts = [_paths(item) for item in node.items]
+        return None if any(p is None for p in parts) else set().union(*parts)
+    if not isinstance(node, Check):
+        return None
+    values = (node.value,) if isinstance(node.value, str) else node.value
+    if values is None or not all(v.startswith("/") for v in values):
+        return None
+    if node.field == "fd.name" and node.op in ("=", "in"):
+        return {(v, True) for v in values}
+    if node.field == "fd.name" and node.op in ("startswith", "pmatch"):
+        return {(v, False) for v in values}
+    if node.field == "fd.directory" and node.op in ("=", "in"):
+        return {(v.rstrip("/") + "/", False) for v in values}
+    return None

@@ -1,0 +1,59 @@
+"""Needles: which rules' events the kernel can tell apart before it sends them."""
+
+from sensor import resources
+from sensor.detect import needles, rule_loader
+from sensor.kernel.control import Needle
+from sensor.testing.events import C, TABLE
+
+
+def derive(tmp_path, text):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return needles.derive(rule_loader.load([path]))
+
+
+def rule(name, priority, condition):
+    return f"- rule: {name}\n  desc: d\n  output: o\n  priority: {priority}\n  condition: {condition}\n"
+
+
+def test_rules_at_warning_or_above_on_open_paths_give_needles(tmp_path):
+    found, covered = derive(tmp_path, "- macro: sensitive\n  condition: fd.name in (/etc/shadow, /etc/gshadow)\n"
+                            + rule("exact", "CRITICAL", "evt.type = openat and sensitive and proc.name != sh")
+                            + rule("prefix", "WARNING", "evt.type in (open, openat) and (fd.name startswith /root/ "
+                                   "or fd.directory in (/etc/sudoers.d, /etc/pam.d/))"))
+    assert covered == ["exact", "prefix"]
+    assert found == {Needle("openat", "/etc/shadow", True), Needle("openat", "/etc/gshadow", True),
+                     *(Needle(s, p, False) for s in ("open", "openat")
+                       for p in ("/root/", "/etc/sudoers.d/", "/etc/pam.d/"))}
+    assert Needle("openat", "/etc/shadow", True).key() == b"/etc/shadow\0"
+
+
+def test_rules_the_kernel_cannot_tell_apart_give_none(tmp_path):
+    found, covered = derive(tmp_path, "".join([
+        rule("below warning", "NOTICE", "evt.type = openat and fd.name = /etc/shadow"),
+        rule("other types too", "ERROR", "evt.type in (openat, unlinkat) and fd.name = /etc/shadow"),
+        rule("no type", "ERROR", "fd.name = /etc/shadow"),
+        rule("relative", "ERROR", "evt.type = openat and fd.name = shadow"),
+        rule("path or process", "ERROR", "evt.type = openat and (fd.name = /etc/shadow or proc.name = sh)"),
+        rule("too long", "ERROR", f"evt.type = openat and fd.name = /{'x' * C['MAYFLY_NEEDLE_LEN']}"),
+    ]))
+    assert (found, covered) == (set(), [])
+
+
+def test_the_built_in_file_rules_give_needles():
+    found, covered = needles.derive(rule_loader.load(resources.builtin_rule_files()))
+    assert {"Sensitive File Read in Container", "Write Below Etc in Container"} <= set(covered)
+    assert Needle("openat", "/etc/shadow", True) in found
+
+
+def test_falcos_sensitive_file_rules_give_needles(falco_corpus):
+    found, covered = needles.derive(rule_loader.load([falco_corpus / "falco_rules.yaml"]))
+    assert covered == ["Read sensitive file trusted after startup", "Read sensitive file untrusted"]
+    assert Needle("openat2", "/etc/pam.d/", False) in found
+
+
+def test_needle_syscalls_are_flagged_and_execs_never_ask_the_bucket():
+    specs = TABLE.specs({"openat", "execve", "close"}, {"openat", "close"}, needles={"openat"})
+    flags = {name: int(specs[TABLE.numbers[name]]["flags"]) for name in ("openat", "execve", "close")}
+    assert flags["openat"] & C["MAYFLY_SPEC_NEEDLE"] and not flags["close"] & C["MAYFLY_SPEC_NEEDLE"]
+    assert flags["execve"] & C["MAYFLY_SPEC_LIFECYCLE"] and not flags["openat"] & C["MAYFLY_SPEC_LIFECYCLE"]
