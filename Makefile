@@ -48,6 +48,7 @@ bench: setup bench-packages
 	$(BIN)/python benchmarks/ringbuf.py $(if $(QUICK),--quick)
 	$(BIN)/python benchmarks/engine.py $(if $(QUICK),--quick)
 	$(BIN)/python benchmarks/endtoend.py $(if $(QUICK),--quick)
+	$(BIN)/python benchmarks/needles.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,10 +4,14 @@ record), capturing what Mayfly's built-in rules need and applying those rules in
 Python (Mayfly's reference evaluator: the same meaning, no compiled engine).
 
     python benchmarks/bcc_peer.py --types openat,close,... [--rules FILE ...]
+    python benchmarks/bcc_peer.py --types open,openat,openat2 --marker /etc/shadow
 
 Runs until SIGINT or SIGTERM, then prints one JSON line: events received, events the
 kernel lost, alerts raised, and events by cgroup id, so a harness can tell what was
 delivered of a container's. Needs root.
+
+With --marker, the one rule is what a user would write for it: a Python predicate on
+the decoded event (an open whose path is the marker), no rule language.
 
 Coverage: the syscall types given (the harness gives those Mayfly's full pipeline
 captures), with the caller's pid, tid, uid, gid, comm and cgroup id, its six arguments, its first path argument read at entry (as
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sensor import resources  # noqa: E402
 from sensor.detect import rule_loader  # noqa: E402
 from sensor.kernel import layout, syscalls  # noqa: E402
+from sensor.kernel.syscalls import OPENS  # noqa: E402
 from sensor.kernel.bpf_program import import_bcc  # noqa: E402
 from sensor.detect.engine import event_types  # noqa: E402
 from sensor.detect.evaluate import evaluate  # noqa: E402
@@ -116,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--types", required=True, help="comma-separated syscall types to capture")
     parser.add_argument("--rules", action="append", help="rule file (repeatable); default: Mayfly's built-in rules")
+    parser.add_argument("--marker", help="the one rule instead: an open of this path")
     args = parser.parse_args()
     ruleset = rule_loader.load(args.rules or resources.builtin_rule_files())
     table = syscalls.table()
@@ -130,19 +136,23 @@ def main() -> None:
     for nr in range(512):
         path_arg[ctypes.c_int(nr)] = ctypes.c_int(covered.get(nr, -1))
 
+    marker = args.marker.encode() if args.marker else None
     counts = collections.Counter()
     totals = {"events": 0, "lost": 0, "alerts": 0}
 
     def on_event(_cpu, data, _size):
         event = bpf[b"events"].event(data)
         syscall = table.by_nr[event.nr]
-        evt = {"type": syscall.name, "res": event.ret}
-        for i, (name, kind) in enumerate(syscall.args):
-            evt[name] = event.path.decode(errors="replace") if kind == "path" else event.args[i]
-        record = {"evt": evt, "proc": {"pid": event.pid, "tid": event.tid, "uid": event.uid, "gid": event.gid,
-                                       "comm": event.comm.decode(errors="replace")},
-                  "container": {"cgroup_id": event.cgroup_id}}
-        totals["alerts"] += sum(evaluate(condition, record) for condition in by_type[syscall.name])
+        if marker is not None:
+            totals["alerts"] += syscall.name in OPENS and event.path == marker
+        else:
+            evt = {"type": syscall.name, "res": event.ret}
+            for i, (name, kind) in enumerate(syscall.args):
+                evt[name] = event.path.decode(errors="replace") if kind == "path" else event.args[i]
+            record = {"evt": evt, "proc": {"pid": event.pid, "tid": event.tid, "uid": event.uid, "gid": event.gid,
+                                           "comm": event.comm.decode(errors="replace")},
+                      "container": {"cgroup_id": event.cgroup_id}}
+            totals["alerts"] += sum(evaluate(condition, record) for condition in by_type[syscall.name])
         totals["events"] += 1
         counts[event.cgroup_id] += 1
 

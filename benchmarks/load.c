@@ -6,7 +6,9 @@
  *   prctl    PR_GET_DUMPABLE with the caller's pid as argument (marks it for burst.bpf.c);
  *   openat   open this program's own file read-only, then close it;
  *   exec     fork, exec /bin/true, wait;
- *   tcp      connect to a listener of its own on 127.0.0.1, accept, close both ends.
+ *   tcp      connect to a listener of its own on 127.0.0.1, accept, close both ends;
+ *   marker   as openat, but every MARKER_EVERY-th open is of /etc/shadow;
+ *   needle   as openat, but the middle open of all ITERATIONS is of /etc/shadow.
  * RATE: operations per second to pace at (0: as fast as possible).
  * CPU: pin to this CPU first (-1 or absent: leave as is).
  * Built static, so that it runs unchanged in a busybox container. */
@@ -24,6 +26,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#define MARKER_EVERY 1000
+#define MARKER "/etc/shadow"
 
 static long long now_ns(void)
 {
@@ -79,7 +84,7 @@ static void exec_once(void)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: load getppid|prctl|openat|exec|tcp ITERATIONS [RATE [CPU]]\n");
+        fprintf(stderr, "usage: load getppid|prctl|openat|exec|tcp|marker|needle ITERATIONS [RATE [CPU]]\n");
         return 2;
     }
     const char *op = argv[1];
@@ -94,7 +99,8 @@ int main(int argc, char **argv)
             fail("sched_setaffinity");
     }
     int kind = !strcmp(op, "getppid") ? 0 : !strcmp(op, "prctl") ? 1 : !strcmp(op, "openat") ? 2
-             : !strcmp(op, "exec") ? 3 : !strcmp(op, "tcp") ? 4 : -1;
+             : !strcmp(op, "exec") ? 3 : !strcmp(op, "tcp") ? 4 : !strcmp(op, "marker") ? 5
+             : !strcmp(op, "needle") ? 6 : -1;
     if (kind < 0) {
         fprintf(stderr, "load: unknown operation %s\n", op);
         return 2;
@@ -116,10 +122,14 @@ int main(int argc, char **argv)
         case 1:
             syscall(SYS_prctl, PR_GET_DUMPABLE, pid, 0, 0, 0);
             break;
-        case 2: {
-            int fd = open(argv[0], O_RDONLY);
+        case 2:
+        case 5:
+        case 6: {
+            int marked = kind == 5 ? i % MARKER_EVERY == MARKER_EVERY - 1 : kind == 6 && i == n / 2;
+            const char *path = marked ? MARKER : argv[0];
+            int fd = open(path, O_RDONLY);
             if (fd < 0)
-                fail(argv[0]);
+                fail(path);
             close(fd);
             break;
         }

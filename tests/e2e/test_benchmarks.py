@@ -79,3 +79,16 @@ def test_endtoend_benchmark_quick_mode(tmp_path):
     assert re.search(r"requests/s of nothing attached \(target >= 0.9x: (met|missed)\)", report)
     for plot in ("workload-cost.png", "lossless-rate.png", "redis.png"):
         assert (tmp_path / "results" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_needles_benchmark_quick_mode(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from needles import LABELS
+
+    report = quick("needles", tmp_path)
+    rows = dict(re.findall(r"^\| ([^|]+) \| ([\d,]+) \| the (?:sensor|workload, as this sensor slows it) \| [\d,-]+ \|$",
+                           report, re.M))
+    assert set(rows) == set(LABELS.values()) and all(int(r.replace(",", "")) > 0 for r in rows.values())
+    assert len(re.findall(r"^- .*: \*\*(met|missed)\*\*", report, re.M)) == 2
+    # The flood's one needle: Mayfly raises its alert (what the issue asks of it).
+    assert re.search(rf"^\| {re.escape(LABELS['mayfly'])} \| [\d,]+ \| [\d,]+ \| 1 \| [\d,]+ \|$", report, re.M)
