@@ -95,6 +95,7 @@ class Running:
             with open(self.output, "rb") as f:
                 kept = list(records.read_stream(f))
             alerts = sum(r["kind"] == "alert" and r["rule"] == "Shadow read" for r in kept)
+            self.stages_s = kept[-1]["stages_s"]  # where its time went, by pipeline stage
             return alerts, sum(kept[-1]["lost"].values())
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=120)
@@ -139,7 +140,7 @@ class Bench:
         markers = iterations // MARKER_EVERY
         step = {"sensor": kind, "offered": rate, "achieved": round(1e9 / ns_per_op), "markers": markers,
                 "alerts": alerts, "lost": lost, "kept_up": alerts == markers,
-                "cpu_ns_per_event": used / (2 * iterations)}
+                "cpu_ns_per_event": used / (2 * iterations), "stages_s": getattr(sensor, "stages_s", None)}
         print(f"  {kind:>8} offered {rate:>9,}/s achieved {step['achieved']:>9,}/s alerts {alerts}/{markers}",
               flush=True)
         return step
@@ -237,6 +238,11 @@ def report(results: dict, command: str) -> str:
         for step in highest[kind][2]:
             lines.append(f"| {kind} | {step['offered']:,} | {step['achieved']:,} | {step['markers']:,} | "
                          f"{step['alerts']:,} | {step['lost']:,} |")
+    stages = at_bcc.get("mayfly", {}).get("stages_s")
+    if stages:
+        busy = sum(stages.values())
+        lines += ["", "Where Mayfly's time went at the BCC peer's rate, by pipeline stage (the `stopped` record's "
+                  "`stages_s`): " + ", ".join(f"{name} {100 * t / busy:.0f}%" for name, t in stages.items()) + "."]
     lines += ["", "### A needle in a flood, in a container", "",
               "`load needle` in a runc container: opens as fast as they go, the middle one of /etc/shadow.", "",
               "| sensor | opens | opens/s | alerts (1 expected) | events lost |", "| --- | --- | --- | --- | --- |"]
