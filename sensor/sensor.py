@@ -128,6 +128,7 @@ class Sensor:
             self.kernel.close()
             raise
         self._started = time.monotonic()
+        host.release_free_memory()  # what compiling the programs and the rules left behind
         log.info("sensor started", pid=os.getpid(), programs=len(self.kernel.attached))
         self._identify.take_hosts()
         self._dispatch.run(Batch(records=[records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
@@ -210,6 +211,7 @@ class Sensor:
         if self._next_rules is not None:
             (self.ruleset, self.alerts), self._next_rules = self._next_rules, None
             self._apply_rules()
+            host.release_free_memory()  # what compiling them left behind
             log.info("rules reloaded", rules=self.ruleset.loaded, disabled=len(self.ruleset.disabled))
         if time.monotonic() - self._stamped >= RULES_CHECK_S:
             stamps, self._stamped = _stamps(self.rule_paths), time.monotonic()

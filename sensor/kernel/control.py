@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +100,7 @@ class Kernel:
     def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
         return self.programs.set_capture(table, wanted, results, self._needle_syscalls)
 
-    def set_needles(self, table: SyscallTable, needles: Iterable[Needle]) -> None:
+    def set_needles(self, table: SyscallTable, needles: Collection[Needle]) -> None:
         """The `needles` trie (events.h); set_capture() then flags their syscalls."""
         trie, dtype = self.programs["needles"], self._structs["mayfly_needle_key"]
         trie.clear()

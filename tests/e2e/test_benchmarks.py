@@ -92,3 +92,10 @@ def test_needles_benchmark_quick_mode(tmp_path):
     assert len(re.findall(r"^- .*: \*\*(met|missed)\*\*", report, re.M)) == 2
     # The flood's one needle: Mayfly raises its alert (what the issue asks of it).
     assert re.search(rf"^\| {re.escape(LABELS['mayfly'])} \| [\d,]+ \| [\d,]+ \| 1 \| [\d,]+ \|$", report, re.M)
+
+
+def test_memory_benchmark_quick_mode(tmp_path):
+    report = quick("memory", tmp_path)
+    samples = re.findall(r"^\| ([\d,]+) \| ([\d.]+) \|$", report, re.M)
+    assert [n for n, _ in samples] == ["0", "100", "200"] and all(float(m) > 0 for _, m in samples)
+    assert len(re.findall(r"^- .*: \*\*(met|missed)\*\*", report, re.M)) == 2

@@ -110,8 +110,7 @@ def test_a_flooding_cgroup_is_limited_and_the_others_are_not(sensor, fire):
         sensor.set_rate_limit(0, 1)
     noisy_events = [r for r in events(records) if r["container"]["cgroup_id"] == noisy]
     calm_events = [r for r in events(records) if r["container"]["cgroup_id"] == quiet]
-    limited = sum(c["count"] for r in records if r["kind"] == "lost" and r["reason"] == "rate_limited"
-                  for c in r.get("cgroups", []) if c["container"]["cgroup_id"] == noisy)
+    limited = losses(records, "rate_limited", noisy)
     assert len(calm_events) == 2 * calm + 2  # exec, openat+close each, exit
     assert 0 < len(noisy_events) < 2 * flood
     # Every open asks the bucket once; a close only follows an open that got through (a
