@@ -8,10 +8,15 @@ from sensor import ProgramConfig, Sensor
 FLOOD = 1_000_003  # prime
 
 
-def test_a_million_opens_cannot_hide_one_of_etc_shadow(tmp_path, fire):
+def shadow_rule(tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text("- rule: Shadow read\n  desc: d\n  output: o\n  priority: WARNING\n"
                      "  condition: evt.type in (open, openat, openat2) and fd.name = /etc/shadow\n")
+    return rules
+
+
+def test_a_million_opens_cannot_hide_one_of_etc_shadow(tmp_path, fire):
+    rules = shadow_rule(tmp_path)
     seen = []
     # A budget the flood is sure to exhaust, always enforced: without the needle, the
     # open of /etc/shadow would get through about once in 400 runs.
@@ -33,9 +38,7 @@ def test_a_million_opens_cannot_hide_one_of_etc_shadow(tmp_path, fire):
 def test_a_needle_that_finds_the_ring_full_spills(tmp_path, fire):
     """No buckets, a one-page ring and nobody draining it during the flood: the ring is
     full long before the middle open, which takes the spill ring instead."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text("- rule: Shadow read\n  desc: d\n  output: o\n  priority: WARNING\n"
-                     "  condition: evt.type in (open, openat, openat2) and fd.name = /etc/shadow\n")
+    rules = shadow_rule(tmp_path)
     seen = []
     config = ProgramConfig(flows=False, ringbuf_pages=1, cgroup_rate=0)
     with Sensor(rules=[rules], config=config, on_record=seen.append, report_interval=3600,
