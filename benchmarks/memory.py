@@ -74,7 +74,13 @@ def report(results: dict, command: str) -> str:
               f"**{'met' if growth <= GROWTH_TARGET_MIB else 'missed'}**: {growth:.1f} MiB",
               f"- steady resident memory under {STEADY_TARGET_MIB} MiB: "
               f"**{'met' if steady < STEADY_TARGET_MIB else 'missed'}**: {steady:.1f} MiB at most "
-              f"({idle:.1f} MiB idle)", END, ""]
+              f"({idle:.1f} MiB idle)"]
+    half = next(((n, rss) for n, rss in samples if n >= last_n // 2), None)
+    if half and last_n > half[0]:
+        lines.append(f"- (for reading the curve: from {half[0]:,} to {last_n:,} containers, "
+                     f"{(last - half[1]) / (last_n - half[0]) * 1000:.1f} MiB per 1,000; the engine's tables grow "
+                     "by doubling, toward their bounds)")
+    lines += [END, ""]
     return "\n".join(lines)
 
 

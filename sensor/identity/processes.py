@@ -7,9 +7,10 @@ container's writable (upper) layer.
 Seeded from /proc at start and kept from fork (a child starts as a copy of its parent,
 as the kernel makes it), exec and exit events. What the events do not carry is read
 from /proc/<pid> when the exec is applied, a few milliseconds after it: for a process
-gone by then, it is not known. An exited process stays known while its descendants
-may still name it as an ancestor; the table is bounded, and the entries used least
-recently go first when it is full.
+gone by then, it is not known. An exited process stays known while an entry of the
+table names it as its parent (so that its descendants' lineage holds), and goes with
+the last of them; the table is bounded, and the entries used least recently go first
+when it is full.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -151,6 +152,9 @@ class ProcessTable:
         self.ancestors = ancestors  # how many generations records name (proc.anames)
         self.entries: OrderedDict[int, Process] = OrderedDict()
         self._versions: dict[int, int] = {}  # pid -> serial of its entry (a new one at each change)
+        self._children: Counter = Counter()  # pid -> entries that name it as their parent
+        self._exited: set[int] = set()       # gone, kept for the children that name them
+        self._retiring: list[tuple[int, int]] = []  # (pid, serial) of the last batch's exits
         self._serial = itertools.count(1)
         self._exec_nrs = [table.numbers[name] for name in EXEC if name in table.numbers]
         self._table = table
@@ -163,11 +167,34 @@ class ProcessTable:
                     self._put(int(entry.name), replace(process, start_ns=self.clock.to_epoch(process.start_ns)))
 
     def _put(self, pid: int, process: Process) -> None:
+        old = self.entries.get(pid)
+        if old is not None:
+            self._children[old.ppid] -= 1
+        self._exited.discard(pid)  # known anew: not gone (or a reused pid)
+        self._children[process.ppid] += 1
         self.entries[pid] = process
         self.entries.move_to_end(pid)
         self._versions[pid] = next(self._serial)
         while len(self.entries) > self.capacity:
-            self._versions.pop(self.entries.popitem(last=False)[0], None)
+            self._remove(next(iter(self.entries)))
+
+    def _remove(self, pid: int) -> Process:
+        process = self.entries.pop(pid)
+        self._versions.pop(pid, None)
+        self._exited.discard(pid)
+        self._children[process.ppid] -= 1
+        if self._children[process.ppid] <= 0:
+            del self._children[process.ppid]
+        return process
+
+    def _retire(self) -> None:
+        """Drop the processes that exited in the last batch (its records are made by
+        now), and each gone ancestor that no entry names as its parent any more."""
+        for pid, serial in self._retiring:
+            if pid in self.entries and self._versions.get(pid) == serial:  # not a reused pid
+                self._exited.add(pid)
+            while pid in self._exited and not self._children.get(pid):
+                pid = self._remove(pid).ppid
 
     def version(self, pid: int) -> int:
         """A number that changes whenever what get(pid) gives may: the serials of the
@@ -183,7 +210,11 @@ class ProcessTable:
         return hash(tuple(serials))
 
     def apply(self, arrays: dict[str, list[np.ndarray]]) -> None:
-        """Learn a batch's forks and successful execs, in the order they happened."""
+        """Learn a batch's forks and successful execs, in the order they happened; its
+        exits take effect at the next batch."""
+        self._retire()
+        self._retiring = [(pid, self._versions.get(pid, 0)) for exits in arrays.get("exit", ())
+                          for pid in exits["hdr"]["pid"].tolist()]
         wanted = []
         for forks in arrays.get("fork", ()):
             wanted.append(forks)

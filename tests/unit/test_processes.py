@@ -108,3 +108,26 @@ def test_paths_are_named_from_the_processes_own_root():
     assert _below("/", "/bin/sh") == "/bin/sh" and _below(None, "/bin/sh") == "/bin/sh"
     assert _below("/c/merged", "/memfd:x (deleted)") == "/memfd:x (deleted)"
     assert _below("/c/m", "/c/mx/y") == "/c/mx/y"  # not below it: as /proc said
+
+
+def test_exited_processes_go_once_nothing_names_them_as_parent():
+    d = decoder()
+    table = d.processes
+
+    def batch(*raws):
+        arrays, _ = d.split(batch_of(*raws))
+        table.apply(arrays)
+        return arrays
+
+    batch(raw("fork", pid=1, ktime=1, child_pid=100), raw("fork", pid=100, ktime=2, child_pid=101),
+          raw("fork", pid=1, ktime=3, child_pid=102))
+    arrays = batch(raw("exit", pid=100, ktime=4, exit_code=0), raw("exit", pid=102, ktime=5, exit_code=0))
+    # The batch's own records still name them: exits take effect at the next batch.
+    assert {r["proc"]["pid"]: "start_ts" in r["proc"] for r in d.records(arrays, None)} == {100: True, 102: True}
+    batch(raw("fork", pid=1, ktime=6, child_pid=102))  # pid 102 reused at once
+    assert 100 in table.entries and 102 in table.entries  # 100: its child 101 names it as parent
+    assert table.get(101)["pname"] == "sh"  # the parent's name, though it is gone
+    batch(raw("exit", pid=101, ktime=7, exit_code=0))
+    batch()
+    assert 101 not in table.entries and 100 not in table.entries  # the last child gone, then the parent
+    assert 102 in table.entries
