@@ -213,8 +213,6 @@ class ProcessTable:
         """Learn a batch's forks and successful execs, in the order they happened; its
         exits take effect at the next batch."""
         self._retire()
-        self._retiring = [(pid, self._versions.get(pid, 0)) for exits in arrays.get("exit", ())
-                          for pid in exits["hdr"]["pid"].tolist()]
         wanted = []
         for forks in arrays.get("fork", ()):
             wanted.append(forks)
@@ -235,6 +233,9 @@ class ProcessTable:
                 details = self.details(pid)
                 self._put(pid, replace(known, name=c_string(header["comm"]), exe=evt["filename"],
                                        cmdline=cmdline(evt.get("argv", [])), details=details))
+        # After the batch's forks: a process may fork and exit within one batch.
+        self._retiring = [(pid, self._versions.get(pid, 0)) for exits in arrays.get("exit", ())
+                          for pid in exits["hdr"]["pid"].tolist()]
 
     def get(self, pid: int) -> dict:
         """The proc fields records carry: exe, cmdline, and the lineage (pname, pexe,

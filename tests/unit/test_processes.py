@@ -131,3 +131,6 @@ def test_exited_processes_go_once_nothing_names_them_as_parent():
     batch()
     assert 101 not in table.entries and 100 not in table.entries  # the last child gone, then the parent
     assert 102 in table.entries
+    batch(raw("fork", pid=1, ktime=8, child_pid=103), raw("exit", pid=103, ktime=9, exit_code=0))
+    batch()
+    assert 103 not in table.entries  # born and gone within one batch
