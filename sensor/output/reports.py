@@ -146,13 +146,16 @@ class KernelReports:
         current = self.kernel.count_rows()  # slot x CPU x syscall number
         if self._counts_seen is None:
             self._counts_seen = np.zeros_like(current)
-        per_slot = (current - self._counts_seen).astype(np.uint64).sum(axis=1)  # u32 arithmetic wraps
+        overflow = self.constants["MAYFLY_COUNT_OVERFLOW_SLOT"]
+        owners = [(None, overflow), *slots.items()]
+        # Only the rows in use: the whole table is megabytes, and so is every temporary of it.
+        used = np.array([slot for _, slot in owners], np.int64)
+        per_slot = (current[used] - self._counts_seen[used]).sum(axis=1, dtype=np.uint64)  # u32 arithmetic wraps
         self._counts_seen = current
         now = self.clock.now()
         result = []
-        overflow = self.constants["MAYFLY_COUNT_OVERFLOW_SLOT"]
-        for cgroup_id, slot in [(None, overflow), *slots.items()]:
-            counts = {self.table.name(nr): int(per_slot[slot, nr]) for nr in np.flatnonzero(per_slot[slot])}
+        for row, (cgroup_id, _) in enumerate(owners):
+            counts = {self.table.name(nr): int(per_slot[row, nr]) for nr in np.flatnonzero(per_slot[row])}
             if counts:
                 where = {"unattributed": True} if cgroup_id is None else {"container": self.cgroups.container(cgroup_id)}
                 result.append(records.new("syscall_counts", now, interval_s=interval_s, counts=counts, **where))
