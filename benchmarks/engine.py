@@ -285,10 +285,10 @@ def report(results: dict, command: str) -> str:
               "rules their values rule out (a table as large as the stream's distinct keys, so mostly cache "
               f"misses). {builtin['engine_exact']} of the {builtin['count']} built-in rules have only terms as "
               "conjuncts, so a candidate left matches without running code." + falco_note,
-              f"- Not in the engine's time: the fd table (`FdTable.apply`, Python per fd event) made the fd "
-              f"notes the engine reads, each hashed as it is made, at {results['fd_table']['quiet']:,.0f} events/s "
-              f"on the quiet stream and {results['fd_table']['match-heavy']:,.0f} on the match-heavy one. It, not "
-              "the engine, bounds the sensor's rate (see End to end).", END]
+              f"- Not in the engine's time: the fd tables (`FdTable.apply`, compiled, with Python only for a path "
+              f"seen for the first time and for sockets) made the fd notes the engine reads, each hashed as it is "
+              f"made, at {results['fd_table']['quiet']:,.0f} events/s on the quiet stream and "
+              f"{results['fd_table']['match-heavy']:,.0f} on the match-heavy one.", END]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,8 @@ from sensor.detect.alerts import Alerts
 from sensor.detect.rows import RowMaker
 from sensor.detect.stage import Detect
 from sensor.identity.cgroups import CgroupTable
-from sensor.identity.fds import FD_SYSCALLS, FdTable
+from sensor.identity.fd_walk import FD_SYSCALLS
+from sensor.identity.fds import FdTable
 from sensor.identity.processes import ProcessTable
 from sensor.identity.stage import Identify
 from sensor.identity.users import Users
@@ -301,7 +302,7 @@ class Sensor:
             lost=dict(self.reports.lost_totals), sinks=self._dispatch.states(),
             stages_s={name: round(ns / 1e9, 3) for name, ns in self.pipeline.busy_ns.items()},
             tables={"cgroups": len(self.cgroups.entries), "processes": len(self.processes.entries),
-                    "fd_tables": len(self.fds.processes)}))
+                    "fd_tables": len(self.fds)}))
         self._dispatch.run(final)
         self.cgroups.stop_watching()
         self.kernel.close()

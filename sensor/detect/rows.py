@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from sensor.detect import slots
-from sensor.kernel import layout
+from sensor.kernel import layout, words
 from sensor.identity.fds import FdNotes
 from sensor.records import Record
 from sensor.kernel.syscalls import EXEC, SyscallTable
@@ -35,37 +35,6 @@ PARTS = ("evt", "proc", "container")
 _EVT_WORDS = (("nr", "truncated", "flags"), ("result",))
 _PROC_WORDS = (("pid", "tid"), ("ppid", "uid"), ("gid",), ("comm",))
 _CONTAINER_WORDS = (("cgroup_id",),)
-
-
-def _words(struct: np.dtype, base: int, groups) -> np.ndarray:
-    """(word index, mask) of the words holding each group of adjacent fields; the
-    bytes past a group's last field (padding) are masked out."""
-    words = []
-    for names in groups:
-        at = base + struct.fields[names[0]][1]
-        size = 0
-        for name in names:
-            if base + struct.fields[name][1] != at + size:
-                raise layout.LayoutError(f"{', '.join(names)}: the rule engine hashes them as adjacent fields")
-            size += struct.fields[name][0].itemsize
-        if at % 8:
-            raise layout.LayoutError(f"{names[0]}: the rule engine hashes it as an 8-aligned word")
-        for k in range(0, size, 8):
-            words.append((at // 8 + k // 8, (1 << 8 * min(8, size - k)) - 1))
-    return np.array(words, np.uint64)
-
-
-def _word(struct: np.dtype, name: str) -> int:
-    """The index of the 8-aligned word a field starts at."""
-    return int(_words(struct, 0, ((name,),))[0, 0])
-
-
-def _in_word(struct: np.dtype, name: str) -> np.ndarray:
-    """(byte offset, mask) of a field of at most 8 bytes, within one word."""
-    at, size = struct.fields[name][1], struct.fields[name][0].itemsize
-    if at // 8 != (at + size - 1) // 8:
-        raise layout.LayoutError(f"{name}: the rule engine reads it within one word")
-    return np.array([at, (1 << 8 * size) - 1], np.uint64)
 
 
 class Decoding:
@@ -86,19 +55,19 @@ class Decoding:
         events = layout.events()
         dtype = events.structs["mayfly_syscall_event"]
         hdr_at, hdr = dtype.fields["hdr"][1], dtype.fields["hdr"][0]
-        self.evt_words = _words(dtype, 0, _EVT_WORDS)
-        self.proc_words = _words(hdr, hdr_at, _PROC_WORDS)
-        self.container_words = _words(hdr, hdr_at, _CONTAINER_WORDS)
-        self.args_word = _word(dtype, "args")
-        self.data_word = _word(dtype, "data")
+        self.evt_words = words.groups(dtype, 0, _EVT_WORDS)
+        self.proc_words = words.groups(hdr, hdr_at, _PROC_WORDS)
+        self.container_words = words.groups(hdr, hdr_at, _CONTAINER_WORDS)
+        self.args_word = words.word(dtype, "args")
+        self.data_word = words.word(dtype, "data")
         self.slot_len_at = dtype.fields["slot_len"][1]  # slot i's length: a u16 at slot_len_at + 2 i
         if dtype.fields["slot_len"][0].base.itemsize != 2:
             raise layout.LayoutError("slot_len: the rule engine reads it as u16s")
         self.arg_count = dtype.fields["args"][0].shape[0]
         self.slot_count = events.constants["MAYFLY_STR_SLOTS"]
         self.slot_size = events.constants["MAYFLY_STR_LEN"]
-        self.nr, self.flags = _in_word(dtype, "nr"), _in_word(dtype, "flags")
-        self.result_word = _word(dtype, "result")
+        self.nr, self.flags = words.in_word(dtype, "nr"), words.in_word(dtype, "flags")
+        self.result_word = words.word(dtype, "result")
         self.no_result = events.constants["MAYFLY_SYSCALL_NO_RESULT"]
 
 
@@ -108,9 +77,7 @@ class Notes:
 
     def __init__(self, notes: FdNotes):
         self.notes = notes
-        self.tid = np.frombuffer(notes.tids, np.uint64)
-        self.ktime = np.frombuffer(notes.times, np.uint64)
-        self.digest = np.frombuffer(notes.digests, np.uint64)
+        self.tid, self.ktime, self.digest = notes.tids, notes.times, notes.digests
         if np.any(self.ktime[1:] < self.ktime[:-1]):
             raise ValueError("fd notes must come in time order, as FdTable.apply gives them")
         # Inserted last to first: the first of a kernel time wins.
@@ -132,11 +99,11 @@ class Rows:
         self.notes = notes
         self._make_record = make_record  # (event, fd notes) -> Record
         self._records: dict[int, Record] = {}
-        words = _as_words(self.events)
+        raw = words.as_words(self.events)
         hdr = self.events["hdr"]
         noted = _noted(hdr["ktime_ns"], hdr["tid"], index, notes.ktime, notes.tid, notes.digest, notes.by_time)
         d = decoding
-        evt, proc, container = _keys(words, index, d.evt_words, d.proc_words, d.container_words, d.args_word,
+        evt, proc, container = _keys(raw, index, d.evt_words, d.proc_words, d.container_words, d.args_word,
                                      d.arg_count, d.args, d.data_word, d.slot_len_at, d.slot_count, d.slot_size,
                                      d.slots, d.nr, d.flags, d.result_word, d.execs, d.no_result, noted,
                                      proc_versions, container_versions)
@@ -151,20 +118,15 @@ class Rows:
 
 def chosen(events: np.ndarray, decoding: Decoding, wanted: np.ndarray) -> np.ndarray:
     """The rows of events whose syscall number is wanted (a bool per number)."""
-    return _chosen(_as_words(events), decoding.nr, wanted)
-
-
-def _as_words(events: np.ndarray) -> np.ndarray:
-    events = np.ascontiguousarray(events)
-    return events.view(np.uint64).reshape(len(events), events.dtype.itemsize // 8)
+    return _chosen(words.as_words(events), decoding.nr, wanted)
 
 
 @numba.njit(cache=True, nogil=True)
-def _chosen(words, nr_field, wanted):
-    index = np.empty(words.shape[0], np.int64)
+def _chosen(raw, nr_field, wanted):
+    index = np.empty(raw.shape[0], np.int64)
     count = 0
-    for i in range(words.shape[0]):
-        nr = _field(words[i], nr_field)
+    for i in range(raw.shape[0]):
+        nr = words.field(raw[i], nr_field)
         if nr < wanted.shape[0] and wanted[nr]:
             index[count] = i
             count += 1
@@ -186,36 +148,24 @@ def _noted(ktime, tid, index, note_ktime, note_tid, note_digest, by_time):
     return noted
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _mix(h, value):
-    h = (h ^ value) * slots.GOLDEN
-    return h ^ (h >> np.uint64(29))
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _field(row, field):
-    """A field (byte offset, mask) within one word of a row."""
-    return (row[field[0] // np.uint64(8)] >> (np.uint64(8) * (field[0] % np.uint64(8)))) & field[1]
-
-
 @numba.njit(cache=True, nogil=True)
-def _keys(words, index, evt_words, proc_words, container_words, args_word, arg_count, arg_mask, data_word, slot_len_at,
+def _keys(raw, index, evt_words, proc_words, container_words, args_word, arg_count, arg_mask, data_word, slot_len_at,
           slot_count, slot_size, slot_mask, nr_field, flags_field, result_word, execs, no_result, noted, proc_versions,
           container_versions):
-    n, width = index.shape[0], words.shape[1] * 8
+    n, width = index.shape[0], raw.shape[1] * 8
     evt = np.empty(n, np.uint64)
     proc = np.empty(n, np.uint64)
     container = np.empty(n, np.uint64)
     for i in range(n):
-        row = words[index[i]]
-        nr = np.int64(_field(row, nr_field))
+        row = raw[index[i]]
+        nr = np.int64(words.field(row, nr_field))
         h = np.uint64(0x51ED27)
         for w in range(evt_words.shape[0]):
-            h = _mix(h, row[evt_words[w, 0]] & evt_words[w, 1])
+            h = words.mix(h, row[evt_words[w, 0]] & evt_words[w, 1])
         args = arg_mask[nr] if nr < arg_mask.shape[0] else 0
         for a in range(arg_count):
             if args & (1 << a):
-                h = _mix(h, row[args_word + a])
+                h = words.mix(h, row[args_word + a])
         slots = slot_mask[nr] if nr < slot_mask.shape[0] else 0
         for s in range(slot_count):
             if not slots & (1 << s):
@@ -225,25 +175,25 @@ def _keys(words, index, evt_words, proc_words, container_words, args_word, arg_c
             start = data_word * 8 + s * slot_size
             # Only the bytes read into the slot: the rest is whatever the ring held.
             length = min(length, max(width - start, 0))
-            h = _mix(h, np.uint64(length))
+            h = words.mix(h, np.uint64(length))
             for w in range(length // 8):
-                h = _mix(h, row[start // 8 + w])
+                h = words.mix(h, row[start // 8 + w])
             tail = length % 8
             if tail:
-                h = _mix(h, row[start // 8 + length // 8] & ((np.uint64(1) << np.uint64(8 * tail)) - np.uint64(1)))
-        evt[i] = _mix(h, noted[i])
-        c = _mix(np.uint64(0xC0FFEE), container_versions[i])
+                h = words.mix(h, row[start // 8 + length // 8] & ((np.uint64(1) << np.uint64(8 * tail)) - np.uint64(1)))
+        evt[i] = words.mix(h, noted[i])
+        c = words.mix(np.uint64(0xC0FFEE), container_versions[i])
         for w in range(container_words.shape[0]):
-            c = _mix(c, row[container_words[w, 0]] & container_words[w, 1])
+            c = words.mix(c, row[container_words[w, 0]] & container_words[w, 1])
         container[i] = c
-        p = _mix(c, proc_versions[i])
+        p = words.mix(c, proc_versions[i])
         for w in range(proc_words.shape[0]):
-            p = _mix(p, row[proc_words[w, 0]] & proc_words[w, 1])
+            p = words.mix(p, row[proc_words[w, 0]] & proc_words[w, 1])
         # A successful exec's new exe and cmdline come from its evt.
-        if row[result_word] == 0 and not _field(row, flags_field) & np.uint64(no_result):
+        if row[result_word] == 0 and not words.field(row, flags_field) & np.uint64(no_result):
             for e in execs:
                 if nr == e:
-                    p = _mix(p, evt[i])
+                    p = words.mix(p, evt[i])
         proc[i] = p
     return evt, proc, container
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: a multiplier that spreads bits
+from sensor.kernel.words import GOLDEN
 
 
 def new(count: int, extra: int = 0) -> np.ndarray:

@@ -12,23 +12,19 @@ had before the sensor started are not known.
 
 from __future__ import annotations
 
-import array
 import errno
-import fcntl
 import os
 import socket
-from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
+from numba import types
+from numba.typed import List
 
-from sensor.kernel.batches import time_order
-from sensor.kernel.syscalls import EXEC, OPENS, SyscallTable, open_flags
+from sensor.identity import fd_walk
+from sensor.kernel import words
+from sensor.kernel.syscalls import SyscallTable, open_flags
 
-_DUPS = {"dup", "dup2", "dup3", "fcntl"}
-_PAIRS = {"pipe", "pipe2", "socketpair"}
-FD_SYSCALLS = set(OPENS) | _DUPS | _PAIRS | {"socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create",
-                                         "close"}
 _DOMAINS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix", socket.AF_NETLINK: "netlink"}
 _L4 = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}
 
@@ -70,37 +66,40 @@ class Note(NamedTuple):
 
 class FdNotes:
     """What FdTable.apply gives: each fd event's note by (tid, kernel time), in time
-    order, as columns, with a 64-bit hash of each (of what as_record() says, and
-    cloexec). The hash is taken as the note is made, while it is fresh in memory: the
-    rule engine keys events by it (sensor.detect.rows) without touching the notes again."""
+    order, as columns: the fd's number, its entry (id * 2 + close-on-exec, into
+    `entries`) and a 64-bit hash of what the note says, by which the rule engine keys
+    events (sensor.detect.rows) without making the notes. A Note is made only for an
+    event that gets a record."""
 
-    def __init__(self):
-        # Machine words, not Python ints: numpy reads them without a copy (and once it
-        # does, rows.Notes, they refuse to grow: a batch's notes are all made by then).
-        self.tids = array.array("Q")
-        self.times = array.array("Q")
-        self.digests = array.array("q")  # signed, as hash() gives them
-        self.notes: list[Note] = []
-        self._by_key: dict[tuple[int, int], Note] | None = None
-
-    def add(self, tid: int, ktime: int, note: Note) -> None:
-        self.tids.append(tid)
-        self.times.append(ktime)
-        self.notes.append(note)
-        self.digests.append(hash(note))
+    def __init__(self, tids=None, times=None, digests=None, nums=None, packed=None, entries: list[Fd] = ()):
+        empty = np.zeros(0, np.uint64)
+        self.tids = empty if tids is None else tids
+        self.times = empty if times is None else times
+        self.digests = empty if digests is None else digests
+        self.nums = np.zeros(0, np.int64) if nums is None else nums
+        self.packed = np.zeros(0, np.int64) if packed is None else packed
+        self.entries = entries
 
     def __len__(self) -> int:
-        return len(self.notes)
+        return len(self.tids)
+
+    def note(self, k: int) -> Note:
+        packed = int(self.packed[k])
+        return Note(int(self.nums[k]), self.entries[packed >> 1]._replace(cloexec=bool(packed & 1)))
 
     def items(self):
-        return zip(zip(self.tids, self.times), self.notes)
+        return (((tid, ktime), self.note(k)) for k, (tid, ktime) in enumerate(zip(self.tids.tolist(),
+                                                                                  self.times.tolist())))
 
     def get(self, tid: int, ktime: int) -> Note | None:
-        """The note of thread tid's event at ktime (records are made for few events:
-        the lookup table is built at the first)."""
-        if self._by_key is None:
-            self._by_key = dict(self.items())
-        return self._by_key.get((tid, ktime))
+        """The note of thread tid's event at ktime (of two, the last), found by time."""
+        found = None
+        for k in range(np.searchsorted(self.times, ktime), len(self.times)):
+            if self.times[k] != ktime:
+                break
+            if self.tids[k] == tid:
+                found = k
+        return None if found is None else self.note(found)
 
 
 def _address(decoded: dict | None) -> Address | None:
@@ -121,90 +120,133 @@ def _endpoints(local: Address | None, remote: Address | None) -> str:
     return f"{_endpoint(local)}->{_endpoint(remote)}" if remote else _endpoint(local)
 
 
+
 class FdTable:
+    """The tables live in compiled code (sensor.identity.fd_walk); this side interns
+    what an fd is (an Fd value, close-on-exec apart, gets an entry id once) and
+    describes the fds that the compiled walk leaves to Python."""
+
     def __init__(self, table: SyscallTable, max_processes: int = 16384, max_fds: int = 1024):
         self.table = table
         self.max_processes = max_processes
         self.max_fds = max_fds
-        self.processes: OrderedDict[int, dict[int, Fd]] = OrderedDict()
-        self.overflow = 0
-        self._nrs = [table.numbers[n] for n in FD_SYSCALLS | set(EXEC) if n in table.numbers]
+        self._plan = fd_walk.Plan(table)
+        self._tables, self._stamps = fd_walk.new_tables()
+        self._counters = np.zeros(fd_walk.PENDING + 1, np.int64)
+        self._entries: list[Fd] = []
+        self._ids: dict[Fd, int] = {}
+        self._entry_digest = np.zeros(_FIRST_ROOM, np.uint64)
+        self._entry_dir_base = np.zeros(_FIRST_ROOM, np.bool_)
+        self._kept = 0  # entries in use at the last collection
+        self._forget_paths()
+        self.apply({})  # compiled (or loaded from Numba's cache) now, not at the first batch
+
+    @property
+    def overflow(self) -> int:
+        """fds not kept: their process had max_fds already."""
+        return int(self._counters[fd_walk.OVERFLOW])
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def sizes(self) -> dict[str, int]:
+        """What the tables hold: processes, distinct fd descriptions, cached paths, and
+        the fds not kept."""
+        return {"processes": len(self._tables), "entries": len(self._entries),
+                "paths": int(self._counters[fd_walk.KEYS]), "overflow": self.overflow}
+
+    def pids(self) -> list[int]:
+        return list(self._tables.keys())
+
+    def fds(self, pid: int) -> dict[int, Fd]:
+        packed = dict(self._tables[pid]) if pid in self._tables else {}
+        return {num: self._fd(p) for num, p in packed.items()}
 
     def get(self, pid: int, fd: int) -> Fd | None:
-        return self.processes.get(pid, {}).get(fd)
+        packed = self._packed(pid, fd)
+        return None if packed is None else self._fd(packed)
 
     def apply(self, arrays: dict[str, list[np.ndarray]]) -> FdNotes:
         """Learn a batch's fd events in the order they happened. Returns, for each event
         that names an fd, what that fd was at the time, keyed by (tid, kernel time), in
         time order."""
         forks, exits = list(arrays.get("fork", ())), list(arrays.get("exit", ()))
-        syscalls = [g[np.isin(g["nr"], self._nrs)] for g in arrays.get("syscall", ())]
-        # Columns read in bulk, then walked in time order as Python values.
-        columns = ([(g["hdr"]["pid"].tolist(), g["child_pid"].tolist()) for g in forks]
-                   + [(g["hdr"]["pid"].tolist(), None) for g in exits]
-                   + [(g["hdr"]["pid"].tolist(), (g["hdr"]["tid"].tolist(), g["hdr"]["ktime_ns"].tolist(),
-                                                  self.table.decode_many(g))) for g in syscalls])
-        n_forks, n_exits = len(forks), len(exits)
-        notes = FdNotes()
-        for which, row in zip(*time_order(forks + exits + syscalls)):
-            pids, rest = columns[which]
-            if which < n_forks:
-                self._fork(pids[row], rest[row])
-            elif which < n_forks + n_exits:
-                self.processes.pop(pids[row], None)
-            else:
-                tids, times, evts = rest
-                note = self._syscall(pids[row], evts[row])
-                if note is not None:
-                    notes.add(tids[row], times[row], note)
-        return notes
+        # The syscall events the tables learn from, by their rows (not copied out).
+        groups = [np.ascontiguousarray(g) for g in arrays.get("syscall", ())]
+        chosen = [np.flatnonzero(self._plan.ops(g["nr"]) != fd_walk.IGNORED) for g in groups]
+        groups, chosen = [g for g, c in zip(groups, chosen) if len(c)], [c for c in chosen if len(c)]
+        parts = [np.concatenate(forks) if forks else None, np.concatenate(exits) if exits else None]
+        times = [p["hdr"]["ktime_ns"] for p in parts if p is not None] + \
+            [g["hdr"]["ktime_ns"][c] for g, c in zip(groups, chosen)]
+        codes = [np.full(len(p), code) for code, p in enumerate(parts) if p is not None] + \
+            [np.full(len(c), fd_walk.SYSCALLS + i) for i, c in enumerate(chosen)]
+        rows = [np.arange(len(p)) for p in parts if p is not None] + chosen
+        order = np.argsort(np.concatenate(times or [np.zeros(0, np.uint64)]), kind="stable")
+        order_code = np.concatenate(codes or [np.zeros(0, np.int64)])[order]
+        order_row = np.concatenate(rows or [np.zeros(0, np.int64)])[order]
+        forked, exited = parts
+        fork_parent = _pids(forked, lambda f: f["hdr"]["pid"])
+        fork_child = _pids(forked, lambda f: f["child_pid"])
+        exit_pid = _pids(exited, lambda e: e["hdr"]["pid"])
+        raw = List.empty_list(types.uint64[:, ::1])
+        for g in groups:
+            raw.append(words.as_words(g))
+        count = sum(len(c) for c in chosen)
+        notes = (np.empty(count, np.uint64), np.empty(count, np.uint64), np.empty(count, np.uint64),
+                 np.empty(count, np.int64), np.empty(count, np.int64))
+        self._counters[fd_walk.NOTES] = 0
+        p = self._plan
+        position = 0
+        while True:
+            position, why = fd_walk.walk(
+                position, self._tables, self._stamps, self._counters, order_code, order_row, fork_parent, fork_child,
+                exit_pid, raw, p.fields, p.result_word, p.args_word, p.slot_len_at, p.data_at, p.slot_size,
+                p.no_result, p.columns, self._entry_digest, self._entry_dir_base, self._paths, self._key_entry,
+                self._key_meta, self._arena, self.max_fds, *notes)
+            if why == fd_walk.DONE:
+                break
+            if why == fd_walk.FULL:
+                self._grow_paths()
+                continue
+            group, row = groups[order_code[position] - fd_walk.SYSCALLS], order_row[position]
+            pid, evt = int(group["hdr"]["pid"][row]), self.table.decode_many(group[row:row + 1])[0]
+            if why == fd_walk.NEW_PATH and self._counters[fd_walk.PENDING] >= 0:
+                self._name_pending_path(evt)  # and the walk goes on from this open
+                continue
+            note = self._open(pid, evt) if why == fd_walk.NEW_PATH else self._describe(pid, evt)
+            if note is not None:
+                self._note(notes, int(group["hdr"]["tid"][row]), int(group["hdr"]["ktime_ns"][row]), *note)
+            position += 1
+        made = int(self._counters[fd_walk.NOTES])
+        result = FdNotes(*(column[:made] for column in notes), entries=self._entries)
+        self._tidy()
+        return result
 
-    def _fork(self, parent: int, child: int) -> None:
-        fds = self.processes.get(parent)
-        if fds:
-            self._table_of(child).update(fds)
+    # ---- what the compiled walk leaves to Python ----
 
-    def _table_of(self, pid: int) -> dict[int, Fd]:
-        fds = self.processes.get(pid)
-        if fds is None:
-            fds = self.processes[pid] = {}
-            while len(self.processes) > self.max_processes:
-                self.processes.popitem(last=False)
-        self.processes.move_to_end(pid)
-        return fds
+    def _name_pending_path(self, evt: dict) -> None:
+        """The entry of the path the walk has just met for the first time."""
+        k = int(self._counters[fd_walk.PENDING])
+        base = int(self._key_meta[k, fd_walk.KEY_BASE])
+        self._key_entry[k] = self._intern(_opened(evt, self._entries[base] if base >= 0 else None))
 
-    def _put(self, pid: int, num: int, fd: Fd) -> None:
-        fds = self._table_of(pid)
-        if num not in fds and len(fds) >= self.max_fds:
-            self.overflow += 1
-            return
-        fds[num] = fd
+    def _open(self, pid: int, evt: dict) -> None:
+        """An open whose path hashes like another's: described here, not cached."""
+        dirfd = evt.get("dirfd")
+        base = self.get(pid, dirfd) if dirfd is not None else None
+        self._put(pid, evt["res"], _opened(evt, base if base is not None and _is_dir_base(base) else None))
 
-    def _syscall(self, pid: int, evt: dict) -> Note | None:
-        """Apply one fd syscall; the `fd` note for its record, if it names one."""
-        if "res" not in evt:
-            return None  # sent at enter, without a result: nothing is known to have changed
+    def _describe(self, pid: int, evt: dict) -> tuple[int, Fd] | None:
+        """Apply a socket, pipe or memfd syscall; (number, packed entry) of the fd its
+        record names, if any."""
         kind, res = evt["type"], evt["res"]
-        fds = self.processes.get(pid, {})
-        if kind in EXEC:
-            if res == 0 and fds:
-                self.processes[pid] = {n: fd for n, fd in fds.items() if not fd.cloexec}
-            return None
-        if kind in OPENS:
-            if res >= 0:
-                flags = open_flags(evt)
-                self._put(pid, res, Fd("directory" if flags & os.O_DIRECTORY else "file",
-                                       self._path(fds, evt.get("dirfd"), evt["name"]),
-                                       cloexec=bool(flags & os.O_CLOEXEC)))
-            return None
         if kind in ("socket", "socketpair"):
             if res >= 0:
                 socktype = evt["socktype"]
                 domain = _DOMAINS.get(evt["domain"], "socket")
                 fd = Fd(domain, l4proto=_L4.get(socktype & 0xF) if domain.startswith("ipv") else None,
                         cloexec=bool(socktype & socket.SOCK_CLOEXEC))
-                numbers = (evt["fds"] or ()) if kind == "socketpair" else (res,)
-                for number in numbers:
+                for number in (evt["fds"] or ()) if kind == "socketpair" else (res,):
                     self._put(pid, number, fd)
             return None
         if kind in ("pipe", "pipe2"):
@@ -216,42 +258,113 @@ class FdTable:
             if res >= 0:
                 self._put(pid, res, Fd("memfd", f"memfd:{evt['name']}", cloexec=bool(evt["flags"] & os.MFD_CLOEXEC)))
             return None
-        number = evt.get("fd", evt.get("oldfd"))
-        current = fds.get(number)
-        if kind == "close":
-            if res != -errno.EBADF:  # close releases the fd even when it fails otherwise
-                fds.pop(number, None)
-            return Note(number, current) if current else None
-        if kind in _DUPS:
-            if res >= 0 and current is not None:
-                cloexec = (kind == "dup3" and evt["flags"] & os.O_CLOEXEC) or \
-                    (kind == "fcntl" and evt["cmd"] == fcntl.F_DUPFD_CLOEXEC)
-                self._put(pid, res, current._replace(cloexec=bool(cloexec)))
-                return Note(res, current._replace(cloexec=bool(cloexec)))
-            return Note(number, current) if current else None
+        number = evt["fd"]
+        current = self._packed(pid, number)
+        if current is None:
+            return None
+        fd = self._fd(current)
         if kind in ("accept", "accept4"):
-            if res >= 0 and current is not None:
-                accepted = current._replace(name="", remote=_address(evt.get("addr")), role="server",
-                                            cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
-                self._put(pid, res, accepted)
-                return Note(res, accepted)
-            return Note(number, current) if current else None
-        if current is not None and (res == 0 or (kind == "connect" and res == -errno.EINPROGRESS)):
+            if res < 0:
+                return number, current
+            accepted = fd._replace(name="", remote=_address(evt.get("addr")), role="server",
+                                   cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
+            return res, self._put(pid, res, accepted)
+        if res == 0 or (kind == "connect" and res == -errno.EINPROGRESS):
             if kind == "bind":
-                current = current._replace(local=_address(evt.get("addr")))
+                fd = fd._replace(local=_address(evt.get("addr")))
             elif kind == "connect":
-                current = current._replace(remote=_address(evt.get("addr")), role="client")
+                fd = fd._replace(remote=_address(evt.get("addr")), role="client")
             elif kind == "listen":
-                current = current._replace(role="server")
-            fds[number] = current
-        return Note(number, current) if current else None
+                fd = fd._replace(role="server")
+            current = self._put(pid, number, fd)
+        return number, current
 
-    @staticmethod
-    def _path(fds: dict[int, Fd], dirfd: int | None, name) -> str | bytes:
-        """A path as given, or joined to its dirfd's directory when relative and known."""
-        base = fds.get(dirfd) if dirfd is not None else None
-        if base is None or base.type != "directory" or isinstance(name, bytes) or name.startswith("/") \
-                or isinstance(base.name, bytes):
-            return name
-        return os.path.join(base.name, name)
+    # ---- the tables, from Python ----
 
+    def _intern(self, fd: Fd) -> int:
+        fd = fd._replace(cloexec=False)
+        entry = self._ids.get(fd)
+        if entry is None:
+            entry = self._ids[fd] = len(self._entries)
+            self._entries.append(fd)
+            if entry == len(self._entry_digest):
+                self._entry_digest = np.concatenate([self._entry_digest, np.zeros_like(self._entry_digest)])
+                self._entry_dir_base = np.concatenate([self._entry_dir_base, np.zeros_like(self._entry_dir_base)])
+            self._entry_digest[entry] = hash(fd) & _U64
+            self._entry_dir_base[entry] = _is_dir_base(fd)
+        return entry
+
+    def _put(self, pid: int, num: int, fd: Fd) -> int:
+        packed = self._intern(fd) * 2 + fd.cloexec
+        fd_walk.put(self._tables, self._stamps, self._counters, self.max_fds, pid, num, packed)
+        return packed
+
+    def _packed(self, pid: int, num: int) -> int | None:
+        fds = self._tables.get(pid)
+        return None if fds is None else fds.get(num)
+
+    def _fd(self, packed: int) -> Fd:
+        return self._entries[packed >> 1]._replace(cloexec=bool(packed & 1))
+
+    def _note(self, notes, tid: int, ktime: int, num: int, packed: int) -> None:
+        k = int(self._counters[fd_walk.NOTES])
+        for column, value in zip(notes, (tid, ktime, fd_walk.note_digest(self._entry_digest, num, packed), num,
+                                         packed)):
+            column[k] = value
+        self._counters[fd_walk.NOTES] += 1
+
+    # ---- bounds ----
+
+    def _tidy(self) -> None:
+        """The least recently written tables go beyond max_processes; entries and paths
+        no fd names go once they are many."""
+        fd_walk.evict(self._tables, self._stamps, self.max_processes)
+        if max(len(self._entries), int(self._counters[fd_walk.KEYS])) > 2 * self._kept + _COLLECT_AT:
+            used = fd_walk.referenced(self._tables, len(self._entries))
+            keep = np.flatnonzero(used)
+            new_ids = np.full(len(self._entries), -1, np.int64)
+            new_ids[keep] = np.arange(len(keep))
+            fd_walk.renumber(self._tables, new_ids)
+            # A new list: the notes already given still read the old one.
+            self._entries = [self._entries[i] for i in keep.tolist()]
+            self._ids = {fd: i for i, fd in enumerate(self._entries)}
+            room = max(_FIRST_ROOM, 1 << int(len(keep)).bit_length())
+            self._entry_digest = np.resize(self._entry_digest[keep], room)
+            self._entry_dir_base = np.resize(self._entry_dir_base[keep], room)
+            self._kept = len(keep)
+            self._forget_paths()
+
+    def _forget_paths(self) -> None:
+        self._paths = fd_walk.new_paths()
+        self._key_entry = np.full(_FIRST_ROOM, -1, np.int64)
+        self._key_meta = np.zeros((_FIRST_ROOM, fd_walk.KEY_DIRECTORY + 1), np.int64)
+        self._arena = np.zeros(_FIRST_ROOM * 64, np.uint8)
+        self._counters[fd_walk.KEYS] = self._counters[fd_walk.ARENA] = 0
+
+    def _grow_paths(self) -> None:
+        self._key_entry = np.concatenate([self._key_entry, np.full_like(self._key_entry, -1)])
+        self._key_meta = np.concatenate([self._key_meta, np.zeros_like(self._key_meta)])
+        self._arena = np.concatenate([self._arena, np.zeros_like(self._arena)])
+
+
+_FIRST_ROOM = 1024
+_COLLECT_AT = 16384  # entries or paths beyond twice those in use at the last collection
+_U64 = (1 << 64) - 1
+
+
+def _pids(events: np.ndarray | None, column) -> np.ndarray:
+    return np.zeros(0, np.int64) if events is None else column(events).astype(np.int64)
+
+
+def _is_dir_base(fd: Fd) -> bool:
+    """Whether a relative path opened at this fd is known by name."""
+    return fd.type == "directory" and isinstance(fd.name, str)
+
+
+def _opened(evt: dict, base: Fd | None) -> Fd:
+    """What an open's fd is: a path as given, or joined to its directory's (`base`,
+    when the walk found the dirfd a directory known by name) when relative."""
+    flags, name = open_flags(evt), evt["name"]
+    if base is not None and isinstance(name, str) and not name.startswith("/"):
+        name = os.path.join(base.name, name)
+    return Fd("directory" if flags & os.O_DIRECTORY else "file", name, cloexec=bool(flags & os.O_CLOEXEC))

@@ -4,6 +4,11 @@ import errno
 import os
 import socket
 
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 
 from sensor.identity.fds import FdTable
@@ -38,11 +43,11 @@ def test_files_directories_relative_paths_close_and_close_on_exec():
           syscall("memfd_create", 6, ktime=4, name="payload", flags=0),
           syscall("openat", -errno.ENOENT, ktime=5, dirfd=-100, name="/nope"))
     assert table.get(100, 3).type == "directory" and table.get(100, 4).name == "/etc/shadow"
-    assert table.get(100, 6).name == "memfd:payload" and sorted(table.processes[100]) == [3, 4, 5, 6]
+    assert table.get(100, 6).name == "memfd:payload" and sorted(table.fds(100)) == [3, 4, 5, 6]
     notes = apply(table, syscall("close", 0, ktime=6, fd=5), syscall("close", -errno.EBADF, ktime=7, fd=42))
     assert notes == {(100, 6): {"num": 5, "type": "file", "name": "/tmp/x"}}
     apply(table, syscall("execve", 0, ktime=8, filename="/bin/sh", argv=b"sh\0"))
-    assert sorted(table.processes[100]) == [3, 6]  # 4 was O_CLOEXEC
+    assert sorted(table.fds(100)) == [3, 6]  # 4 was O_CLOEXEC
 
 
 def test_forks_inherit_exits_drop_and_dups_copy():
@@ -51,7 +56,7 @@ def test_forks_inherit_exits_drop_and_dups_copy():
           raw("fork", ktime=2, child_pid=200),
           syscall("fcntl", 10, pid=200, ktime=3, fd=3, cmd=1030, arg=10),  # F_DUPFD_CLOEXEC
           raw("exit", ktime=4, exit_code=0))
-    assert 100 not in table.processes
+    assert 100 not in table.pids()
     assert table.get(200, 3).name == table.get(200, 10).name == "/var/log/app.log"
     assert table.get(200, 10).cloexec and not table.get(200, 3).cloexec
 
@@ -72,9 +77,9 @@ def test_accepted_connections_carry_the_peer():
 def test_tables_are_bounded():
     table = FdTable(TABLE, max_processes=10, max_fds=5)
     apply(table, *[syscall("open", fd, ktime=fd, name=f"/f{fd}") for fd in range(3, 13)])
-    assert sorted(table.processes[100]) == [3, 4, 5, 6, 7] and table.overflow == 5
+    assert sorted(table.fds(100)) == [3, 4, 5, 6, 7] and table.overflow == 5
     apply(table, *[syscall("open", 3, pid=pid, ktime=pid, name="/f") for pid in range(1000, 1020)])
-    assert len(table.processes) == 10 and min(table.processes) == 1010
+    assert len(table) == 10 and min(table.pids()) == 1010
 
 
 def test_records_carry_the_fd():
@@ -97,6 +102,93 @@ def test_pipes_and_socketpairs_make_two_fds():
                   fds=(5).to_bytes(4, "little") + (6).to_bytes(4, "little")),
           syscall("pipe", -24, ktime=3, fds=b""))  # EMFILE: nothing written
     assert [table.get(100, n).type for n in (3, 4, 5, 6)] == ["pipe", "pipe", "unix", "unix"]
-    assert table.get(100, 3).cloexec and not table.get(100, 5).cloexec and sorted(table.processes[100]) == [3, 4, 5, 6]
+    assert table.get(100, 3).cloexec and not table.get(100, 5).cloexec and sorted(table.fds(100)) == [3, 4, 5, 6]
     notes = apply(table, syscall("dup2", 1, ktime=4, oldfd=4, newfd=1))
     assert notes[100, 4] == {"num": 1, "type": "pipe", "name": ""}
+
+
+# Numba warns when Python reads a uint64-keyed typed dict's items (the sensor never does).
+@pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaTypeSafetyWarning")
+def test_a_path_that_hashes_like_another_is_never_taken_for_it():
+    """The compiled walk finds an open's entry by a hash of its path: no two paths that
+    hash alike can be found by hand, so the cache is made to hold one."""
+    table, other = FdTable(TABLE), FdTable(TABLE)
+    apply(table, syscall("openat", 3, ktime=1, dirfd=-100, name="/tmp/benign", flags=0))
+    apply(other, syscall("openat", 3, ktime=1, dirfd=-100, name="/etc/shadow", flags=0))
+    (benign_key,), (shadow_hash,) = table._paths.values(), other._paths.keys()
+    table._paths[np.uint64(shadow_hash)] = benign_key
+    notes = apply(table, syscall("openat", 4, ktime=2, dirfd=-100, name="/etc/shadow", flags=0),
+                  syscall("close", 0, ktime=3, fd=4))
+    assert notes[100, 3]["name"] == "/etc/shadow" and table.get(100, 3).name == "/tmp/benign"
+
+
+def test_many_distinct_paths_are_named_and_what_no_fd_names_is_let_go():
+    table = FdTable(TABLE)
+    kept = [syscall("openat", 3, ktime=1, dirfd=-100, name="/var/log/kept.log", flags=os.O_CLOEXEC)]
+    apply(table, *kept)
+    for start in range(0, 60_000, 4_000):  # past every room the cache starts with, and past a collection
+        notes = apply(table, *[r for k in range(start, start + 2_000)
+                               for r in (syscall("openat", 4, ktime=10 + 2 * k, dirfd=-100, name=f"/tmp/f{k}", flags=0),
+                                         syscall("close", 0, ktime=11 + 2 * k, fd=4))])
+        assert [n["name"] for n in notes.values()] == [f"/tmp/f{k}" for k in range(start, start + 2_000)]
+    sizes = table.sizes()
+    assert sizes["entries"] < 40_000 and sizes["paths"] < 40_000
+    assert table.get(100, 3) == table.get(100, 3)._replace(name="/var/log/kept.log", cloexec=True)
+
+
+# A model of what the tables should say, for the compiled walk to agree with: pid -> fd
+# -> (path, close-on-exec).
+_PATHS = [f"/srv/data/{name}" for name in ("a", "b", "c", "passwd", "shadow")]
+_event = st.one_of(
+    st.tuples(st.just("open"), st.integers(1, 3), st.integers(3, 8), st.sampled_from(_PATHS), st.booleans()),
+    st.tuples(st.just("close"), st.integers(1, 3), st.integers(0, 8)),
+    st.tuples(st.just("dup2"), st.integers(1, 3), st.integers(3, 8), st.integers(0, 8)),
+    st.tuples(st.just("fork"), st.integers(1, 3), st.integers(1, 3)),
+    st.tuples(st.just("exit"), st.integers(1, 3)),
+    st.tuples(st.just("exec"), st.integers(1, 3)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_event, max_size=60), st.integers(1, 60))
+def test_the_compiled_tables_agree_with_a_model(events, batch_size):
+    table, model, expected, records = FdTable(TABLE), {}, {}, []
+    for ktime, (op, pid, *rest) in enumerate(events, start=1):
+        fds = model.get(pid, {})
+        if op == "open":
+            num, path, cloexec = rest
+            model.setdefault(pid, {})[num] = (path, cloexec)
+            records.append(syscall("open", num, pid=pid, ktime=ktime, name=path,
+                                   flags=os.O_RDONLY | (os.O_CLOEXEC if cloexec else 0)))
+        elif op == "close":
+            (num,) = rest
+            if num in fds:
+                expected[pid, ktime] = (num, fds.pop(num))
+            records.append(syscall("close", 0 if expected.get((pid, ktime)) else -errno.EBADF, pid=pid, ktime=ktime,
+                                   fd=num))
+        elif op == "dup2":
+            old, new = rest
+            if old in fds:
+                fds[new] = (fds[old][0], False)
+                model[pid] = fds
+                expected[pid, ktime] = (new, fds[new])
+            records.append(syscall("dup2", new if old in fds else -errno.EBADF, pid=pid, ktime=ktime, oldfd=old,
+                                   newfd=new))
+        elif op == "fork":
+            (child,) = rest
+            if child != pid:
+                model[child] = {**model.get(child, {}), **fds} if fds else model.get(child, {})
+                records.append(raw("fork", pid=pid, ktime=ktime, child_pid=child))
+        elif op == "exit":
+            model.pop(pid, None)
+            records.append(raw("exit", pid=pid, ktime=ktime, exit_code=0))
+        else:
+            model[pid] = {num: fd for num, fd in fds.items() if not fd[1]}
+            records.append(syscall("execve", 0, pid=pid, ktime=ktime, filename="/bin/sh", argv=b"sh\0"))
+    notes = {}
+    for start in range(0, len(records), batch_size):
+        notes.update(apply(table, *records[start:start + batch_size]))
+    assert {key: (n["num"], n["name"]) for key, n in notes.items()} == \
+        {key: (num, path) for key, (num, (path, _)) in expected.items()}
+    for pid in (1, 2, 3):
+        assert {num: (fd.name, fd.cloexec) for num, fd in table.fds(pid).items()} == \
+            {num: fd for num, fd in model.get(pid, {}).items()}

@@ -18,7 +18,7 @@ from sensor.detect import rule_loader
 from sensor.detect.condition import And, Check, Or, parse
 from sensor.detect.engine import Engine
 from sensor.detect.evaluate import Reference
-from sensor.identity.fds import Fd, FdNotes, FdTable, Note
+from sensor.identity.fds import Fd, FdNotes, FdTable
 from sensor.detect.rows import Notes
 from sensor.testing.events import TABLE, batch_of, decoder, inet, raw, syscall
 from test_engine import MATCHES, conditions, requires_a_match
@@ -215,7 +215,6 @@ def test_rows_of_chosen_syscalls_only_and_their_records():
 
 def test_fd_notes_out_of_time_order_are_refused():
     with pytest.raises(ValueError, match="time order"):
-        notes = FdNotes()
-        for ktime in (5, 4):
-            notes.add(100, ktime, Note(3, Fd("file", "/tmp/x")))
-        Notes(notes)
+        Notes(FdNotes(tids=np.array([100, 100], np.uint64), times=np.array([5, 4], np.uint64),
+                      digests=np.array([7, 7], np.uint64), nums=np.array([3, 3]), packed=np.array([0, 0]),
+                      entries=[Fd("file", "/tmp/x")]))

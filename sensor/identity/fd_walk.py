@@ -1,0 +1,318 @@
+"""The fd tables' compiled part: a batch's fork, exit and fd syscall events walked in
+time order in Numba, straight from the drained rows, with no Python value per event.
+
+What a table holds per fd is a number: an entry id (an index into FdTable's interned
+Fd values) times two, plus the close-on-exec bit. An open names its entry through a
+cache of the paths seen (hash -> key, the key's bytes kept to compare: a path that
+hashes like another is never taken for it). The walk stops and hands back to Python
+only for what it cannot do alone: a path not seen before (Python makes its entry, the
+walk goes on with it), a syscall whose fd Python describes (socket, bind, connect,
+accept...: few per connection, not per read), and a cache with no room left.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+import numba
+import numpy as np
+from numba import types
+from numba.typed import Dict
+
+from sensor.kernel import layout, words
+from sensor.kernel.syscalls import EXEC, OPENS, SyscallTable, open_flags
+
+# What a syscall does to the tables (column OP of the plan).
+IGNORED, OPEN, CLOSE, DUP, DUP3, FCNTL, EXECS, SLOW = range(8)
+# The plan's columns, per syscall number: -1 where a syscall has no such argument.
+OP, FD_ARG, DIRFD_ARG, FLAGS_ARG, CMD_ARG, NAME_SLOT, HOW_SLOT, FIXED_FLAGS = range(8)
+# Why a walk stopped.
+DONE, SLOW_EVENT, NEW_PATH, FULL = range(4)
+# The walk's counters (an int64 array that it updates in place).
+CLOCK, OVERFLOW, NOTES, KEYS, ARENA, PENDING = range(6)
+# A path key's columns (besides its entry): where its bytes are in the arena, and what
+# it is relative to.
+KEY_OFFSET, KEY_LENGTH, KEY_BASE, KEY_DIRECTORY = range(4)
+# Where the order's events come from: forks, exits, then syscall group g at SYSCALLS + g.
+FORKS, EXITS, SYSCALLS = range(3)
+# The header and syscall fields the walk reads, as (byte offset, mask) rows of `fields`.
+PID, TID, KTIME, NR, FLAGS = range(5)
+
+_DUPS = {"dup": DUP, "dup2": DUP, "dup3": DUP3, "fcntl": FCNTL}
+_SLOW = ("pipe", "pipe2", "socketpair", "socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create")
+FD_SYSCALLS = set(OPENS) | set(_DUPS) | set(_SLOW) | {"close"}
+# Constants as plain globals, which compiled code takes in as it is compiled.
+_EBADF, _O_CLOEXEC, _O_DIRECTORY, _F_DUPFD_CLOEXEC = errno.EBADF, os.O_CLOEXEC, os.O_DIRECTORY, fcntl.F_DUPFD_CLOEXEC
+_SLASH = ord("/")
+
+
+class Plan:
+    """What the walk reads, derived from the syscall table and events.h."""
+
+    def __init__(self, table: SyscallTable):
+        self.table = table
+        ops = {**dict.fromkeys(OPENS, OPEN), **_DUPS, **dict.fromkeys(_SLOW, SLOW), **dict.fromkeys(EXEC, EXECS),
+               "close": CLOSE}
+        self.columns = np.full((max(table.by_nr) + 1, FIXED_FLAGS + 1), -1, np.int64)
+        self.columns[:, OP] = IGNORED
+        for name, op in ops.items():
+            syscall = table.syscalls.get(name)
+            if syscall is None:
+                continue
+            row = self.columns[syscall.nr]
+            row[OP] = op
+            args = {arg: index for index, (arg, _) in enumerate(syscall.args)}
+            slots = {index: slot for slot, index, _ in syscall.slots()}
+            row[FD_ARG] = args.get("fd", args.get("oldfd", -1))
+            row[DIRFD_ARG], row[FLAGS_ARG], row[CMD_ARG] = args.get("dirfd", -1), args.get("flags", -1), args.get("cmd", -1)
+            row[NAME_SLOT] = slots.get(args.get("name", -1), -1)
+            row[HOW_SLOT] = slots.get(args.get("how", -1), -1)
+            if op == OPEN and row[FLAGS_ARG] < 0 and row[HOW_SLOT] < 0:
+                row[FIXED_FLAGS] = open_flags({"type": name})  # creat's, implied
+        events = layout.events()
+        c = events.constants
+        dtype = events.structs["mayfly_syscall_event"]
+        hdr_at, hdr = dtype.fields["hdr"][1], dtype.fields["hdr"][0]
+        self.fields = np.array([words.in_word(hdr, "pid", hdr_at), words.in_word(hdr, "tid", hdr_at),
+                                words.in_word(hdr, "ktime_ns", hdr_at), words.in_word(dtype, "nr"),
+                                words.in_word(dtype, "flags")], np.uint64)
+        self.result_word, self.args_word = words.word(dtype, "result"), words.word(dtype, "args")
+        self.slot_len_at, self.data_at = dtype.fields["slot_len"][1], dtype.fields["data"][1]
+        self.slot_size, self.no_result = c["MAYFLY_STR_LEN"], c["MAYFLY_SYSCALL_NO_RESULT"]
+
+    def ops(self, nrs: np.ndarray) -> np.ndarray:
+        """Each syscall number's op."""
+        nrs = nrs.astype(np.int64)
+        known = nrs < len(self.columns)
+        return np.where(known, self.columns[np.where(known, nrs, 0), OP], IGNORED)
+
+
+def new_tables():
+    """pid -> (fd -> entry id * 2 + close-on-exec), and pid -> when last written."""
+    return (Dict.empty(types.int64, types.DictType(types.int64, types.int64)), Dict.empty(types.int64, types.int64))
+
+
+def new_paths():
+    return Dict.empty(types.uint64, types.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def table_of(tables, stamps, counters, pid):
+    """A process's table, made when it has none; it was used now."""
+    if pid not in tables:
+        tables[pid] = Dict.empty(types.int64, types.int64)
+    stamps[pid] = counters[CLOCK]
+    counters[CLOCK] += 1
+    return tables[pid]
+
+
+@numba.njit(cache=True, nogil=True)
+def put(tables, stamps, counters, max_fds, pid, num, packed):
+    fds = table_of(tables, stamps, counters, pid)
+    if num not in fds and len(fds) >= max_fds:
+        counters[OVERFLOW] += 1
+    else:
+        fds[num] = packed
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _int32(register):
+    value = np.int64(register & np.uint64(0xFFFFFFFF))
+    return value - (np.int64(1) << 32) if value >= np.int64(1) << 31 else value
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slot_length(row, slot_len_at, data_at, slot_size, slot):
+    """The bytes read into a slot, cut at the record's end, as sent."""
+    at = slot_len_at + 2 * slot
+    length = np.int64((row[at // 8] >> np.uint64(8 * (at % 8))) & np.uint64(0xFFFF))
+    return max(min(length, row.shape[0] * 8 - (data_at + slot * slot_size)), 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def note_digest(entry_digest, num, packed):
+    """The hash the rule engine keys a note by: of its entry, number and close-on-exec bit."""
+    return words.mix(words.mix(words.mix(np.uint64(0xFD), entry_digest[packed >> 1]), np.uint64(num)),
+                     np.uint64(packed & 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def walk(position, tables, stamps, counters, order_code, order_row, fork_parent, fork_child, exit_pid, groups,
+         fields, result_word, args_word, slot_len_at, data_at, slot_size, no_result, plan, entry_digest,
+         entry_dir_base, paths, key_entry, key_meta, arena, max_fds, note_tid, note_time, note_digest_out, note_num,
+         note_packed):
+    """Apply the ordered events from `position` on; (where it stopped, why)."""
+    none = Dict.empty(types.int64, types.int64)  # the table of a process that has none (it stays empty)
+    while position < order_code.shape[0]:
+        code, r = order_code[position], order_row[position]
+        if code == FORKS:
+            parent = fork_parent[r]
+            if parent in tables and len(tables[parent]):
+                inherited = tables[parent]
+                child = table_of(tables, stamps, counters, fork_child[r])
+                for num, packed in inherited.items():
+                    child[num] = packed
+            position += 1
+            continue
+        if code == EXITS:
+            if exit_pid[r] in tables:
+                del tables[exit_pid[r]]
+                del stamps[exit_pid[r]]
+            position += 1
+            continue
+        row = groups[code - SYSCALLS][r]
+        if words.field(row, fields[FLAGS]) & np.uint64(no_result):
+            position += 1  # sent at enter, without a result: nothing is known to have changed
+            continue
+        nr = np.int64(words.field(row, fields[NR]))
+        op = plan[nr, OP]
+        if op == SLOW:
+            return position, SLOW_EVENT
+        pid = np.int64(words.field(row, fields[PID]))
+        res = np.int64(row[result_word])
+        fds = tables[pid] if pid in tables else none
+        if op == EXECS:
+            if res == 0:
+                closing = [num for num, packed in fds.items() if packed & 1]
+                for num in closing:
+                    del fds[num]
+            position += 1
+            continue
+        if op == OPEN:
+            if res >= 0:
+                found = _open_entry(row, plan[nr], fds, entry_dir_base, paths, key_entry, key_meta, arena, counters,
+                                    args_word, slot_len_at, data_at, slot_size)
+                if found == -2:
+                    return position, NEW_PATH
+                if found == -3:
+                    return position, FULL
+                put(tables, stamps, counters, max_fds, pid, res, found)
+            position += 1
+            continue
+        number = _int32(row[args_word + plan[nr, FD_ARG]])
+        current = fds[number] if number in fds else -1
+        noted, noted_packed = number, current
+        if op == CLOSE:
+            if res != -_EBADF:  # close releases the fd even when it fails otherwise
+                fds.pop(number, 0)
+        elif res >= 0 and current >= 0:  # a dup
+            cloexec = 0
+            if op == DUP3 and row[args_word + plan[nr, FLAGS_ARG]] & np.uint64(_O_CLOEXEC):
+                cloexec = 1
+            if op == FCNTL and _int32(row[args_word + plan[nr, CMD_ARG]]) == _F_DUPFD_CLOEXEC:
+                cloexec = 1
+            noted, noted_packed = res, (current & ~np.int64(1)) | cloexec
+            put(tables, stamps, counters, max_fds, pid, res, noted_packed)
+        if noted_packed >= 0:
+            k = counters[NOTES]
+            note_tid[k] = words.field(row, fields[TID])
+            note_time[k] = words.field(row, fields[KTIME])
+            note_num[k], note_packed[k] = noted, noted_packed
+            note_digest_out[k] = note_digest(entry_digest, noted, noted_packed)
+            counters[NOTES] += 1
+        position += 1
+    return position, DONE
+
+
+@numba.njit(cache=True, nogil=True)
+def _open_entry(row, plan, fds, entry_dir_base, paths, key_entry, key_meta, arena, counters, args_word, slot_len_at,
+                data_at, slot_size):
+    """A successful open's packed entry; -2: its path is new (its key is counters[PENDING],
+    for Python to give an entry), -3: no room for a new key."""
+    if plan[FLAGS_ARG] >= 0:
+        flags = np.int64(row[args_word + plan[FLAGS_ARG]] & np.uint64(0xFFFFFFFF))
+    elif plan[HOW_SLOT] >= 0:  # openat2: the first u64 of struct open_how
+        length = _slot_length(row, slot_len_at, data_at, slot_size, plan[HOW_SLOT])
+        flags = np.int64(0)
+        for i in range(min(length, 8)):
+            flags |= np.int64(words.byte(row, data_at + plan[HOW_SLOT] * slot_size + i)) << (8 * i)
+    else:
+        flags = plan[FIXED_FLAGS]
+    directory = 1 if flags & _O_DIRECTORY else 0
+    start = data_at + plan[NAME_SLOT] * slot_size
+    length = _slot_length(row, slot_len_at, data_at, slot_size, plan[NAME_SLOT])
+    for i in range(length):  # a C string: what follows its NUL is stale
+        if words.byte(row, start + i) == 0:
+            length = i
+            break
+    base = -1
+    if plan[DIRFD_ARG] >= 0 and not (length and words.byte(row, start) == _SLASH):
+        dirfd = _int32(row[args_word + plan[DIRFD_ARG]])
+        if dirfd in fds and entry_dir_base[fds[dirfd] >> 1]:
+            base = fds[dirfd] >> 1
+    h = words.mix(words.mix(words.mix(np.uint64(0x9A7), np.uint64(base + 1)), np.uint64(directory)), np.uint64(length))
+    for i in range(0, length, 8):
+        chunk = np.uint64(0)
+        for j in range(min(8, length - i)):
+            chunk |= words.byte(row, start + i + j) << np.uint64(8 * j)
+        h = words.mix(h, chunk)
+    k = paths[h] if h in paths else -1
+    if k >= 0:
+        same = key_meta[k, KEY_LENGTH] == length and key_meta[k, KEY_BASE] == base and \
+            key_meta[k, KEY_DIRECTORY] == directory
+        offset = key_meta[k, KEY_OFFSET]
+        i = 0
+        while same and i < length:
+            same = arena[offset + i] == words.byte(row, start + i)
+            i += 1
+        if same and key_entry[k] >= 0:
+            return key_entry[k] * 2 + (1 if flags & _O_CLOEXEC else 0)
+        counters[PENDING] = k if same else -1  # -1: a different path that hashes alike, Python's to open
+        return -2
+    if counters[KEYS] >= key_entry.shape[0] or counters[ARENA] + length > arena.shape[0]:
+        return -3
+    k = counters[KEYS]
+    offset = counters[ARENA]
+    for i in range(length):
+        arena[offset + i] = words.byte(row, start + i)
+    key_meta[k, KEY_OFFSET], key_meta[k, KEY_LENGTH] = offset, length
+    key_meta[k, KEY_BASE], key_meta[k, KEY_DIRECTORY] = base, directory
+    key_entry[k] = -1
+    paths[h] = k
+    counters[KEYS] += 1
+    counters[ARENA] += length
+    counters[PENDING] = k
+    return -2
+
+
+@numba.njit(cache=True, nogil=True)
+def evict(tables, stamps, keep):
+    """The least recently written tables dropped, down to `keep` of them."""
+    count = len(stamps)
+    if count <= keep:
+        return
+    pids = np.empty(count, np.int64)
+    times = np.empty(count, np.int64)
+    i = 0
+    for pid, written in stamps.items():
+        pids[i], times[i] = pid, written
+        i += 1
+    for k in np.argsort(times)[:count - keep]:
+        del tables[pids[k]]
+        del stamps[pids[k]]
+
+
+@numba.njit(cache=True, nogil=True)
+def referenced(tables, count):
+    """Which of `count` entries some fd names."""
+    used = np.zeros(count, np.bool_)
+    for fds in tables.values():
+        for packed in fds.values():
+            used[packed >> 1] = True
+    return used
+
+
+@numba.njit(cache=True, nogil=True)
+def renumber(tables, new_ids):
+    """Entry ids renumbered (new_ids[old id])."""
+    for fds in tables.values():
+        nums = np.empty(len(fds), np.int64)
+        i = 0
+        for num in fds.keys():
+            nums[i] = num
+            i += 1
+        for num in nums:
+            packed = fds[num]
+            fds[num] = new_ids[packed >> 1] * 2 + (packed & 1)
