@@ -145,7 +145,7 @@ class Bench:
         config = ProgramConfig()
         bpf = bcc.BPF(src_file=str(HERE / "burst.bpf.c").encode(),
                       cflags=[f"-I{resources.ebpf_dir()}", f"-DRINGBUF_PAGES={config.ringbuf_pages}",
-                              f"-DBURST={BURST}", f"-DWAKEUP_EVERY={config.wakeup_every}"])
+                              f"-DBURST={BURST}", f"-DWAKEUP_EVERY={config.wakeup_records}"])
         return Source(bpf, BURST, lambda: int(sum(bpf[b"lost"].getvalue(0))))
 
     def warm_up_splitter(self) -> None:

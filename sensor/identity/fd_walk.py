@@ -110,7 +110,11 @@ def table_of(tables, stamps, counters, pid):
 
 @numba.njit(cache=True, nogil=True)
 def put(tables, stamps, counters, max_fds, pid, num, packed):
-    fds = table_of(tables, stamps, counters, pid)
+    _store(table_of(tables, stamps, counters, pid), max_fds, counters, num, packed)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _store(fds, max_fds, counters, num, packed):
     if num not in fds and len(fds) >= max_fds:
         counters[OVERFLOW] += 1
     else:
@@ -145,21 +149,27 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
          note_packed):
     """Apply the ordered events from `position` on; (where it stopped, why)."""
     none = Dict.empty(types.int64, types.int64)  # the table of a process that has none (it stays empty)
+    # The last event's process and its table: events come in runs of one process's.
+    cached_pid, fds, has_table = np.int64(-1), none, False
     while position < order_code.shape[0]:
         code, r = order_code[position], order_row[position]
         if code == FORKS:
-            parent = fork_parent[r]
+            parent, child = fork_parent[r], fork_child[r]
             if parent in tables and len(tables[parent]):
                 inherited = tables[parent]
-                child = table_of(tables, stamps, counters, fork_child[r])
+                fds_of_child = table_of(tables, stamps, counters, child)
                 for num, packed in inherited.items():
-                    child[num] = packed
+                    fds_of_child[num] = packed
+                if child == cached_pid:
+                    cached_pid = -1
             position += 1
             continue
         if code == EXITS:
             if exit_pid[r] in tables:
                 del tables[exit_pid[r]]
                 del stamps[exit_pid[r]]
+            if exit_pid[r] == cached_pid:
+                cached_pid = -1
             position += 1
             continue
         row = groups[code - SYSCALLS][r]
@@ -171,8 +181,10 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
         if op == SLOW:
             return position, SLOW_EVENT
         pid = np.int64(words.field(row, fields[PID]))
+        if pid != cached_pid:
+            cached_pid, has_table = pid, pid in tables
+            fds = table_of(tables, stamps, counters, pid) if has_table else none
         res = np.int64(row[result_word])
-        fds = tables[pid] if pid in tables else none
         if op == EXECS:
             if res == 0:
                 closing = [num for num, packed in fds.items() if packed & 1]
@@ -188,15 +200,17 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
                     return position, NEW_PATH
                 if found == -3:
                     return position, FULL
-                put(tables, stamps, counters, max_fds, pid, res, found)
+                if not has_table:
+                    fds, has_table = table_of(tables, stamps, counters, pid), True
+                _store(fds, max_fds, counters, res, found)
             position += 1
             continue
         number = _int32(row[args_word + plan[nr, FD_ARG]])
         current = fds[number] if number in fds else -1
         noted, noted_packed = number, current
         if op == CLOSE:
-            if res != -_EBADF:  # close releases the fd even when it fails otherwise
-                fds.pop(number, 0)
+            if res != -_EBADF and current >= 0:  # close releases the fd even when it fails otherwise
+                del fds[number]
         elif res >= 0 and current >= 0:  # a dup
             cloexec = 0
             if op == DUP3 and row[args_word + plan[nr, FLAGS_ARG]] & np.uint64(_O_CLOEXEC):
@@ -204,7 +218,7 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
             if op == FCNTL and _int32(row[args_word + plan[nr, CMD_ARG]]) == _F_DUPFD_CLOEXEC:
                 cloexec = 1
             noted, noted_packed = res, (current & ~np.int64(1)) | cloexec
-            put(tables, stamps, counters, max_fds, pid, res, noted_packed)
+            _store(fds, max_fds, counters, res, noted_packed)  # current >= 0: the process has a table
         if noted_packed >= 0:
             k = counters[NOTES]
             note_tid[k] = words.field(row, fields[TID])
@@ -216,63 +230,75 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
     return position, DONE
 
 
+_LOW_ONES, _HIGH_BITS = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _first_bytes(word, count):
+    """A word's first `count` bytes (all of it from 8), the rest zero."""
+    return word if count >= 8 else word & ((np.uint64(1) << np.uint64(8 * count)) - np.uint64(1))
+
+
 @numba.njit(cache=True, nogil=True)
 def _open_entry(row, plan, fds, entry_dir_base, paths, key_entry, key_meta, arena, counters, args_word, slot_len_at,
                 data_at, slot_size):
     """A successful open's packed entry; -2: its path is new (its key is counters[PENDING],
-    for Python to give an entry), -3: no room for a new key."""
+    for Python to give an entry), -3: no room for a new key. A path is read, hashed and
+    compared a word at a time (slots are 8-aligned)."""
     if plan[FLAGS_ARG] >= 0:
         flags = np.int64(row[args_word + plan[FLAGS_ARG]] & np.uint64(0xFFFFFFFF))
     elif plan[HOW_SLOT] >= 0:  # openat2: the first u64 of struct open_how
         length = _slot_length(row, slot_len_at, data_at, slot_size, plan[HOW_SLOT])
-        flags = np.int64(0)
-        for i in range(min(length, 8)):
-            flags |= np.int64(words.byte(row, data_at + plan[HOW_SLOT] * slot_size + i)) << (8 * i)
+        flags = np.int64(_first_bytes(row[(data_at + plan[HOW_SLOT] * slot_size) // 8], length))
     else:
         flags = plan[FIXED_FLAGS]
     directory = 1 if flags & _O_DIRECTORY else 0
-    start = data_at + plan[NAME_SLOT] * slot_size
-    length = _slot_length(row, slot_len_at, data_at, slot_size, plan[NAME_SLOT])
-    for i in range(length):  # a C string: what follows its NUL is stale
-        if words.byte(row, start + i) == 0:
-            length = i
+    first = (data_at + plan[NAME_SLOT] * slot_size) // 8
+    read = _slot_length(row, slot_len_at, data_at, slot_size, plan[NAME_SLOT])
+    length = read  # a C string: what follows its NUL is stale
+    for w in range((read + 7) // 8):
+        word = _first_bytes(row[first + w], read - 8 * w)
+        zero = (word - _LOW_ONES) & ~word & _HIGH_BITS  # the lowest set 0x80 marks the first zero byte
+        if zero:
+            at = 0
+            while not (zero >> np.uint64(8 * at)) & np.uint64(0x80):
+                at += 1
+            length = min(read, 8 * w + at)
             break
+    count = (length + 7) // 8
     base = -1
-    if plan[DIRFD_ARG] >= 0 and not (length and words.byte(row, start) == _SLASH):
+    if plan[DIRFD_ARG] >= 0 and not (length and row[first] & np.uint64(0xFF) == np.uint64(_SLASH)):
         dirfd = _int32(row[args_word + plan[DIRFD_ARG]])
         if dirfd in fds and entry_dir_base[fds[dirfd] >> 1]:
             base = fds[dirfd] >> 1
     h = words.mix(words.mix(words.mix(np.uint64(0x9A7), np.uint64(base + 1)), np.uint64(directory)), np.uint64(length))
-    for i in range(0, length, 8):
-        chunk = np.uint64(0)
-        for j in range(min(8, length - i)):
-            chunk |= words.byte(row, start + i + j) << np.uint64(8 * j)
-        h = words.mix(h, chunk)
+    for w in range(count):
+        h = words.mix(h, _first_bytes(row[first + w], length - 8 * w))
     k = paths[h] if h in paths else -1
     if k >= 0:
         same = key_meta[k, KEY_LENGTH] == length and key_meta[k, KEY_BASE] == base and \
             key_meta[k, KEY_DIRECTORY] == directory
         offset = key_meta[k, KEY_OFFSET]
-        i = 0
-        while same and i < length:
-            same = arena[offset + i] == words.byte(row, start + i)
-            i += 1
+        w = 0
+        while same and w < count:
+            same = arena[offset + w] == _first_bytes(row[first + w], length - 8 * w)
+            w += 1
         if same and key_entry[k] >= 0:
             return key_entry[k] * 2 + (1 if flags & _O_CLOEXEC else 0)
         counters[PENDING] = k if same else -1  # -1: a different path that hashes alike, Python's to open
         return -2
-    if counters[KEYS] >= key_entry.shape[0] or counters[ARENA] + length > arena.shape[0]:
+    if counters[KEYS] >= key_entry.shape[0] or counters[ARENA] + count > arena.shape[0]:
         return -3
     k = counters[KEYS]
     offset = counters[ARENA]
-    for i in range(length):
-        arena[offset + i] = words.byte(row, start + i)
+    for w in range(count):
+        arena[offset + w] = _first_bytes(row[first + w], length - 8 * w)
     key_meta[k, KEY_OFFSET], key_meta[k, KEY_LENGTH] = offset, length
     key_meta[k, KEY_BASE], key_meta[k, KEY_DIRECTORY] = base, directory
     key_entry[k] = -1
     paths[h] = k
     counters[KEYS] += 1
-    counters[ARENA] += length
+    counters[ARENA] += count
     counters[PENDING] = k
     return -2
 

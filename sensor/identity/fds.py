@@ -338,7 +338,7 @@ class FdTable:
         self._paths = fd_walk.new_paths()
         self._key_entry = np.full(_FIRST_ROOM, -1, np.int64)
         self._key_meta = np.zeros((_FIRST_ROOM, fd_walk.KEY_DIRECTORY + 1), np.int64)
-        self._arena = np.zeros(_FIRST_ROOM * 64, np.uint8)
+        self._arena = np.zeros(_FIRST_ROOM * 8, np.uint64)  # paths' words
         self._counters[fd_walk.KEYS] = self._counters[fd_walk.ARENA] = 0
 
     def _grow_paths(self) -> None:

@@ -50,12 +50,14 @@ def import_bcc():
 
 @dataclass(frozen=True)
 class ProgramConfig:
-    ringbuf_pages: int = 1024     # 4 MiB with 4 KiB pages; a power of two
+    # 16 MiB with 4 KiB pages, a power of two: room for batches of thousands of records
+    # (user space's cost is mostly per batch) with the pressure threshold still far off.
+    ringbuf_pages: int = 4096
     spill_pages: int = 64         # lifecycle events that find the main ring full (1,000 or more)
     cgroup_rate: int = 50_000     # events/s one cgroup may emit on average; 0: no limit
     cgroup_burst: int = 100_000   # events one cgroup may emit at once
     ring_pressure: float = 0.25   # over its rate, a cgroup is held back only while the ring is this full (0: always)
-    wakeup_every: int = 512       # wake user space every N records per CPU (and at once for lifecycle)
+    wakeup_every: int = 0         # wake user space every N records per CPU (and at once for lifecycle); 0: one per ring page
     flows: bool = True            # per-cgroup flow accounting with cgroup_skb
     count_syscalls: bool = True   # count every syscall per cgroup (syscall_counts records)
     max_procs: int = 65536
@@ -73,10 +75,17 @@ class ProgramConfig:
                 raise ValueError(f"{name} must be a power of two, not {value}")
         if not 0 <= self.ring_pressure <= 1:
             raise ValueError(f"ring_pressure is a fraction of the ring, from 0 to 1, not {self.ring_pressure}")
-        for name in ("cgroup_rate", "cgroup_burst", "wakeup_every", "max_procs", "max_pending", "max_cgroups",
+        for name in ("cgroup_rate", "cgroup_burst", "max_procs", "max_pending", "max_cgroups",
                      "max_fds", "max_flows", "count_slots"):
             if getattr(self, name) < (0 if name == "cgroup_rate" else 1):
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.wakeup_every < 0:
+            raise ValueError(f"wakeup_every must be positive (or 0: one per ring page), not {self.wakeup_every}")
+
+    @property
+    def wakeup_records(self) -> int:
+        """Records per CPU between wake-ups, as the programs are given it."""
+        return self.wakeup_every or self.ringbuf_pages
 
     def cflags(self, tracepoint_defines: list[str] = ()) -> list[str]:
         sizes = {"RINGBUF_PAGES": self.ringbuf_pages, "SPILL_PAGES": self.spill_pages,
@@ -90,7 +99,7 @@ class ProgramConfig:
     def kernel_config(self) -> np.ndarray:
         """The `config` map's entry (self_tgid is filled in by the sensor)."""
         entry = np.zeros(1, layout.events().structs["mayfly_config"])
-        entry["wakeup_every"] = self.wakeup_every
+        entry["wakeup_every"] = self.wakeup_records
         if self.cgroup_rate:
             entry["cost_ns"] = 1_000_000_000 // self.cgroup_rate
             entry["burst_ns"] = entry["cost_ns"] * self.cgroup_burst

@@ -61,8 +61,3 @@ def field(row, at):
     """A field (byte offset, mask: in_word) within one word of a row."""
     return (row[at[0] // np.uint64(8)] >> (np.uint64(8) * (at[0] % np.uint64(8)))) & at[1]
 
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def byte(row, offset):
-    """The byte at `offset` of a row."""
-    return (row[offset // 8] >> np.uint64(8 * (offset % 8))) & np.uint64(0xFF)
