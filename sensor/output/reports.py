@@ -56,6 +56,7 @@ class KernelReports:
         self.lost_totals: Counter = Counter()
         self._losses: dict[str, _Losses] = {}
         self._lost_at: dict[str, float] = {}       # when each reason's last record went out
+        self._read_at = -math.inf                  # when the kernel's loss counters were last read
         self._stats_seen = np.zeros(self.constants["MAYFLY_STAT_COUNT"], np.uint64)
         self._ring_lost_seen = np.zeros(self.constants["MAYFLY_RING_LOST_SLOTS"], np.uint64)
         self._cgroup_seen: dict[int, dict[str, int]] = {}
@@ -67,14 +68,17 @@ class KernelReports:
         most one per reason every `lost_every_s` (all that is left with `final`), each
         with everything since that reason's last one, by event type and by container
         where known."""
-        stats = self.kernel.per_cpu_sums("stats")
-        delta, self._stats_seen = stats - self._stats_seen, stats
-        counts = Counter({reason: int(delta[self.constants[index]]) for index, reason in LOSS_REASONS.items()})
-        counts.update(extra or {})
+        now = self.monotonic()
+        counts = Counter(extra or {})
+        # The kernel's counters are read when a record may be due, not at every batch.
+        if final or now - self._read_at >= self.lost_every_s:
+            self._read_at = now
+            stats = self.kernel.per_cpu_sums("stats")
+            delta, self._stats_seen = stats - self._stats_seen, stats
+            counts.update({reason: int(delta[self.constants[index]]) for index, reason in LOSS_REASONS.items()})
         for reason, count in (+counts).items():
             self._losses.setdefault(reason, _Losses()).count += count
             self.lost_totals[reason] += count
-        now = self.monotonic()
         due = sorted(reason for reason in self._losses
                      if final or now - self._lost_at.get(reason, -math.inf) >= self.lost_every_s)
         if not due:
