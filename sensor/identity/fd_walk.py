@@ -115,10 +115,10 @@ def put(tables, stamps, counters, max_fds, pid, num, packed):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _store(fds, max_fds, counters, num, packed):
-    if num not in fds and len(fds) >= max_fds:
-        counters[OVERFLOW] += 1
-    else:
+    if len(fds) < max_fds or num in fds:
         fds[num] = packed
+    else:
+        counters[OVERFLOW] += 1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -206,12 +206,12 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
             position += 1
             continue
         number = _int32(row[args_word + plan[nr, FD_ARG]])
-        current = fds[number] if number in fds else -1
+        if op == CLOSE and res != -_EBADF:  # close releases the fd even when it fails otherwise
+            current = fds.pop(number, -1)
+        else:
+            current = fds[number] if number in fds else -1
         noted, noted_packed = number, current
-        if op == CLOSE:
-            if res != -_EBADF and current >= 0:  # close releases the fd even when it fails otherwise
-                del fds[number]
-        elif res >= 0 and current >= 0:  # a dup
+        if op != CLOSE and res >= 0 and current >= 0:  # a dup
             cloexec = 0
             if op == DUP3 and row[args_word + plan[nr, FLAGS_ARG]] & np.uint64(_O_CLOEXEC):
                 cloexec = 1
