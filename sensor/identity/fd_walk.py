@@ -98,6 +98,45 @@ def new_paths():
     return Dict.empty(types.uint64, types.int64)
 
 
+# Python reads the tables through these (compiled and cached like the walk: a typed
+# dict's own methods, called from Python, are compiled anew in every process, at their
+# first call, which can take a second).
+
+@numba.njit(cache=True, nogil=True)
+def lookup(tables, pid, num):
+    """The packed entry of a process's fd (-1: none known)."""
+    if pid in tables and num in tables[pid]:
+        return tables[pid][num]
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def table_items(tables, pid):
+    """A process's fds and their packed entries."""
+    fds = tables[pid] if pid in tables else Dict.empty(types.int64, types.int64)
+    nums, packed = np.empty(len(fds), np.int64), np.empty(len(fds), np.int64)
+    i = 0
+    for num, value in fds.items():
+        nums[i], packed[i] = num, value
+        i += 1
+    return nums, packed
+
+
+@numba.njit(cache=True, nogil=True)
+def count(tables):
+    return len(tables)
+
+
+@numba.njit(cache=True, nogil=True)
+def pids(tables):
+    result = np.empty(len(tables), np.int64)
+    i = 0
+    for pid in tables.keys():
+        result[i] = pid
+        i += 1
+    return result
+
+
 @numba.njit(cache=True, nogil=True)
 def table_of(tables, stamps, counters, pid):
     """A process's table, made when it has none; it was used now."""

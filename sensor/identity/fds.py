@@ -139,7 +139,9 @@ class FdTable:
         self._entry_dir_base = np.zeros(_FIRST_ROOM, np.bool_)
         self._kept = 0  # entries in use at the last collection
         self._forget_paths()
-        self.apply({})  # compiled (or loaded from Numba's cache) now, not at the first batch
+        # Compiled (or loaded from Numba's cache) now, not at the first batch.
+        self.apply({})
+        self.fds(0), self.get(0, 0), self.pids(), len(self)
 
     @property
     def overflow(self) -> int:
@@ -147,20 +149,20 @@ class FdTable:
         return int(self._counters[fd_walk.OVERFLOW])
 
     def __len__(self) -> int:
-        return len(self._tables)
+        return fd_walk.count(self._tables)
 
     def sizes(self) -> dict[str, int]:
         """What the tables hold: processes, distinct fd descriptions, cached paths, and
         the fds not kept."""
-        return {"processes": len(self._tables), "entries": len(self._entries),
+        return {"processes": len(self), "entries": len(self._entries),
                 "paths": int(self._counters[fd_walk.KEYS]), "overflow": self.overflow}
 
     def pids(self) -> list[int]:
-        return list(self._tables.keys())
+        return fd_walk.pids(self._tables).tolist()
 
     def fds(self, pid: int) -> dict[int, Fd]:
-        packed = dict(self._tables[pid]) if pid in self._tables else {}
-        return {num: self._fd(p) for num, p in packed.items()}
+        nums, packed = fd_walk.table_items(self._tables, pid)
+        return {num: self._fd(p) for num, p in zip(nums.tolist(), packed.tolist())}
 
     def get(self, pid: int, fd: int) -> Fd | None:
         packed = self._packed(pid, fd)
@@ -300,8 +302,8 @@ class FdTable:
         return packed
 
     def _packed(self, pid: int, num: int) -> int | None:
-        fds = self._tables.get(pid)
-        return None if fds is None else fds.get(num)
+        packed = fd_walk.lookup(self._tables, pid, num)
+        return None if packed < 0 else packed
 
     def _fd(self, packed: int) -> Fd:
         return self._entries[packed >> 1]._replace(cloexec=bool(packed & 1))
