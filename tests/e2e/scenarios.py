@@ -9,8 +9,9 @@ from test_container_identity import of_cgroup, read_records
 ATTACK = "/usr/local/bin/attack"  # tests/e2e/attack.c, built static
 
 
-def run_scenarios(rig, tmp_path, sensor_args, scenarios):
-    """Run each scenario in a container and return {key: the rule names of its alerts}.
+def run_scenarios(rig, tmp_path, sensor_args, scenarios, cgroups=None):
+    """Run each scenario in a container and return {key: the rule names of its alerts}
+    (and fill `cgroups`, if given, with {key: the container's cgroup id}).
     A scenario: "args"; "files" mapping container paths to "secret" (a stand-in for
     /etc/shadow) or "attack" (the helper, under that path); "attack": the helper at
     ATTACK; "port" in args: a listener of the test's; and the rig's host_network,
@@ -40,6 +41,8 @@ def run_scenarios(rig, tmp_path, sensor_args, scenarios):
     fired = {}
     for key, result in ran.items():
         alerts = [r for r in of_cgroup(records, result.cgroup_id) if r["kind"] == "alert"]
-        assert all(a["container"]["id"] == result.id and a["container"]["runtime"] == "runc" for a in alerts)
+        assert all(a["container"]["id"] == result.id and a["container"].get("runtime") == "runc" for a in alerts), alerts
         fired[key] = {a["rule"] for a in alerts}
+        if cgroups is not None:
+            cgroups[key] = result.cgroup_id
     return fired
