@@ -120,7 +120,6 @@ def _endpoints(local: Address | None, remote: Address | None) -> str:
     return f"{_endpoint(local)}->{_endpoint(remote)}" if remote else _endpoint(local)
 
 
-
 class FdTable:
     """The tables live in compiled code (sensor.identity.fd_walk); this side interns
     what an fd is (an Fd value, close-on-exec apart, gets an entry id once) and
@@ -190,7 +189,7 @@ class FdTable:
         fork_parent = _pids(forked, lambda f: f["hdr"]["pid"])
         fork_child = _pids(forked, lambda f: f["child_pid"])
         exit_pid = _pids(exited, lambda e: e["hdr"]["pid"])
-        raw = List.empty_list(types.uint64[:, ::1])
+        raw = List.empty_list(_ROWS)
         for g in groups:
             raw.append(words.as_words(g))
         count = sum(len(c) for c in chosen)
@@ -238,7 +237,7 @@ class FdTable:
         base = self.get(pid, dirfd) if dirfd is not None else None
         self._put(pid, evt["res"], _opened(evt, base if base is not None and _is_dir_base(base) else None))
 
-    def _describe(self, pid: int, evt: dict) -> tuple[int, Fd] | None:
+    def _describe(self, pid: int, evt: dict) -> tuple[int, int] | None:
         """Apply a socket, pipe or memfd syscall; (number, packed entry) of the fd its
         record names, if any."""
         kind, res = evt["type"], evt["res"]
@@ -349,6 +348,7 @@ class FdTable:
         self._arena = np.concatenate([self._arena, np.zeros_like(self._arena)])
 
 
+_ROWS = types.uint64[:, ::1]  # a syscall array's rows as words (kernel.words.as_words)
 _FIRST_ROOM = 1024
 _COLLECT_AT = 16384  # entries or paths beyond twice those in use at the last collection
 _U64 = (1 << 64) - 1
