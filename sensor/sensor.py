@@ -176,12 +176,10 @@ class Sensor:
                                          np.uint32)
         if capture is not None and self.alerts.reads_fds:
             capture |= FD_SYSCALLS  # captured for the fd table, not decoded
-        found, covered = needles.derive(self.ruleset)
-        limit = layout.events().constants["MAYFLY_MAX_NEEDLES"]
-        if len(found) > limit:
-            log.warning("more needles than the kernel holds: some rules can be hidden by a flood",
-                        needles=len(found), kept=limit)
-            found = set(sorted(found, key=lambda n: (n.syscall, n.path))[:limit])
+        found, covered, left_out = needles.derive(self.ruleset)
+        if left_out:
+            log.warning("more needles than the kernel holds: these rules can be hidden by a flood",
+                        rules=left_out, kept=len(found))
         self.kernel.set_needles(self.table, found)
         log.info("needles: rules whose events a flood cannot hide", rules=covered, needles=len(found))
         self.set_capture(capture)

@@ -21,20 +21,26 @@ from sensor.kernel.syscalls import OPENS
 THRESHOLD = "WARNING"  # this priority and the ones above it
 
 
-def derive(ruleset: RuleSet) -> tuple[set[Needle], list[str]]:
-    """The needles of the enabled rules at THRESHOLD or above, and the rules they cover."""
+def derive(ruleset: RuleSet) -> tuple[set[Needle], list[str], list[str]]:
+    """The needles of the enabled rules at THRESHOLD or above, the rules they cover,
+    and the rules left out because the kernel's trie (MAYFLY_MAX_NEEDLES) is full: a
+    rule is covered with all its needles or not at all, in the order rules load."""
     urgent = set(PRIORITIES[:PRIORITIES.index(THRESHOLD) + 1])
-    room = layout.events().constants["MAYFLY_NEEDLE_LEN"]
-    needles, covered = set(), []
+    constants = layout.events().constants
+    room, limit = constants["MAYFLY_NEEDLE_LEN"], constants["MAYFLY_MAX_NEEDLES"]
+    needles, covered, left_out = set(), [], []
     for item in ruleset.rules:
         condition = ruleset.conditions.get(item.name)
         if condition is None or str(item.body.get("priority", "")).upper() not in urgent:
             continue
         found = _reduce(condition)
         if found and all(len(n.key()) <= room for n in found):
+            if len(needles | found) > limit:
+                left_out.append(item.name)
+                continue
             needles |= found
             covered.append(item.name)
-    return needles, covered
+    return needles, covered, left_out
 
 
 def _reduce(condition) -> set[Needle] | None:

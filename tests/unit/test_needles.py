@@ -17,7 +17,7 @@ def rule(name, priority, condition):
 
 
 def test_rules_at_warning_or_above_on_open_paths_give_needles(tmp_path):
-    found, covered = derive(tmp_path, "- macro: sensitive\n  condition: fd.name in (/etc/shadow, /etc/gshadow)\n"
+    found, covered, _ = derive(tmp_path, "- macro: sensitive\n  condition: fd.name in (/etc/shadow, /etc/gshadow)\n"
                             + rule("exact", "CRITICAL", "evt.type = openat and sensitive and proc.name != sh")
                             + rule("prefix", "WARNING", "evt.type in (open, openat) and (fd.name startswith /root/ "
                                    "or fd.directory in (/etc/sudoers.d, /etc/pam.d/))"))
@@ -29,7 +29,7 @@ def test_rules_at_warning_or_above_on_open_paths_give_needles(tmp_path):
 
 
 def test_rules_the_kernel_cannot_tell_apart_give_none(tmp_path):
-    found, covered = derive(tmp_path, "".join([
+    found, covered, _ = derive(tmp_path, "".join([
         rule("below warning", "NOTICE", "evt.type = openat and fd.name = /etc/shadow"),
         rule("other types too", "ERROR", "evt.type in (openat, unlinkat) and fd.name = /etc/shadow"),
         rule("no type", "ERROR", "fd.name = /etc/shadow"),
@@ -40,14 +40,23 @@ def test_rules_the_kernel_cannot_tell_apart_give_none(tmp_path):
     assert (found, covered) == (set(), [])
 
 
+def test_a_rule_is_covered_with_all_its_needles_or_named_as_left_out(tmp_path):
+    per_rule = C["MAYFLY_MAX_NEEDLES"] // 4 + 1  # room for three such rules, not four
+    found, covered, left_out = derive(tmp_path, "".join(
+        rule(f"rule {r}", "ERROR", "evt.type = openat and fd.name in (" +
+             ", ".join(f"/srv/{r}/{k}" for k in range(per_rule)) + ")") for r in range(5)))
+    assert covered == ["rule 0", "rule 1", "rule 2"] and left_out == ["rule 3", "rule 4"]
+    assert len(found) == 3 * per_rule
+
+
 def test_the_built_in_file_rules_give_needles():
-    found, covered = needles.derive(rule_loader.load(resources.builtin_rule_files()))
+    found, covered, _ = needles.derive(rule_loader.load(resources.builtin_rule_files()))
     assert {"Sensitive File Read in Container", "Write Below Etc in Container"} <= set(covered)
     assert Needle("openat", "/etc/shadow", True) in found
 
 
 def test_falcos_sensitive_file_rules_give_needles(falco_corpus):
-    found, covered = needles.derive(rule_loader.load([falco_corpus / "falco_rules.yaml"]))
+    found, covered, _ = needles.derive(rule_loader.load([falco_corpus / "falco_rules.yaml"]))
     assert covered == ["Read sensitive file trusted after startup", "Read sensitive file untrusted"]
     assert Needle("openat2", "/etc/pam.d/", False) in found
 
