@@ -330,8 +330,9 @@ class FdTable:
             self._entries = [self._entries[i] for i in keep.tolist()]
             self._ids = {fd: i for i, fd in enumerate(self._entries)}
             room = max(_FIRST_ROOM, 1 << int(len(keep)).bit_length())
-            self._entry_digest = np.resize(self._entry_digest[keep], room)
-            self._entry_dir_base = np.resize(self._entry_dir_base[keep], room)
+            digest, dir_base = np.zeros(room, np.uint64), np.zeros(room, np.bool_)
+            digest[:len(keep)], dir_base[:len(keep)] = self._entry_digest[keep], self._entry_dir_base[keep]
+            self._entry_digest, self._entry_dir_base = digest, dir_base
             self._kept = len(keep)
             self._forget_paths()
 
