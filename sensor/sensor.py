@@ -299,7 +299,7 @@ class Sensor:
             events=dict(self._account.delivered), records=self._dispatch.records + len(final.records) + 1,
             lost=dict(self.reports.lost_totals), sinks=self._dispatch.states(),
             stages_s={name: round(ns / 1e9, 3) for name, ns in self.pipeline.busy_ns.items()},
-            tables={"cgroups": len(self.cgroups.entries), "processes": len(self.processes.entries),
+            tables={"cgroups": len(self.cgroups.entries), "processes": len(self.processes),
                     "fd_tables": len(self.fds)}))
         self._dispatch.run(final)
         self.cgroups.stop_watching()

@@ -236,7 +236,8 @@ class RowMaker:
         `container`, the cgroup table's entry and the user names read in the container's
         root (a `proc` key takes in its `container` key)."""
         at = np.cumsum([len(p) for p in pids])[:-1]
-        procs = _per_distinct(np.concatenate(pids or [np.zeros(0, np.uint32)]), self.processes.version)
+        unique, inverse = slots.unique_inverse(np.concatenate(pids or [np.zeros(0, np.uint32)]))
+        procs = self.processes.versions(unique)[inverse]
         containers = _per_distinct(np.concatenate(cgroups or [np.zeros(0, np.uint64)]), self._container_version)
         return np.split(procs, at), np.split(containers, at)
 

@@ -138,9 +138,14 @@ class FdTable:
         self._entry_dir_base = np.zeros(_FIRST_ROOM, np.bool_)
         self._kept = 0  # entries in use at the last collection
         self._forget_paths()
-        # Compiled (or loaded from Numba's cache) now, not at the first batch.
+        # Compiled (or loaded from Numba's cache) now, not at the first batch that needs
+        # them; the writes on tables of their own.
         self.apply({})
         self.fds(0), self.get(0, 0), self.pids(), len(self)
+        fd_walk.note_digest(self._entry_digest, 0, 0)
+        spare, stamps = fd_walk.new_tables()
+        fd_walk.put(spare, stamps, np.zeros_like(self._counters), max_fds, 0, 0, 0)
+        fd_walk.renumber(spare, np.zeros(1, np.int64)), fd_walk.referenced(spare, 1)
 
     @property
     def overflow(self) -> int:

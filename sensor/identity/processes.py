@@ -15,17 +15,16 @@ when it is full.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
-from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
+from sensor.identity import proc_walk
 from sensor.system import uapi
-from sensor.kernel.batches import in_time_order
 from sensor.records import c_string, cmdline, untrusted_text
 from sensor.kernel.syscalls import EXEC, SyscallTable
 
@@ -143,21 +142,67 @@ def capability_text(mask: int) -> str:
     return " ".join(names.get(bit, f"CAP_{bit}") for bit in range(64) if mask >> bit & 1)
 
 
+class Image(NamedTuple):
+    """What a process is, apart from its place in the tree: a fork's child shares its
+    parent's until it execs."""
+    name: str | bytes
+    exe: str | bytes
+    cmdline: str | bytes
+    details: Details
+
+
 class ProcessTable:
+    """The entries live in compiled code (sensor.identity.proc_walk); this side interns
+    their images and does what needs Python: an exec's arguments and /proc details."""
+
     def __init__(self, table: SyscallTable, clock, capacity: int = 65536, ancestors: int = 5,
                  details: Callable[[int], Details] = read_details):
         self.clock = clock  # kernel (monotonic) time to wall clock
         self.details = details  # what /proc says of a pid that just exec'ed
         self.capacity = capacity
         self.ancestors = ancestors  # how many generations records name (proc.anames)
-        self.entries: OrderedDict[int, Process] = OrderedDict()
-        self._versions: dict[int, int] = {}  # pid -> serial of its entry (a new one at each change)
-        self._children: Counter = Counter()  # pid -> entries that name it as their parent
-        self._exited: set[int] = set()       # gone, kept for the children that name them
-        self._retiring: list[tuple[int, int]] = []  # (pid, serial) of the last batch's exits
-        self._serial = itertools.count(1)
-        self._exec_nrs = [table.numbers[name] for name in EXEC if name in table.numbers]
+        self._rows, self._children, self._state, self._free = proc_walk.new_state(_FIRST_ROOM)
+        self._counters = np.zeros(proc_walk.FREE + 1, np.int64)
+        self._counters[proc_walk.FREE] = _FIRST_ROOM
+        self._images: list[Image] = []
+        self._image_ids: dict[Image, int] = {}
+        self._kept = 0  # images in use at the last collection
+        # The last batch's exits: their pids and their entries' serials then.
+        self._retiring = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self._exec_nrs = np.array([table.numbers[name] for name in EXEC if name in table.numbers], np.int64)
         self._table = table
+        # Compiled (or loaded from Numba's cache) now, not at the first batch that needs
+        # them; the writes on a table of their own.
+        self.apply({})
+        self.get(0), self.versions(np.zeros(1, np.int64)), self.parents(), len(self)
+        rows, children, state, free = proc_walk.new_state(1)
+        counters = np.array([0, 0, 1], np.int64)
+        proc_walk.put(rows, children, state, free, counters, 1, 0, proc_walk.NO_START, 0)
+        proc_walk.renumber_images(rows, state, 1)
+
+    def __len__(self) -> int:
+        return proc_walk.size(self._rows)
+
+    def __contains__(self, pid: int) -> bool:
+        return proc_walk.row_of(self._rows, pid) >= 0
+
+    def pids(self) -> list[int]:
+        return list(self.parents())
+
+    def entry(self, pid: int) -> Process | None:
+        r = proc_walk.row_of(self._rows, pid)
+        if r < 0:
+            return None
+        row = self._state[r]
+        image = self._images[row[proc_walk.IMAGE]]
+        start = int(row[proc_walk.START])
+        return Process(image.name, image.exe, image.cmdline, int(row[proc_walk.PPID]),
+                       None if start == proc_walk.NO_START else start, image.details)
+
+    def put(self, pid: int, process: Process) -> None:
+        """An entry for pid (a new one, or one that replaces what it was)."""
+        self._put(pid, process)
+        self._bound()
 
     def scan(self) -> None:
         for entry in os.scandir("/proc"):
@@ -165,94 +210,80 @@ class ProcessTable:
                 process = read_proc(int(entry.name))
                 if process:
                     self._put(int(entry.name), replace(process, start_ns=self.clock.to_epoch(process.start_ns)))
-
-    def _put(self, pid: int, process: Process) -> None:
-        old = self.entries.get(pid)
-        if old is not None:
-            self._children[old.ppid] -= 1
-        self._exited.discard(pid)  # known anew: not gone (or a reused pid)
-        self._children[process.ppid] += 1
-        self.entries[pid] = process
-        self.entries.move_to_end(pid)
-        self._versions[pid] = next(self._serial)
-        while len(self.entries) > self.capacity:
-            self._remove(next(iter(self.entries)))
-
-    def _remove(self, pid: int) -> Process:
-        process = self.entries.pop(pid)
-        self._versions.pop(pid, None)
-        self._exited.discard(pid)
-        self._children[process.ppid] -= 1
-        if self._children[process.ppid] <= 0:
-            del self._children[process.ppid]
-        return process
-
-    def _retire(self) -> None:
-        """Drop the processes that exited in the last batch (its records are made by
-        now), and each gone ancestor that no entry names as its parent any more."""
-        for pid, serial in self._retiring:
-            if pid in self.entries and self._versions.get(pid) == serial:  # not a reused pid
-                self._exited.add(pid)
-            while pid in self._exited and not self._children.get(pid):
-                pid = self._remove(pid).ppid
+        self._bound()
 
     def version(self, pid: int) -> int:
-        """A number that changes whenever what get(pid) gives may: the serials of the
-        entries it reads (the process's and its ancestors'). A cycle of ppids only
-        repeats serials: the walk is bounded anyway."""
-        serials, at = [], pid
-        for _ in range(self.ancestors + 1):
-            serials.append(self._versions.get(at, 0))
-            entry = self.entries.get(at)
-            if entry is None:
-                break
-            at = entry.ppid
-        return hash(tuple(serials))
+        """A number that changes whenever what get(pid) gives may (proc_walk.versions)."""
+        return int(self.versions(np.array([pid], np.int64))[0])
+
+    def versions(self, pids: np.ndarray) -> np.ndarray:
+        return proc_walk.versions(self._rows, self._state, pids.astype(np.int64), self.ancestors)
 
     def apply(self, arrays: dict[str, list[np.ndarray]]) -> None:
         """Learn a batch's forks and successful execs, in the order they happened; its
         exits take effect at the next batch."""
-        self._retire()
-        wanted = []
-        for forks in arrays.get("fork", ()):
-            wanted.append(forks)
-        for syscalls in arrays.get("syscall", ()):
-            wanted.append(syscalls[np.isin(syscalls["nr"], self._exec_nrs) & (syscalls["result"] == 0)])
-        for event in in_time_order(wanted):
-            header = event["hdr"]
-            pid = int(header["pid"])
-            if "child_pid" in event.dtype.names:
-                parent = self.entries.get(pid) or Process(c_string(header["comm"]), "", "", int(header["ppid"]))
-                self._put(int(event["child_pid"]),
-                          replace(parent, ppid=pid, start_ns=self.clock.to_epoch(header["ktime_ns"])))
-            else:
-                evt = self._table.decode_args(event)
-                known = self.entries.get(pid) or Process("", "", "", int(header["ppid"]))
-                # Gone already: unknown. (What it had before the exec could be another
-                # root's, and capabilities change at exec.)
-                details = self.details(pid)
-                self._put(pid, replace(known, name=c_string(header["comm"]), exe=evt["filename"],
-                                       cmdline=cmdline(evt.get("argv", [])), details=details))
+        proc_walk.retire(self._rows, self._children, self._state, self._free, self._counters, *self._retiring)
+        forks = list(arrays.get("fork", ()))
+        execs = [g[np.isin(g["nr"], self._exec_nrs) & (g["result"] == 0)] for g in arrays.get("syscall", ())]
+        execs = [g for g in execs if len(g)]
+        forked = np.concatenate(forks) if forks else None
+        # An exec's image depends on its event and /proc alone: made here, for the walk.
+        exec_pid = np.concatenate([g["hdr"]["pid"] for g in execs] or [np.zeros(0, np.uint32)]).astype(np.int64)
+        exec_ppid = np.concatenate([g["hdr"]["ppid"] for g in execs] or [np.zeros(0, np.uint32)]).astype(np.int64)
+        exec_image = np.array([self._intern(self._exec_image(event, evt)) for g in execs
+                               for event, evt in zip(g, self._table.decode_many(g))], np.int64)
+        parts = ([(proc_walk.FORKS, forked["hdr"]["ktime_ns"])] if forked is not None else []) + \
+            [(proc_walk.EXECS, g["hdr"]["ktime_ns"]) for g in execs]
+        order = np.argsort(np.concatenate([t for _, t in parts] or [np.zeros(0, np.uint64)]), kind="stable")
+        codes = np.concatenate([np.full(len(t), code) for code, t in parts] or [np.zeros(0, np.int64)])[order]
+        rows = np.concatenate(([np.arange(len(forked))] if forked is not None else [])
+                              + ([np.arange(len(exec_pid))] if execs else []) or [np.zeros(0, np.int64)])[order]
+        fork_parent, fork_child, fork_ktime = (
+            (forked["hdr"]["pid"].astype(np.int64), forked["child_pid"].astype(np.int64),
+             forked["hdr"]["ktime_ns"].astype(np.int64)) if forked is not None else (np.zeros(0, np.int64),) * 3)
+        self._make_room(len(rows))
+        position = 0
+        while True:
+            position, why = proc_walk.walk(position, self._rows, self._children, self._state, self._free,
+                                           self._counters, codes, rows, fork_parent, fork_child, fork_ktime,
+                                           self.clock.offset, exec_pid, exec_ppid, exec_image)
+            if why == proc_walk.DONE:
+                break
+            # A fork by a parent the table does not know: named after the event's comm.
+            header = forked[rows[position]]["hdr"]
+            parent = Process(c_string(header["comm"]), "", "", int(header["ppid"]))
+            self._put(int(fork_child[rows[position]]),
+                      replace(parent, ppid=int(header["pid"]), start_ns=self.clock.to_epoch(header["ktime_ns"])))
+            position += 1
         # After the batch's forks: a process may fork and exit within one batch.
-        self._retiring = [(pid, self._versions.get(pid, 0)) for exits in arrays.get("exit", ())
-                          for pid in exits["hdr"]["pid"].tolist()]
+        exits = np.concatenate([e["hdr"]["pid"] for e in arrays.get("exit", ())] or [np.zeros(0, np.uint32)])
+        exits = exits.astype(np.int64)
+        self._retiring = (exits, proc_walk.serials_of(self._rows, self._state, exits))
+        self._bound()
+
+    def _exec_image(self, event: np.void, evt: dict) -> Image:
+        """What a process is after its exec (`evt`: the exec's decoded arguments)."""
+        # Gone already: unknown. (What it had before the exec could be another root's,
+        # and capabilities change at exec.)
+        details = self.details(int(event["hdr"]["pid"]))
+        return Image(c_string(event["hdr"]["comm"]), evt["filename"], cmdline(evt.get("argv", [])), details)
 
     def get(self, pid: int) -> dict:
         """The proc fields records carry: exe, cmdline, and the lineage (pname, pexe,
         pcmdline, anames: the names of the parent, grandparent, ...)."""
-        process = self.entries.get(pid)
+        process = self.entry(pid)
         if process is None:
             return {}
         fields = {"exe": process.exe, "cmdline": process.cmdline}
         if process.start_ns is not None:
             fields["start_ts"] = process.start_ns
         fields.update((k, v) for k, v in vars(process.details).items() if v is not None)
-        parent = self.entries.get(process.ppid)
+        parent = self.entry(process.ppid)
         if parent is not None:
             fields.update(pname=parent.name, pexe=parent.exe, pcmdline=parent.cmdline)
         names, seen, ancestor_pid = [], {pid}, process.ppid
         while len(names) < self.ancestors and ancestor_pid not in seen:  # pid reuse can make loops
-            ancestor = self.entries.get(ancestor_pid)
+            ancestor = self.entry(ancestor_pid)
             if ancestor is None:
                 break
             names.append(ancestor.name)
@@ -264,4 +295,37 @@ class ProcessTable:
 
     def parents(self) -> dict[int, int]:
         """pid -> ppid of every known process (the kernel's parent_of map is seeded from it)."""
-        return {pid: process.ppid for pid, process in self.entries.items()}
+        pids, parents = proc_walk.live(self._rows, self._state)
+        return dict(zip(pids.tolist(), parents.tolist()))
+
+    # ---- the entries, from Python ----
+
+    def _put(self, pid: int, process: Process) -> None:
+        image = self._intern(Image(process.name, process.exe, process.cmdline, process.details))
+        self._make_room(1)
+        proc_walk.put(self._rows, self._children, self._state, self._free, self._counters, pid, process.ppid,
+                      proc_walk.NO_START if process.start_ns is None else process.start_ns, image)
+
+    def _intern(self, image: Image) -> int:
+        image_id = self._image_ids.get(image)
+        if image_id is None:
+            image_id = self._image_ids[image] = len(self._images)
+            self._images.append(image)
+        return image_id
+
+    def _make_room(self, count: int) -> None:
+        self._state, self._free = proc_walk.grown(self._state, self._free, self._counters, count)
+
+    def _bound(self) -> None:
+        """The entries written least recently go beyond `capacity`; images no entry
+        names go once they are many."""
+        proc_walk.evict(self._rows, self._children, self._state, self._free, self._counters, self.capacity)
+        if len(self._images) > 2 * self._kept + _COLLECT_AT:
+            kept = proc_walk.renumber_images(self._rows, self._state, len(self._images))
+            self._images = [self._images[i] for i in kept.tolist()]
+            self._image_ids = {image: i for i, image in enumerate(self._images)}
+            self._kept = len(self._images)
+
+
+_FIRST_ROOM = 1024
+_COLLECT_AT = 16384  # images beyond twice those in use at the last collection

@@ -5,6 +5,9 @@ import re
 import subprocess
 import sys
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from sensor.testing.events import TABLE, batch_of, decoder, raw, syscall
 
 from sensor.testing.containers import wait_until
@@ -14,7 +17,7 @@ from sensor.identity.processes import Details, Process, ProcessTable, _below, ca
 def test_lineage_from_forks_and_execs_in_time_order():
     d = decoder()
     table = d.processes
-    table.entries[10] = Process("containerd-shim", "/usr/bin/containerd-shim", "containerd-shim -id x", 1)
+    table.put(10, Process("containerd-shim", "/usr/bin/containerd-shim", "containerd-shim -id x", 1))
     # Out of time order in the batch: the table applies them by kernel time.
     arrays, _ = d.split(batch_of(
         syscall("execve", pid=12, ktime=40, filename="/usr/bin/curl", argv=b"curl\0-s\0evil\0"),
@@ -35,34 +38,34 @@ def test_a_child_is_its_parent_until_it_execs_and_ancestors_are_bounded():
     d = decoder()
     table = ProcessTable(TABLE, d.clock, ancestors=2)
     for pid in range(1, 6):
-        table.entries[pid] = Process(f"p{pid}", f"/bin/p{pid}", f"p{pid}", pid - 1)
+        table.put(pid, Process(f"p{pid}", f"/bin/p{pid}", f"p{pid}", pid - 1))
     assert table.get(5)["anames"] == ["p4", "p3"]
     d.processes = table
     arrays, _ = d.split(batch_of(raw("fork", pid=5, child_pid=6)))
     table.apply(arrays)
-    assert table.entries[6] == Process("p5", "/bin/p5", "p5", 5, start_ns=d.clock.to_epoch(5_000_000_000))
+    assert table.entry(6) == Process("p5", "/bin/p5", "p5", 5, start_ns=d.clock.to_epoch(5_000_000_000))
 
 
 def test_loops_in_parent_links_end():
     table = ProcessTable(TABLE, decoder().clock)
-    table.entries[7] = Process("a", "/a", "a", 8)
-    table.entries[8] = Process("b", "/b", "b", 7)
+    table.put(7, Process("a", "/a", "a", 8))
+    table.put(8, Process("b", "/b", "b", 7))
     assert table.get(7)["anames"] == ["b"]
 
 
 def test_a_version_changes_with_the_entries_get_reads_and_only_those():
     table = ProcessTable(TABLE, decoder().clock, ancestors=1)
     for pid in range(1, 5):
-        table._put(pid, Process(f"p{pid}", f"/bin/p{pid}", f"p{pid}", pid - 1))
+        table.put(pid, Process(f"p{pid}", f"/bin/p{pid}", f"p{pid}", pid - 1))
     before = table.version(4)
-    table._put(2, Process("p2", "/bin/p2", "p2", 1))  # a grandparent: get(4) does not read it
+    table.put(2, Process("p2", "/bin/p2", "p2", 1))  # a grandparent: get(4) does not read it
     assert table.version(4) == before
-    table._put(3, Process("x", "/bin/x", "x", 2))  # the parent
+    table.put(3, Process("x", "/bin/x", "x", 2))  # the parent
     assert table.version(4) != before
-    table._put(7, Process("a", "/a", "a", 8))
-    table._put(8, Process("b", "/b", "b", 7))
+    table.put(7, Process("a", "/a", "a", 8))
+    table.put(8, Process("b", "/b", "b", 7))
     looped = table.version(7)  # a loop of parent links ends here too
-    table._put(8, Process("c", "/c", "c", 7))
+    table.put(8, Process("c", "/c", "c", 7))
     assert table.version(7) != looped
 
 
@@ -72,7 +75,7 @@ def test_the_table_is_bounded():
     for pid in range(1000, 1500):
         arrays, _ = d.split(batch_of(raw("fork", pid=1, child_pid=pid)))
         table.apply(arrays)
-    assert len(table.entries) == 100 and min(table.entries) == 1400
+    assert len(table) == 100 and min(table.pids()) == 1400
 
 
 def test_seed_from_proc():
@@ -125,12 +128,40 @@ def test_exited_processes_go_once_nothing_names_them_as_parent():
     # The batch's own records still name them: exits take effect at the next batch.
     assert {r["proc"]["pid"]: "start_ts" in r["proc"] for r in d.records(arrays, None)} == {100: True, 102: True}
     batch(raw("fork", pid=1, ktime=6, child_pid=102))  # pid 102 reused at once
-    assert 100 in table.entries and 102 in table.entries  # 100: its child 101 names it as parent
+    assert 100 in table and 102 in table  # 100: its child 101 names it as parent
     assert table.get(101)["pname"] == "sh"  # the parent's name, though it is gone
     batch(raw("exit", pid=101, ktime=7, exit_code=0))
     batch()
-    assert 101 not in table.entries and 100 not in table.entries  # the last child gone, then the parent
-    assert 102 in table.entries
+    assert 101 not in table and 100 not in table  # the last child gone, then the parent
+    assert 102 in table
     batch(raw("fork", pid=1, ktime=8, child_pid=103), raw("exit", pid=103, ktime=9, exit_code=0))
     batch()
-    assert 103 not in table.entries  # born and gone within one batch
+    assert 103 not in table  # born and gone within one batch
+
+
+_step = st.one_of(st.tuples(st.just("fork"), st.integers(1, 6), st.integers(1, 6)),
+                  st.tuples(st.just("exec"), st.integers(1, 6), st.sampled_from(["sh", "curl", "nginx"])))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_step, max_size=40), st.integers(1, 40))
+def test_the_compiled_table_agrees_with_a_model(steps, batch_size):
+    """Forks copy the parent (named after the event's comm when the parent is unknown),
+    execs keep the parent and take a new image: pid -> (name, exe, ppid)."""
+    d = decoder()
+    model, records = {}, []
+    for ktime, (op, pid, arg) in enumerate(steps, start=1):
+        if op == "fork":
+            if arg == pid:
+                continue
+            name, exe, _ = model.get(pid, ("sh", "", None))
+            model[arg] = (name, exe, pid)
+            records.append(raw("fork", pid=pid, ktime=ktime, child_pid=arg))
+        else:
+            model[pid] = (arg, f"/bin/{arg}", model[pid][2] if pid in model else 1)
+            records.append(syscall("execve", 0, pid=pid, ktime=ktime, filename=f"/bin/{arg}", argv=f"{arg}\0".encode(),
+                                   header={"comm": arg.encode()}))
+    for start in range(0, len(records), batch_size):
+        arrays, _ = d.split(batch_of(*records[start:start + batch_size]))
+        d.processes.apply(arrays)
+    assert {pid: (e.name, e.exe, e.ppid) for pid in d.processes.pids() if (e := d.processes.entry(pid))} == model
