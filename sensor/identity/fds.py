@@ -143,6 +143,7 @@ class FdTable:
         self.apply({})
         self.fds(0), self.get(0, 0), self.pids(), len(self)
         fd_walk.note_digest(self._entry_digest, 0, 0)
+        List.empty_list(_ROWS).append(np.zeros((0, 1), np.uint64))  # a typed list's own methods too
         spare, stamps = fd_walk.new_tables()
         fd_walk.put(spare, stamps, np.zeros_like(self._counters), max_fds, 0, 0, 0)
         fd_walk.renumber(spare, np.zeros(1, np.int64)), fd_walk.referenced(spare, 1)

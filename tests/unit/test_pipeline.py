@@ -2,10 +2,13 @@
 go in through a fake kernel side (sensor.testing.kernel.FakeKernel, the one part that
 needs BPF and root), and everything above it runs for real."""
 
+import socket
+
+import numba.core.event
 import pytest
 
 from sensor import CallbackSink, Sensor
-from sensor.testing.events import TABLE, C, batch_of, raw, syscall
+from sensor.testing.events import TABLE, C, batch_of, inet, raw, syscall
 from sensor.testing.kernel import FakeKernel
 
 CGROUP = 987_654_321
@@ -142,3 +145,36 @@ def test_a_sink_that_cannot_keep_up_loses_only_what_it_reports(rule_file):
     state = healthy[-1]["sinks"][str(failing)]
     assert state["backlog"] == 3 and state["dropped"] == sum(r["count"] for r in lost) > 0
     assert failing.records == []
+
+
+def test_nothing_is_compiled_once_the_sensor_runs():
+    """Compiled code is compiled, or loaded from Numba's cache, as the sensor starts: a
+    compile at the first event of a kind stalls the drain for up to a second, and the
+    ring fills (a typed container's own methods called from Python are compiled anew in
+    every process). Every path of the identity and detect stages, with the built-in rules."""
+    sensor = Sensor(kernel=FakeKernel, identity_deadline=0)
+    at = {"cgroup_id": CGROUP}
+    batch = batch_of(
+        raw("fork", pid=500, ktime=2_000_000, child_pid=501, cgroup_id=CGROUP),  # a parent the table does not know
+        syscall("execve", 0, pid=501, ktime=2_000_001, filename="/bin/sh", argv=b"sh\0-c\0x\0", header=at),
+        raw("fork", pid=501, ktime=2_000_002, child_pid=502, cgroup_id=CGROUP),
+        syscall("openat", 3, pid=502, ktime=2_000_003, dirfd=-100, flags=0, name="/etc/shadow", header=at),
+        syscall("openat", 5, pid=502, ktime=2_000_004, dirfd=-100, flags=0, name="/etc/shadow", header=at),
+        syscall("socket", 4, pid=502, ktime=2_000_005, domain=socket.AF_INET, socktype=socket.SOCK_STREAM, header=at),
+        syscall("connect", 0, pid=502, ktime=2_000_006, fd=4, addr=inet("10.0.0.9", 4444), addrlen=16, header=at),
+        syscall("dup2", 0, pid=502, ktime=2_000_007, oldfd=4, newfd=0, header=at),
+        syscall("close", 0, pid=502, ktime=2_000_008, fd=3, header=at),
+        raw("exit", pid=502, ktime=2_000_009, exit_code=0, cgroup_id=CGROUP))
+    got = []
+    sensor.sinks.append(CallbackSink(got.append))
+    with sensor:
+        with numba.core.event.install_recorder("numba:compile") as compiles:
+            sensor.kernel.feed(batch_of(raw("cgroup", id=CGROUP, op=C["MAYFLY_CGROUP_MKDIR"], level=1, path=PATH,
+                                            ktime=1_000_000)))
+            sensor.kernel.feed(batch)
+            for _ in range(4):
+                sensor.poll(0)
+    compiled = sorted({str(data.data.get("dispatcher")) for _, data in compiles.buffer})
+    assert compiled == []
+    alerts = {r["rule"] for r in got if r["kind"] == "alert"}
+    assert {"Sensitive File Read in Container", "Stdio Redirected to Network in Container"} <= alerts
