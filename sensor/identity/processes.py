@@ -328,4 +328,4 @@ class ProcessTable:
 
 
 _FIRST_ROOM = 1024
-_COLLECT_AT = 16384  # images beyond twice those in use at the last collection
+_COLLECT_AT = 1024  # images beyond twice those in use at the last collection
