@@ -39,6 +39,32 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"process {pid} has no VmRSS")
 
 
+# What holds the resident set, by mapping: the compilers (BCC's clang and LLVM, Numba's
+# llvmlite), the BPF maps mmap'd (the ring buffers: the kernel maps a ring's pages twice,
+# so a 16 MiB ring shows as 32 MiB), the heap and other anonymous memory, and the rest
+# (Python, numpy and other libraries' pages).
+PARTS = (("compilers (BCC's clang and LLVM, Numba's llvmlite)", ("libLLVM", "libclang", "libllvmlite")),
+         ("BPF maps mmap'd (the ring buffers, counted twice)", ("anon_inode:bpf",)),
+         ("heap and anonymous memory", ("[heap]", "")),
+         ("other files (Python, numpy, libraries)", None))
+
+
+def rss_parts(pid: int) -> dict[str, float]:
+    """The resident set by PARTS, MiB (from /proc/PID/smaps)."""
+    parts = dict.fromkeys((name for name, _ in PARTS), 0.0)
+    name = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: its path, if any, is the 6th field
+                name = fields[5] if len(fields) > 5 else ""
+            elif fields[0] == "Rss:":
+                part = next((label for label, marks in PARTS if marks is not None and any(
+                    (m == "" and name == "") or (m and m in name) for m in marks)), PARTS[-1][0])
+                parts[part] += int(fields[1]) / 1024
+    return parts
+
+
 def run(quick: bool) -> dict:
     containers = 200 if quick else 1000
     workdir = Path(tempfile.mkdtemp(prefix="mayfly-memory-"))
@@ -47,6 +73,7 @@ def run(quick: bool) -> dict:
     try:
         time.sleep(2)  # settled
         samples = [(0, rss_mib(sensor.proc.pid))]
+        parts = {"idle": rss_parts(sensor.proc.pid)}
         for done in range(1, containers + 1):
             result = rig.run(["/bin/sh", "-c", "/bin/true"])
             if result.exit_code:
@@ -54,9 +81,11 @@ def run(quick: bool) -> dict:
             if done % EVERY == 0:
                 samples.append((done, rss_mib(sensor.proc.pid)))
                 print(f"  {done:>5} containers: {samples[-1][1]:.1f} MiB", flush=True)
+        parts[f"after {containers:,} containers"] = rss_parts(sensor.proc.pid)
     finally:
         sensor.stop()
-    return {"samples": samples, "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {"samples": samples, "parts": parts, "machine": machine(),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def report(results: dict, command: str) -> str:
@@ -69,6 +98,11 @@ def report(results: dict, command: str) -> str:
              "`mayfly run` with its defaults (built-in rules, a file sink); runc containers one after another, each a "
              "shell running /bin/true.", "", "| containers | resident MiB |", "| --- | --- |"]
     lines += [f"| {n:,} | {rss:.1f} |" for n, rss in samples]
+    moments = list(results["parts"])
+    lines += ["", "What holds it (`/proc/PID/smaps`, by mapping), MiB:", "",
+              "| part | " + " | ".join(moments) + " |", "| --- | " + " | ".join("---" for _ in moments) + " |"]
+    lines += [f"| {label} | " + " | ".join(f"{results['parts'][m][label]:.1f}" for m in moments) + " |"
+              for label, _ in PARTS]
     lines += ["", "Targets (issue 15):",
               f"- growth at most {GROWTH_TARGET_MIB} MiB per 1,000 containers (after the first {warm_n}): "
               f"**{'met' if growth <= GROWTH_TARGET_MIB else 'missed'}**: {growth:.1f} MiB",
@@ -78,8 +112,7 @@ def report(results: dict, command: str) -> str:
     half = next(((n, rss) for n, rss in samples if n >= last_n // 2), None)
     if half and last_n > half[0]:
         lines.append(f"- (for reading the curve: from {half[0]:,} to {last_n:,} containers, "
-                     f"{(last - half[1]) / (last_n - half[0]) * 1000:.1f} MiB per 1,000; the engine's tables grow "
-                     "by doubling, toward their bounds)")
+                     f"{(last - half[1]) / (last_n - half[0]) * 1000:.1f} MiB per 1,000)")
     lines += [END, ""]
     return "\n".join(lines)
 

@@ -138,12 +138,14 @@ class FdTable:
         self._entry_dir_base = np.zeros(_FIRST_ROOM, np.bool_)
         self._kept = 0  # entries in use at the last collection
         self._forget_paths()
+        self._rows = List.empty_list(_ROWS)  # each batch's syscall arrays, as words
+        # A typed list's own methods, called from Python, are compiled in each process.
+        self._rows.append(np.zeros((0, 1), np.uint64))
         # Compiled (or loaded from Numba's cache) now, not at the first batch that needs
         # them; the writes on tables of their own.
         self.apply({})
         self.fds(0), self.get(0, 0), self.pids(), len(self)
         fd_walk.note_digest(self._entry_digest, 0, 0)
-        List.empty_list(_ROWS).append(np.zeros((0, 1), np.uint64))  # a typed list's own methods too
         spare, stamps = fd_walk.new_tables()
         fd_walk.put(spare, stamps, np.zeros_like(self._counters), max_fds, 0, 0, 0)
         fd_walk.renumber(spare, np.zeros(1, np.int64)), fd_walk.referenced(spare, 1)
@@ -195,7 +197,8 @@ class FdTable:
         fork_parent = _pids(forked, lambda f: f["hdr"]["pid"])
         fork_child = _pids(forked, lambda f: f["child_pid"])
         exit_pid = _pids(exited, lambda e: e["hdr"]["pid"])
-        raw = List.empty_list(_ROWS)
+        raw = self._rows  # reused: a new typed list costs more than the batch's walk
+        raw.clear()
         for g in groups:
             raw.append(words.as_words(g))
         count = sum(len(c) for c in chosen)

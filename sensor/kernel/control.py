@@ -20,6 +20,7 @@ from sensor.kernel.syscalls import SyscallTable
 
 U32, U64 = np.dtype("<u4"), np.dtype("<u8")
 ALWAYS = np.iinfo(np.uint64).max  # a `pressure` that never ends
+BATCH_INTERVAL_S = 0.002  # at least this between the drains of a wake-up (poll timeouts above 0)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Kernel:
         self._hold_ns = self._constants["MAYFLY_PRESSURE_HOLD_NS"]
         self._pressure_bytes = 0   # a backlog of this much at a drain is pressure (0: always pressure)
         self._pressed_until = 0    # what the `pressure` map says, as last written here
+        self._drained_at = 0.0     # monotonic
         self._needle_syscalls: set[str] = set()
 
     @property
@@ -60,6 +62,12 @@ class Kernel:
 
     def wait(self, timeout_s: float) -> None:
         self.ring.wait(timeout_s)
+        # Urgent records (lifecycle events, needles) wake user space one at a time; a
+        # pause lets a burst of them share a batch, since user space's cost is mostly
+        # per batch (an exec storm: one batch per fork, exec and exit otherwise).
+        pause = self._drained_at + BATCH_INTERVAL_S - time.monotonic()
+        if timeout_s > 0 and pause > 0 and not self.ring.full:
+            time.sleep(pause)
 
     def drain(self) -> RawBatch:
         """The main ring's records. A backlog over the pressure threshold first tells the
@@ -68,6 +76,7 @@ class Kernel:
             now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             if now + self._hold_ns // 2 >= self._pressed_until:  # a write per half hold at most
                 self._press(now + self._hold_ns)
+        self._drained_at = time.monotonic()
         return self.ring.drain()
 
     def drain_spill(self) -> RawBatch | None:
