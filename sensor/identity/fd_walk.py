@@ -4,10 +4,11 @@ time order in Numba, straight from the drained rows, with no Python value per ev
 What a table holds per fd is a number: an entry id (an index into FdTable's interned
 Fd values) times two, plus the close-on-exec bit. An open names its entry through a
 cache of the paths seen (hash -> key, the key's bytes kept to compare: a path that
-hashes like another is never taken for it). The walk stops and hands back to Python
-only for what it cannot do alone: a path not seen before (Python makes its entry, the
-walk goes on with it), a syscall whose fd Python describes (socket, bind, connect,
-accept...: few per connection, not per read), and a cache with no room left.
+hashes like another is never taken for it). A path not seen before gets a new entry
+there and then, which Python names after the walk, all at once. The walk stops and
+hands back to Python only for what it cannot do alone: a syscall whose fd Python
+describes (socket, bind, connect, accept...: few per connection, not per read), a
+path that hashes like another, and a cache with no room left.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ IGNORED, OPEN, CLOSE, DUP, DUP3, FCNTL, EXECS, SLOW = range(8)
 OP, FD_ARG, DIRFD_ARG, FLAGS_ARG, CMD_ARG, NAME_SLOT, HOW_SLOT, FIXED_FLAGS = range(8)
 # Why a walk stopped.
 DONE, SLOW_EVENT, NEW_PATH, FULL = range(4)
-# The walk's counters (an int64 array that it updates in place).
-CLOCK, OVERFLOW, NOTES, KEYS, ARENA, PENDING = range(6)
+# The walk's counters (an int64 array that it updates in place): NEXT is the next entry
+# id, NAMING how many of the entries it made are still to be named by Python.
+CLOCK, OVERFLOW, NOTES, KEYS, ARENA, PENDING, NEXT, NAMING = range(8)
 # A path key's columns (besides its entry): where its bytes are in the arena, and what
 # it is relative to.
 KEY_OFFSET, KEY_LENGTH, KEY_BASE, KEY_DIRECTORY = range(4)
@@ -185,7 +187,7 @@ def note_digest(entry_digest, num, packed):
 def walk(position, tables, stamps, counters, order_code, order_row, fork_parent, fork_child, exit_pid, groups,
          fields, result_word, args_word, slot_len_at, data_at, slot_size, no_result, plan, entry_digest,
          entry_dir_base, paths, key_entry, key_meta, arena, max_fds, note_tid, note_time, note_digest_out, note_num,
-         note_packed):
+         note_packed, naming_key):
     """Apply the ordered events from `position` on; (where it stopped, why)."""
     none = Dict.empty(types.int64, types.int64)  # the table of a process that has none (it stays empty)
     # The last event's process and its table: events come in runs of one process's.
@@ -233,8 +235,12 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
             continue
         if op == OPEN:
             if res >= 0:
-                found = _open_entry(row, plan[nr], fds, entry_dir_base, paths, key_entry, key_meta, arena, counters,
-                                    args_word, slot_len_at, data_at, slot_size)
+                counters[PENDING] = -1
+                found = _open_entry(row, plan[nr], fds, entry_digest, entry_dir_base, paths, key_entry, key_meta,
+                                    arena, counters, args_word, slot_len_at, data_at, slot_size)
+                if found >= 0 and counters[PENDING] >= 0:  # a new entry, for Python to name after the walk
+                    naming_key[counters[NAMING]] = counters[PENDING]
+                    counters[NAMING] += 1
                 if found == -2:
                     return position, NEW_PATH
                 if found == -3:
@@ -279,10 +285,12 @@ def _first_bytes(word, count):
 
 
 @numba.njit(cache=True, nogil=True)
-def _open_entry(row, plan, fds, entry_dir_base, paths, key_entry, key_meta, arena, counters, args_word, slot_len_at,
-                data_at, slot_size):
-    """A successful open's packed entry; -2: its path is new (its key is counters[PENDING],
-    for Python to give an entry), -3: no room for a new key. A path is read, hashed and
+def _open_entry(row, plan, fds, entry_digest, entry_dir_base, paths, key_entry, key_meta, arena, counters, args_word,
+                slot_len_at, data_at, slot_size):
+    """A successful open's packed entry; when its path is new, so is its entry, made
+    here with a digest of what it is made from, and its key is left in counters[PENDING]
+    for Python to name it after the walk. -2: a path that hashes like another, for
+    Python to open; -3: no room for a new key or entry. A path is read, hashed and
     compared a word at a time (slots are 8-aligned)."""
     if plan[FLAGS_ARG] >= 0:
         flags = np.int64(row[args_word + plan[FLAGS_ARG]] & np.uint64(0xFFFFFFFF))
@@ -322,11 +330,11 @@ def _open_entry(row, plan, fds, entry_dir_base, paths, key_entry, key_meta, aren
         while same and w < count:
             same = arena[offset + w] == _first_bytes(row[first + w], length - 8 * w)
             w += 1
-        if same and key_entry[k] >= 0:
+        if same:
             return key_entry[k] * 2 + (1 if flags & _O_CLOEXEC else 0)
-        counters[PENDING] = k if same else -1  # -1: a different path that hashes alike, Python's to open
-        return -2
-    if counters[KEYS] >= key_entry.shape[0] or counters[ARENA] + count > arena.shape[0]:
+        return -2  # a different path that hashes alike: Python's to open
+    if counters[KEYS] >= key_entry.shape[0] or counters[ARENA] + count > arena.shape[0] or \
+            counters[NEXT] >= entry_digest.shape[0]:
         return -3
     k = counters[KEYS]
     offset = counters[ARENA]
@@ -334,12 +342,17 @@ def _open_entry(row, plan, fds, entry_dir_base, paths, key_entry, key_meta, aren
         arena[offset + w] = _first_bytes(row[first + w], length - 8 * w)
     key_meta[k, KEY_OFFSET], key_meta[k, KEY_LENGTH] = offset, length
     key_meta[k, KEY_BASE], key_meta[k, KEY_DIRECTORY] = base, directory
-    key_entry[k] = -1
+    entry = counters[NEXT]
+    counters[NEXT] += 1
+    key_entry[k] = entry
+    # The entry's digest, of what its description is made from: (base, directory, path).
+    entry_digest[entry] = words.mix(h, entry_digest[base] if base >= 0 else np.uint64(0))
+    entry_dir_base[entry] = directory == 1  # named in Python: a name that is not text is no base there
     paths[h] = k
     counters[KEYS] += 1
     counters[ARENA] += count
     counters[PENDING] = k
-    return -2
+    return entry * 2 + (1 if flags & _O_CLOEXEC else 0)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -24,6 +24,7 @@ from numba.typed import List
 from sensor.identity import fd_walk
 from sensor.kernel import words
 from sensor.kernel.syscalls import SyscallTable, open_flags
+from sensor.records import untrusted_text
 
 _DOMAINS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix", socket.AF_NETLINK: "netlink"}
 _L4 = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}
@@ -131,7 +132,7 @@ class FdTable:
         self.max_fds = max_fds
         self._plan = fd_walk.Plan(table)
         self._tables, self._stamps = fd_walk.new_tables()
-        self._counters = np.zeros(fd_walk.PENDING + 1, np.int64)
+        self._counters = np.zeros(fd_walk.NAMING + 1, np.int64)
         self._entries: list[Fd] = []
         self._ids: dict[Fd, int] = {}
         self._entry_digest = np.zeros(_FIRST_ROOM, np.uint64)
@@ -204,25 +205,28 @@ class FdTable:
         count = sum(len(c) for c in chosen)
         notes = (np.empty(count, np.uint64), np.empty(count, np.uint64), np.empty(count, np.uint64),
                  np.empty(count, np.int64), np.empty(count, np.int64))
+        naming = np.empty(count, np.int64)  # the keys of the entries the walk makes
         self._counters[fd_walk.NOTES] = 0
+        self._entry_room(len(self._entries) + count)
         p = self._plan
         position = 0
         while True:
+            self._counters[fd_walk.NEXT] = len(self._entries)
             position, why = fd_walk.walk(
                 position, self._tables, self._stamps, self._counters, order_code, order_row, fork_parent, fork_child,
                 exit_pid, raw, p.fields, p.result_word, p.args_word, p.slot_len_at, p.data_at, p.slot_size,
                 p.no_result, p.columns, self._entry_digest, self._entry_dir_base, self._paths, self._key_entry,
-                self._key_meta, self._arena, self.max_fds, *notes)
+                self._key_meta, self._arena, self.max_fds, *notes, naming)
+            # Before Python makes any entry of its own: ids are handed out in order.
+            self._name_new_entries(naming)
             if why == fd_walk.DONE:
                 break
             if why == fd_walk.FULL:
                 self._grow_paths()
+                self._entry_room(len(self._entries) + count)
                 continue
             group, row = groups[order_code[position] - fd_walk.SYSCALLS], order_row[position]
             pid, evt = int(group["hdr"]["pid"][row]), self.table.decode_many(group[row:row + 1])[0]
-            if why == fd_walk.NEW_PATH and self._counters[fd_walk.PENDING] >= 0:
-                self._name_pending_path(evt)  # and the walk goes on from this open
-                continue
             note = self._open(pid, evt) if why == fd_walk.NEW_PATH else self._describe(pid, evt)
             if note is not None:
                 self._note(notes, int(group["hdr"]["tid"][row]), int(group["hdr"]["ktime_ns"][row]), *note)
@@ -234,17 +238,28 @@ class FdTable:
 
     # ---- what the compiled walk leaves to Python ----
 
-    def _name_pending_path(self, evt: dict) -> None:
-        """The entry of the path the walk has just met for the first time."""
-        k = int(self._counters[fd_walk.PENDING])
-        base = int(self._key_meta[k, fd_walk.KEY_BASE])
-        self._key_entry[k] = self._intern(_opened(evt, self._entries[base] if base >= 0 else None))
+    def _name_new_entries(self, keys: np.ndarray) -> None:
+        """The entries the walk made for paths it met for the first time (their keys),
+        described from what the keys hold: the path's bytes, its base, and whether the
+        open was of a directory."""
+        count = int(self._counters[fd_walk.NAMING])
+        self._counters[fd_walk.NAMING] = 0
+        arena = self._arena.view(np.uint8)
+        for k in keys[:count].tolist():
+            offset, length, base, directory = self._key_meta[k].tolist()
+            name = untrusted_text(arena[8 * offset:8 * offset + length].tobytes())
+            fd = _opened(name, bool(directory), self._entries[base] if base >= 0 else None)
+            self._ids.setdefault(fd, len(self._entries))
+            self._entries.append(fd)
 
     def _open(self, pid: int, evt: dict) -> None:
         """An open whose path hashes like another's: described here, not cached."""
         dirfd = evt.get("dirfd")
         base = self.get(pid, dirfd) if dirfd is not None else None
-        self._put(pid, evt["res"], _opened(evt, base if base is not None and _is_dir_base(base) else None))
+        flags = open_flags(evt)
+        opened = _opened(evt["name"], bool(flags & os.O_DIRECTORY), base if base is not None and _is_dir_base(base)
+                         else None)
+        self._put(pid, evt["res"], opened._replace(cloexec=bool(flags & os.O_CLOEXEC)))
 
     def _describe(self, pid: int, evt: dict) -> tuple[int, int] | None:
         """Apply a socket, pipe or memfd syscall; (number, packed entry) of the fd its
@@ -297,12 +312,21 @@ class FdTable:
         if entry is None:
             entry = self._ids[fd] = len(self._entries)
             self._entries.append(fd)
-            if entry == len(self._entry_digest):
-                self._entry_digest = np.concatenate([self._entry_digest, np.zeros_like(self._entry_digest)])
-                self._entry_dir_base = np.concatenate([self._entry_dir_base, np.zeros_like(self._entry_dir_base)])
+            self._entry_room(entry + 1)
             self._entry_digest[entry] = hash(fd) & _U64
             self._entry_dir_base[entry] = _is_dir_base(fd)
         return entry
+
+    def _entry_room(self, count: int) -> None:
+        """Room for `count` entries' digests and directory bits."""
+        room = len(self._entry_digest)
+        while room < count:
+            room *= 2
+        if room > len(self._entry_digest):
+            digest, dir_base = np.zeros(room, np.uint64), np.zeros(room, np.bool_)
+            digest[:len(self._entry_digest)], dir_base[:len(self._entry_dir_base)] = \
+                self._entry_digest, self._entry_dir_base
+            self._entry_digest, self._entry_dir_base = digest, dir_base
 
     def _put(self, pid: int, num: int, fd: Fd) -> int:
         packed = self._intern(fd) * 2 + fd.cloexec
@@ -373,10 +397,9 @@ def _is_dir_base(fd: Fd) -> bool:
     return fd.type == "directory" and isinstance(fd.name, str)
 
 
-def _opened(evt: dict, base: Fd | None) -> Fd:
-    """What an open's fd is: a path as given, or joined to its directory's (`base`,
-    when the walk found the dirfd a directory known by name) when relative."""
-    flags, name = open_flags(evt), evt["name"]
-    if base is not None and isinstance(name, str) and not name.startswith("/"):
+def _opened(name: str | bytes, directory: bool, base: Fd | None) -> Fd:
+    """What an open's fd is (close-on-exec apart): a path as given, or joined to its
+    directory's (`base`, when the dirfd was a directory known by name) when relative."""
+    if base is not None and isinstance(base.name, str) and isinstance(name, str) and not name.startswith("/"):
         name = os.path.join(base.name, name)
-    return Fd("directory" if flags & os.O_DIRECTORY else "file", name, cloexec=bool(flags & os.O_CLOEXEC))
+    return Fd("directory" if directory else "file", name)
