@@ -42,10 +42,10 @@ from sensor.kernel.bpf_program import import_bcc  # noqa: E402
 from peer_rules import Event, Rules, container_of  # noqa: E402
 
 PATH_LEN = layout.events().constants["MAYFLY_STR_LEN"]  # bytes of a path read: as much as Mayfly reads
-SOCKADDR_LEN = 28  # sockaddr_in6, the largest a rule reads
 PROGRAM = """
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
+#include <linux/in6.h>
 
 struct entry {
     u64 args[6];
@@ -86,7 +86,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
     e->path[0] = 0;
     int index = *read & 7;
     if (*read & READ_SOCKADDR) {  /* the largest a rule reads; a smaller one's tail is its caller's stack */
-        bpf_probe_read_user(e->path, SOCKADDR_LEN, (void *)e->args[index]);
+        bpf_probe_read_user(e->path, sizeof(struct sockaddr_in6), (void *)e->args[index]);
     } else if (index < 6) {
         bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[index]);
     }
@@ -191,8 +191,7 @@ def main() -> None:
     covered = coverage(table, set(args.types.split(",")) if args.types else rules.types())
 
     bcc = import_bcc()
-    bpf = bcc.BPF(text=PROGRAM, cflags=[f"-DPATH_LEN={PATH_LEN}", f"-DSOCKADDR_LEN={SOCKADDR_LEN}",
-                                        f"-DREAD_SOCKADDR={READ_SOCKADDR}"])
+    bpf = bcc.BPF(text=PROGRAM, cflags=[f"-DPATH_LEN={PATH_LEN}", f"-DREAD_SOCKADDR={READ_SOCKADDR}"])
     read_arg = bpf[b"read_arg"]
     for nr in range(512):
         read_arg[ctypes.c_int(nr)] = ctypes.c_int(covered.get(nr, -1))

@@ -169,9 +169,6 @@ class Rules:
         for name, (types, predicate) in stateless.items():
             for kind in types:
                 self.by_type[kind].append((name, predicate))
-        self.names = sorted(stateless) + ["Drop, Make Executable and Run in Container", "Network Scan from Container",
-                                           "Stdio Redirected to Network in Container",
-                                           "Connection to Mining Pool Port from Container"]
 
     def types(self) -> set[str]:
         """The syscall types the rules need, their state's included."""
@@ -226,9 +223,6 @@ class Rules:
             if first is not None and e.ts - first <= 30_000_000_000:
                 fired.append("Drop, Make Executable and Run in Container")
         return fired
-
-    def forget(self, pid: int) -> None:
-        self.sockets.pop(pid, None)
 
 
 def _int(register: int) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 from numba import types
 from numba.typed import Dict
 
+from sensor.identity import typed_dicts
 from sensor.kernel import layout, words
 from sensor.kernel.syscalls import EXEC, OPENS, SyscallTable, open_flags
 
@@ -100,9 +101,7 @@ def new_paths():
     return Dict.empty(types.uint64, types.int64)
 
 
-# Python reads the tables through these (compiled and cached like the walk: a typed
-# dict's own methods, called from Python, are compiled anew in every process, at their
-# first call, which can take a second).
+# Python reads the tables through these and sensor.identity.typed_dicts.
 
 @numba.njit(cache=True, nogil=True)
 def lookup(tables, pid, num):
@@ -115,28 +114,7 @@ def lookup(tables, pid, num):
 @numba.njit(cache=True, nogil=True)
 def table_items(tables, pid):
     """A process's fds and their packed entries."""
-    fds = tables[pid] if pid in tables else Dict.empty(types.int64, types.int64)
-    nums, packed = np.empty(len(fds), np.int64), np.empty(len(fds), np.int64)
-    i = 0
-    for num, value in fds.items():
-        nums[i], packed[i] = num, value
-        i += 1
-    return nums, packed
-
-
-@numba.njit(cache=True, nogil=True)
-def count(tables):
-    return len(tables)
-
-
-@numba.njit(cache=True, nogil=True)
-def pids(tables):
-    result = np.empty(len(tables), np.int64)
-    i = 0
-    for pid in tables.keys():
-        result[i] = pid
-        i += 1
-    return result
+    return typed_dicts.items(tables[pid] if pid in tables else Dict.empty(types.int64, types.int64))
 
 
 @numba.njit(cache=True, nogil=True)

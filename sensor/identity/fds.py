@@ -21,7 +21,7 @@ import numpy as np
 from numba import types
 from numba.typed import List
 
-from sensor.identity import fd_walk
+from sensor.identity import fd_walk, typed_dicts
 from sensor.kernel import words
 from sensor.kernel.syscalls import SyscallTable, open_flags
 from sensor.records import untrusted_text
@@ -157,7 +157,7 @@ class FdTable:
         return int(self._counters[fd_walk.OVERFLOW])
 
     def __len__(self) -> int:
-        return fd_walk.count(self._tables)
+        return typed_dicts.size(self._tables)
 
     def sizes(self) -> dict[str, int]:
         """What the tables hold: processes, distinct fd descriptions, cached paths, and
@@ -166,7 +166,7 @@ class FdTable:
                 "paths": int(self._counters[fd_walk.KEYS]), "overflow": self.overflow}
 
     def pids(self) -> list[int]:
-        return fd_walk.pids(self._tables).tolist()
+        return typed_dicts.keys(self._tables).tolist()
 
     def fds(self, pid: int) -> dict[int, Fd]:
         nums, packed = fd_walk.table_items(self._tables, pid)

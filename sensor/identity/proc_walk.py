@@ -17,7 +17,7 @@ from numba.typed import Dict
 from sensor.kernel import words
 
 # A row's columns.
-PID, PPID, START, IMAGE, SERIAL, STAMP, EXITED = range(7)
+PPID, START, IMAGE, SERIAL, STAMP, EXITED = range(6)
 NO_START = -1
 # The walk's counters (an int64 array it updates in place).
 SERIALS, CLOCK, FREE = range(3)
@@ -62,7 +62,7 @@ def put(rows, children, state, free, counters, pid, ppid, start, image):
         rows[pid] = r
     counters[SERIALS] += 1
     counters[CLOCK] += 1
-    state[r, PID], state[r, PPID], state[r, START], state[r, IMAGE] = pid, ppid, start, image
+    state[r, PPID], state[r, START], state[r, IMAGE] = ppid, start, image
     state[r, SERIAL], state[r, STAMP], state[r, EXITED] = counters[SERIALS], counters[CLOCK], 0
     children[ppid] = children[ppid] + 1 if ppid in children else 1
 
@@ -175,23 +175,6 @@ def versions(rows, state, pids, ancestors):
             at = state[r, PPID]
         result[i] = h
     return result
-
-
-@numba.njit(cache=True, nogil=True)
-def live(rows, state):
-    """Every entry's (pid, parent)."""
-    pids, parents = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
-    i = 0
-    for pid, r in rows.items():
-        pids[i], parents[i] = pid, state[r, PPID]
-        i += 1
-    return pids, parents
-
-
-
-@numba.njit(cache=True, nogil=True)
-def size(rows):
-    return len(rows)
 
 
 @numba.njit(cache=True, nogil=True)

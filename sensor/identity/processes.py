@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sensor.identity import proc_walk
+from sensor.identity import proc_walk, typed_dicts
 from sensor.system import uapi
 from sensor.records import c_string, cmdline, untrusted_text
 from sensor.kernel.syscalls import EXEC, SyscallTable
@@ -181,7 +181,7 @@ class ProcessTable:
         proc_walk.renumber_images(rows, state, 1)
 
     def __len__(self) -> int:
-        return proc_walk.size(self._rows)
+        return typed_dicts.size(self._rows)
 
     def __contains__(self, pid: int) -> bool:
         return proc_walk.row_of(self._rows, pid) >= 0
@@ -295,8 +295,8 @@ class ProcessTable:
 
     def parents(self) -> dict[int, int]:
         """pid -> ppid of every known process (the kernel's parent_of map is seeded from it)."""
-        pids, parents = proc_walk.live(self._rows, self._state)
-        return dict(zip(pids.tolist(), parents.tolist()))
+        pids, rows = typed_dicts.items(self._rows)
+        return dict(zip(pids.tolist(), self._state[rows, proc_walk.PPID].tolist()))
 
     # ---- the entries, from Python ----
 
