@@ -95,6 +95,7 @@ SENSORS = [
     Sensor("bpftrace", "bpftrace peer (prints each event)", "bpftrace"),
 ]
 LABELS = {s.name: s.label for s in SENSORS}
+BUSY_LOOP = "busy_loop"  # redis's control: nothing attached, a busy loop on the sensor's CPU
 
 
 @dataclass
@@ -144,6 +145,22 @@ def bpf_stats(pid: int) -> tuple[int, int]:
         except FileNotFoundError:
             continue  # an fd closed meanwhile
     return time_ns, runs
+
+
+def settle(pid: int | None, idle_share: float = 0.05, window_s: float = 0.5, timeout_s: float = 60.0) -> None:
+    """Wait until the sensor uses under `idle_share` of a CPU. On this VM its two vCPUs
+    share a physical core: a bare busy loop on the sensor's CPU alone makes redis on the
+    other 0.75x (the `busy loop` row of the redis table), so a sensor still working off
+    the previous workload's backlog would be charged to redis's own path."""
+    if pid is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = cpu_ns(pid)
+        time.sleep(window_s)
+        if cpu_ns(pid) - before < idle_share * window_s * 1e9:
+            return
+    raise RigError(f"the sensor (pid {pid}) was still busy after {timeout_s:.0f} s")
 
 
 def bpftrace_script(types: frozenset[str]) -> str:
@@ -313,9 +330,11 @@ class Bench:
 
     # -- redis ---------------------------------------------------------------------------
 
-    def redis(self, requests: int, cpu: int) -> float:
+    def redis(self, requests: int, cpu: int, sensor_pid: int | None = None) -> float:
         """requests/s of redis-benchmark (SET and GET) against redis-server in a container
-        that shares the host's network, both on `cpu`."""
+        that shares the host's network, both on `cpu`. The sensor first works off what
+        earlier workloads left it (see settle)."""
+        settle(sensor_pid)
         server = shutil.which("redis-server")
         libraries = re.findall(r"=> (/\S+)", subprocess.run(["ldd", server], capture_output=True, text=True).stdout)
         files = {"/usr/bin/redis-server": server, **{lib: lib for lib in libraries}}
@@ -333,6 +352,16 @@ class Bench:
             return statistics.mean(rates)
         finally:
             container.delete()
+
+    def redis_beside_busy_loop(self, requests: int) -> float:
+        """redis as above, with nothing attached but a bare busy loop on the sensor's CPU."""
+        loop = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                preexec_fn=lambda: os.sched_setaffinity(0, {SENSOR_CPU}))
+        try:
+            return self.redis(requests, WORKLOAD_CPU)
+        finally:
+            loop.kill()
+            loop.wait()
 
     # -- capacity ------------------------------------------------------------------------
 
@@ -456,14 +485,16 @@ class Bench:
                                     outcome = self.workload(session, name, where, cpu, self.iterations[name])
                                     runs.setdefault((sensor.name, name, where, placement), []).append(outcome)
                                     outcomes.append(outcome)
-                        redis.setdefault(sensor.name, []).append(self.redis(requests, WORKLOAD_CPU))
+                        redis.setdefault(sensor.name, []).append(self.redis(requests, WORKLOAD_CPU, session.pid))
+                        if sensor.kind == "none":  # the control for what the sensor's CPU use costs redis
+                            redis.setdefault(BUSY_LOOP, []).append(self.redis_beside_busy_loop(requests))
                         if round_ == 0:  # host workloads, apart; redis per request (a SET or a GET)
                             for name in WORKLOADS:
                                 bpf[sensor.name, name] = self.bpf_per_op(session, lambda: self.workload(
                                     session, name, "host", WORKLOAD_CPU, self.iterations[name]).iterations)
 
                             def redis_requests() -> int:
-                                self.redis(requests, WORKLOAD_CPU)
+                                self.redis(requests, WORKLOAD_CPU, session.pid)
                                 return 2 * requests  # a SET and a GET each
                             bpf[sensor.name, "redis"] = self.bpf_per_op(session, redis_requests)
                     finally:
@@ -619,12 +650,18 @@ def report(results: dict, command: str) -> str:
                   "removal was lost with both the ring buffer and the spill ring kept for lifecycle events full "
                   "(counted in the sensor's `lost` records and its `stopped` totals)."]
 
-    redis = {n: statistics.median(results["redis"][n]) for n in names}
+    redis = {n: statistics.median(v) for n, v in results["redis"].items()}
     lines += ["", "### redis-server in a container under redis-benchmark (SET and GET, 20 clients, "
               f"{results['requests']:,} requests each; both on CPU {WORKLOAD_CPU})", "",
               "| sensor | requests/s | x nothing attached |", "| --- | --- | --- |"]
     for n in names:
         lines.append(f"| {LABELS[n]} | {redis[n]:,.0f} | {redis[n] / redis['none']:.2f}x |")
+    if BUSY_LOOP in redis:
+        lines += [f"| control: nothing attached, a bare busy loop on CPU {SENSOR_CPU} | {redis[BUSY_LOOP]:,.0f} | "
+                  f"{redis[BUSY_LOOP] / redis['none']:.2f}x |", "",
+                  f"Each sensor run starts once the sensor is idle (under 5% of a CPU): this VM's two vCPUs share a "
+                  f"physical core, so whatever the sensor does on CPU {SENSOR_CPU} slows redis on CPU "
+                  f"{WORKLOAD_CPU}, as the control row shows."]
 
     rates = {n: lossless(steps) for n, steps in capacity.items()}
     # A search that met no loss stopped because the workload could go no faster.

@@ -861,7 +861,21 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 #endif
 
 /* Per-cgroup flow accounting, attached to the cgroup2 root (cgroup_skb sees the IP
- * header first). Always lets the packet through. */
+ * header first). Always lets the packet through. It runs on every packet, so it reads
+ * the headers in place (a helper call costs 20-40 ns here); bpf_skb_load_bytes is the
+ * fallback for headers outside the linear part. */
+static __always_inline int skb_header(struct __sk_buff *skb, u32 offset, void *to, u32 len)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    offset &= 0xff;  /* an IP header's length, bounded for the verifier */
+    if (data + offset + len <= end) {
+        __builtin_memcpy(to, data + offset, len);
+        return 0;
+    }
+    return bpf_skb_load_bytes(skb, offset, to, len);
+}
+
 static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
 {
     struct mayfly_flow_key key = {};
@@ -871,7 +885,7 @@ static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
     key.cgroup_id = bpf_skb_cgroup_id(skb);
     if (skb->protocol == NTOHS(ETH_P_IP)) {
         struct iphdr ip;
-        if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+        if (skb_header(skb, 0, &ip, sizeof(ip)))
             return;
         __builtin_memcpy(key.remote, ingress ? &ip.saddr : &ip.daddr, 4);
         key.family = AF_INET;
@@ -879,7 +893,7 @@ static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
         l4 = ip.ihl * 4;
     } else if (skb->protocol == NTOHS(ETH_P_IPV6)) {
         struct ipv6hdr ip6;
-        if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+        if (skb_header(skb, 0, &ip6, sizeof(ip6)))
             return;
         __builtin_memcpy(key.remote, ingress ? &ip6.saddr : &ip6.daddr, 16);
         key.family = AF_INET6;
@@ -891,7 +905,7 @@ static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
     key.protocol = proto;
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
         u16 ports[2];
-        if (!bpf_skb_load_bytes(skb, l4 & 0xff, ports, sizeof(ports))) {
+        if (!skb_header(skb, l4, ports, sizeof(ports))) {
             key.remote_port = NTOHS(ingress ? ports[0] : ports[1]);
             key.local_port = NTOHS(ingress ? ports[1] : ports[0]);
         }

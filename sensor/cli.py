@@ -60,14 +60,19 @@ def _sink(ctx, param, values):
               help="Seconds a removed container's identity is kept for late records.")
 @click.option("--ancestors", default=5, show_default=True, type=click.IntRange(min=0),
               help="Generations of ancestors' names records carry (proc.anames).")
+@click.option("--flows/--no-flows", default=ProgramConfig.flows, show_default=True,
+              help="Account network flows per cgroup (cgroup_skb programs on every packet; flow records).")
+@click.option("--count-syscalls/--no-count-syscalls", default=ProgramConfig.count_syscalls, show_default=True,
+              help="Count every syscall per cgroup (syscall_counts records).")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
 def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, ring_pressure, report_interval,
-        identity_deadline, container_grace, ancestors, print_ebpf) -> None:
+        identity_deadline, container_grace, ancestors, flows, count_syscalls, print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
 
     try:
-        config = ProgramConfig(ringbuf_pages=ringbuf_pages, cgroup_rate=cgroup_rate, ring_pressure=ring_pressure)
+        config = ProgramConfig(ringbuf_pages=ringbuf_pages, cgroup_rate=cgroup_rate, ring_pressure=ring_pressure,
+                               flows=flows, count_syscalls=count_syscalls)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if print_ebpf:

@@ -84,3 +84,28 @@ def test_a_container_touching_files_network_and_privileges(rig, tmp_path):
     assert flows and flows[0]["flow"]["bytes_out"] > 0
     counts = [r for r in mine if r["kind"] == "syscall_counts"]
     assert counts and counts[0]["counts"]["mount"] >= 1
+
+
+def test_flow_accounting_and_syscall_counts_can_be_turned_off(rig, tmp_path):
+    """`--no-flows --no-count-syscalls`: no cgroup_skb program on any packet and no
+    counting, while the events themselves still come."""
+    output = tmp_path / "records.msgpack"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+    sensor = RunningSensor(tmp_path, "--emit-events=connect", "--no-flows", "--no-count-syscalls",
+                           "--output", f"file:{output}", "--report-interval", "3600")
+    try:
+        result = rig.run(["/bin/sh", "-c", f"echo ping | /usr/bin/nc -w 1 127.0.0.1 {port}"], host_network=True)
+    finally:
+        sensor.stop()
+        server.close()
+    with open(output, "rb") as f:
+        records = list(read_stream(f))
+    assert not any(p.startswith("cgroup_skb/") for p in records[0]["programs"])
+    mine = [r for r in records if r.get("container", {}).get("cgroup_id") == result.cgroup_id]
+    assert any(r["kind"] == "event" and r["evt"]["type"] == "connect" and r["evt"]["addr"]["port"] == port
+               for r in mine)
+    assert not [r for r in records if r["kind"] in ("flow", "syscall_counts")]
