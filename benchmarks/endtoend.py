@@ -94,7 +94,11 @@ SENSORS = [
     Sensor("bcc", "BCC peer (Python callback, rules in Python)", "bcc"),
     Sensor("bpftrace", "bpftrace peer (prints each event)", "bpftrace"),
 ]
-LABELS = {s.name: s.label for s in SENSORS}
+# Under redis only: the full pipeline without the two parts that run on every syscall or
+# packet whatever the rules say, to show what turning them off buys.
+LEAN = Sensor("lean", "Mayfly, full pipeline, --no-flows --no-count-syscalls", "mayfly",
+              ("--no-flows", "--no-count-syscalls"))
+LABELS = {s.name: s.label for s in (*SENSORS, LEAN)}
 BUSY_LOOP = "busy_loop"  # redis's control: nothing attached, a busy loop on the sensor's CPU
 
 
@@ -353,6 +357,17 @@ class Bench:
         finally:
             container.delete()
 
+    def redis_only(self, sensor: Sensor, requests: int, redis: dict, bpf: dict | None) -> None:
+        session = self.start(sensor)
+        try:
+            redis.setdefault(sensor.name, []).append(self.redis(requests, WORKLOAD_CPU, session.pid))
+            if bpf is not None:
+                bpf[sensor.name, "redis"] = self.bpf_per_op(session, lambda: self.redis(
+                    requests, WORKLOAD_CPU, session.pid) or 2 * requests)
+        finally:
+            session.stop()
+        print(f"  {sensor.name}: redis {redis[sensor.name][-1]:,.0f}/s", flush=True)
+
     def redis_beside_busy_loop(self, requests: int) -> float:
         """redis as above, with nothing attached but a bare busy loop on the sensor's CPU."""
         loop = subprocess.Popen([sys.executable, "-c", "while True: pass"],
@@ -503,6 +518,7 @@ class Bench:
                     print(f"  {sensor.name}: " + ", ".join(
                         f"{k[1]}/{k[2]}/{k[3]} {runs[k][-1].ns_per_op:,.0f} ns" for k in runs
                         if k[0] == sensor.name), flush=True)
+                self.redis_only(LEAN, requests, redis, bpf if round_ == 0 else None)
             print("lossless rates", flush=True)
             capacity = {s.name: self.lossless_max(s) for s in SENSORS if s.name in ("full", "bcc", "bpftrace")}
             lossy = min((s["offered"] for s in capacity["full"] if not s["lossless"]), default=None)
@@ -654,7 +670,7 @@ def report(results: dict, command: str) -> str:
     lines += ["", "### redis-server in a container under redis-benchmark (SET and GET, 20 clients, "
               f"{results['requests']:,} requests each; both on CPU {WORKLOAD_CPU})", "",
               "| sensor | requests/s | x nothing attached |", "| --- | --- | --- |"]
-    for n in names:
+    for n in [*names, LEAN.name]:
         lines.append(f"| {LABELS[n]} | {redis[n]:,.0f} | {redis[n] / redis['none']:.2f}x |")
     if BUSY_LOOP in redis:
         lines += [f"| control: nothing attached, a bare busy loop on CPU {SENSOR_CPU} | {redis[BUSY_LOOP]:,.0f} | "
@@ -713,7 +729,10 @@ def report(results: dict, command: str) -> str:
               f"{results['bpf']['full', 'redis'][0]:,.0f} ns of the full pipeline's BPF programs per request "
               f"({results['bpf']['full', 'redis'][1]:.1f} runs: every syscall's enter, and each packet's flow "
               "accounting), beside the tracing path that any attached sys_enter program puts every syscall on "
-              f"(with nothing of interest: {redis['no_interest'] / redis['none']:.2f}x).",
+              f"(with nothing of interest: {redis['no_interest'] / redis['none']:.2f}x). With `--no-flows "
+              f"--no-count-syscalls`: **{redis[LEAN.name] / redis['none']:.2f}x** "
+              f"({verdict(redis[LEAN.name] / redis['none'], 0.9)}; "
+              f"{results['bpf'][LEAN.name, 'redis'][0]:,.0f} ns of BPF programs per request).",
               "- Cost per uninteresting syscall against a bare raw tracepoint that only counts: measured by "
               "`ringbuf.py` in the same `make bench` (its section above), where each loop runs in interleaved "
               "rounds a thousand times longer than here.",
