@@ -53,11 +53,10 @@ from sensor.testing.containers import ContainerRig, RigError, wait_until  # noqa
 from sensor.testing.running import RunningSensor  # noqa: E402
 
 import bcc_peer  # noqa: E402
-from report import machine, main  # noqa: E402
+from report import SENSOR_CPU, WORKLOAD_CPU, machine, main  # noqa: E402
 from ringbuf import prog_stats  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-WORKLOAD_CPU, SENSOR_CPU = 0, 1
 PLACEMENTS = {"apart": WORKLOAD_CPU, "same CPU": SENSOR_CPU}  # where the workload runs
 WORKLOADS = {"getppid": 1_000_000, "openat": 100_000, "exec": 1_000, "tcp": 10_000}  # iterations (quick: /20)
 BEGIN, END = "<!-- endtoend: begin -->", "<!-- endtoend: end -->"

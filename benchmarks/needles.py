@@ -40,8 +40,8 @@ from sensor import records  # noqa: E402
 from sensor.testing.containers import ContainerRig, RigError, wait_until  # noqa: E402
 from sensor.testing.running import RunningSensor  # noqa: E402
 
-from endtoend import SENSOR_CPU, WORKLOAD_CPU, cpu_ns  # noqa: E402
-from report import machine, main  # noqa: E402
+from endtoend import cpu_ns  # noqa: E402
+from report import SENSOR_CPU, WORKLOAD_CPU, machine, main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- needles: begin -->", "<!-- needles: end -->"

@@ -42,6 +42,7 @@ log = get_logger("sensor")
 ALL = "all"
 PENDING_RETRY_MS = 5  # how often a cgroup whose identity is pending is looked at again
 RULES_CHECK_S = 1.0   # how often the rule files are looked at for changes
+TRIM_EVERY_S = 10.0   # how often the C heap's free pages go back to the kernel (a trim takes about a ms)
 
 
 class Sensor:
@@ -129,7 +130,8 @@ class Sensor:
             self.kernel.close()
             raise
         self._started = time.monotonic()
-        host.release_free_memory()  # what compiling the programs and the rules left behind
+        host.release_free_memory(compilers=True)  # what compiling the programs and the rules left behind
+        self._trimmed = time.monotonic()
         log.info("sensor started", pid=os.getpid(), programs=len(self.kernel.attached))
         self._identify.take_hosts()
         self._dispatch.run(Batch(records=[records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
@@ -275,7 +277,11 @@ class Sensor:
             # remove it a few ms after its exec: look again soon, not at the next event.
             timeout_ms = min(timeout_ms, PENDING_RETRY_MS)
         self.kernel.wait(timeout_ms / 1000)
-        return self.pipeline.run().records
+        found = self.pipeline.run().records
+        if time.monotonic() - self._trimmed > TRIM_EVERY_S:
+            host.release_free_memory()
+            self._trimmed = time.monotonic()
+        return found
 
     def report(self) -> list[Record]:
         """Flow and syscall-count records now (they also come every `report_interval`)."""

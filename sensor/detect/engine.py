@@ -21,9 +21,9 @@ part of an event (its `evt`, `proc` or `container`, by the part's key), not once
 event, and so are the rules a part's values rule out. What each key seen gives is kept
 from batch to batch.
 
-Distinct values are kept per field up to MAX_VALUES, and keys per part up to MAX_PARTS;
-past that, the table starts over, so a field with unbounded values (a pid, a port)
-costs memory, not correctness.
+Distinct values are kept up to MAX_VALUES in all, and keys per part up to MAX_PARTS;
+past that, the tables start over, so a field with unbounded values (a pid, a path)
+costs time to fill them again, not memory or correctness.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ from sensor.detect.condition import fields as fields_of
 from sensor.records import Record
 from sensor.detect.rows import PARTS, Rows
 
-MAX_VALUES = 1 << 16
-MAX_PARTS = 1 << 17
+# Most values and keys are of one container (its paths, its processes) and are never
+# seen again once it is gone: with thousands of short-lived containers a day, these
+# bounds are what the engine's memory comes to (a few MiB), not a ceiling rarely met.
+MAX_VALUES = 1 << 14  # in all, across fields
+MAX_PARTS = 1 << 14   # per part
 TYPE_FIELD = "evt.type"
 
 # Jump code: one (op, arg) row per instruction; the result is in an accumulator. (Numba
@@ -390,14 +393,12 @@ class Engine:
         return found[0] if len(found) == 1 else np.concatenate(found)
 
     def _start_over_if_full(self) -> None:
-        for f, values in enumerate(self._values):
-            if len(values.values) > MAX_VALUES:
-                self._values[f] = _Values()
-                self._done[f] = 0
-                for part in self._parts.values():
-                    part.clear()  # their rows hold ids of the old values
-                if f == 0:
-                    self._index_types = 0
+        if sum(len(values.values) for values in self._values) > MAX_VALUES:
+            self._values = [_Values() for _ in self._values]
+            self._done = [0] * len(self._values)
+            self._index_types = 0
+            for part in self._parts.values():
+                part.clear()  # their rows hold ids of the old values
         for part in self._parts.values():
             if part.size > MAX_PARTS:
                 part.clear()

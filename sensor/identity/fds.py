@@ -384,7 +384,7 @@ class FdTable:
 
 _ROWS = types.uint64[:, ::1]  # a syscall array's rows as words (kernel.words.as_words)
 _FIRST_ROOM = 1024
-_COLLECT_AT = 16384  # entries or paths beyond twice those in use at the last collection
+_COLLECT_AT = 4096  # entries or paths beyond twice those in use at the last collection (about 2 MiB)
 _U64 = (1 << 64) - 1
 
 
