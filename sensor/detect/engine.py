@@ -21,15 +21,20 @@ part of an event (its `evt`, `proc` or `container`, by the part's key), not once
 event, and so are the rules a part's values rule out. What each key seen gives is kept
 from batch to batch.
 
-Distinct values are kept up to MAX_VALUES in all, and keys per part up to MAX_PARTS;
-past that, the tables start over, so a field with unbounded values (a pid, a path)
-costs time to fill them again, not memory or correctness.
+Distinct values are kept up to a bound in all, and keys up to a bound per part; past
+it, the tables start over, so a field with unbounded values (a pid, a path) costs time
+to fill them again, not memory or correctness. A bound starts small (MAX_VALUES,
+MAX_PARTS) and doubles, up to CEILING, when its table fills within TURNOVER_S: then
+what the events keep using is more than it holds (see Bound).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import time
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -43,8 +48,10 @@ from sensor.detect.rows import PARTS, Rows
 # Most values and keys are of one container (its paths, its processes) and are never
 # seen again once it is gone: with thousands of short-lived containers a day, these
 # bounds are what the engine's memory comes to (a few MiB), not a ceiling rarely met.
-MAX_VALUES = 1 << 14  # in all, across fields
-MAX_PARTS = 1 << 14   # per part
+MAX_VALUES = 1 << 14  # in all, across fields, at first
+MAX_PARTS = 1 << 14   # per part, at first
+CEILING = 1 << 17     # what either bound may double to
+TURNOVER_S = 10.0
 TYPE_FIELD = "evt.type"
 
 # Jump code: one (op, arg) row per instruction; the result is in an accumulator. (Numba
@@ -202,6 +209,29 @@ class _Values:
         return found
 
 
+class Bound:
+    """A table's size bound. A table that fills within TURNOVER_S of its last start-over
+    (or of its bound's last growth) holds less than the events keep using: its bound
+    doubles, up to CEILING, and it keeps what it has. One that fills more slowly starts
+    over: most of what it holds is of containers and processes long gone."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.clock = clock
+        self.since = clock()
+
+    def exceeded(self, size: int) -> bool:
+        """Whether a table of `size` must start over now."""
+        if size <= self.limit:
+            return False
+        now, soon = self.clock(), self.clock() - self.since < TURNOVER_S
+        self.since = now
+        if soon and self.limit < CEILING:
+            self.limit = min(2 * self.limit, CEILING)
+            return False
+        return True
+
+
 class _Part:
     """The value ids of one part's fields for each key seen, table[row], found with the
     rules those values rule out in a hash table (sensor.detect.slots): key -> row, with the
@@ -214,6 +244,7 @@ class _Part:
         self.coded_columns = np.array([c for c, f in enumerate(fields) if f in coded], np.int64)
         self.coded_fields = self.fields[self.coded_columns]
         self.size = 0
+        self.bound = Bound(MAX_PARTS)
         self.table = np.zeros((1024, len(fields)), np.int32)
         self.slots = slots.new(2048, words)
 
@@ -248,6 +279,7 @@ class Engine:
         self.program = p = Program.compile(conditions)
         self._getters = [evaluate.field_of(name) for name in p.fields]
         self._values = [_Values() for _ in p.fields]
+        self._values_bound = Bound(MAX_VALUES)
         self._done = [0] * len(p.fields)  # per field: value ids whose checks are in the tables
         self._checks_of = [np.flatnonzero(p.check_field == f) for f in range(len(p.fields))]
         self._table = np.zeros((len(p.checks), 1024), np.uint8)
@@ -393,14 +425,14 @@ class Engine:
         return found[0] if len(found) == 1 else np.concatenate(found)
 
     def _start_over_if_full(self) -> None:
-        if sum(len(values.values) for values in self._values) > MAX_VALUES:
+        if self._values_bound.exceeded(sum(len(values.values) for values in self._values)):
             self._values = [_Values() for _ in self._values]
             self._done = [0] * len(self._values)
             self._index_types = 0
             for part in self._parts.values():
                 part.clear()  # their rows hold ids of the old values
         for part in self._parts.values():
-            if part.size > MAX_PARTS:
+            if part.bound.exceeded(part.size):
                 part.clear()
 
     def _extend_index(self) -> None:

@@ -148,7 +148,21 @@ def test_tables_that_start_over_change_nothing(rules, batches):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "MAX_VALUES", 8)
         patch.setattr(engine, "MAX_PARTS", 2)
+        patch.setattr(engine, "CEILING", 8)  # every batch starts over: the bounds do not grow
         assert_same_matches(rules, batches)
+
+
+def test_a_bound_grows_only_when_its_table_fills_soon():
+    now = [0.0]
+    bound = engine.Bound(100, clock=lambda: now[0])
+    assert not bound.exceeded(100)
+    now[0] = engine.TURNOVER_S + 1  # short-lived containers' values: full after a while
+    assert bound.exceeded(101) and bound.limit == 100
+    now[0] += engine.TURNOVER_S / 2  # a working set larger than the table: full again soon
+    assert not bound.exceeded(101) and bound.limit == 200
+    while bound.limit < engine.CEILING:
+        assert not bound.exceeded(bound.limit + 1)
+    assert bound.exceeded(engine.CEILING + 1) and bound.limit == engine.CEILING
 
 
 @pytest.mark.parametrize("condition, types", [
