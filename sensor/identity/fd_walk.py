@@ -6,9 +6,13 @@ Fd values) times two, plus the close-on-exec bit. An open names its entry throug
 cache of the paths seen (hash -> key, the key's bytes kept to compare: a path that
 hashes like another is never taken for it). A path not seen before gets a new entry
 there and then, which Python names after the walk, all at once. The walk stops and
-hands back to Python only for what it cannot do alone: a syscall whose fd Python
-describes (socket, bind, connect, accept...: few per connection, not per read), a
-path that hashes like another, and a cache with no room left.
+hands back to Python only when the cache has no room left.
+
+Sockets, pipes and memfds are entries the same way: a socket's by its domain and type,
+a bound, connected, listening or accepted socket's by the entry it came from and the
+address bytes, a memfd's by its name. Python names those from the key too (the address
+decoded there, once per distinct address). A key that hashes like another's gets an
+entry of its own, not cached.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 
 import numba
 import numpy as np
@@ -26,28 +31,34 @@ from sensor.identity import typed_dicts
 from sensor.kernel import layout, words
 from sensor.kernel.syscalls import EXEC, OPENS, SyscallTable, open_flags
 
-# What a syscall does to the tables (column OP of the plan).
-IGNORED, OPEN, CLOSE, DUP, DUP3, FCNTL, EXECS, SLOW = range(8)
+# What a syscall does to the tables (column OP of the plan). The ops from SOCKET on make
+# entries that are also key kinds (KEY_KIND), as PATH is for opens.
+IGNORED, OPEN, CLOSE, DUP, DUP3, FCNTL, EXECS, SOCKET, PAIR, MEMFD, BIND, CONNECT, LISTEN, ACCEPT = range(14)
+PATH, PIPE = OPEN, PAIR  # the key kinds of an open's entry, and of a pipe's (a socketpair's is SOCKET's)
 # The plan's columns, per syscall number: -1 where a syscall has no such argument.
-OP, FD_ARG, DIRFD_ARG, FLAGS_ARG, CMD_ARG, NAME_SLOT, HOW_SLOT, FIXED_FLAGS = range(8)
+(OP, FD_ARG, DIRFD_ARG, FLAGS_ARG, CMD_ARG, NAME_SLOT, HOW_SLOT, FIXED_FLAGS, DOMAIN_ARG, TYPE_ARG, ADDR_SLOT,
+ FDS_SLOT) = range(12)
 # Why a walk stopped.
-DONE, SLOW_EVENT, NEW_PATH, FULL = range(4)
+DONE, FULL = range(2)
 # The walk's counters (an int64 array that it updates in place): NEXT is the next entry
 # id, NAMING how many of the entries it made are still to be named by Python.
 CLOCK, OVERFLOW, NOTES, KEYS, ARENA, PENDING, NEXT, NAMING = range(8)
-# A path key's columns (besides its entry): where its bytes are in the arena, and what
-# it is relative to.
-KEY_OFFSET, KEY_LENGTH, KEY_BASE, KEY_DIRECTORY = range(4)
+# A key's columns (besides its entry): where its bytes are in the arena, the entry it
+# derives from (a path's directory, a socket's earlier state), its kind, and a number
+# of its kind's (a path's: whether a directory was opened; a socket's: domain << 16 | type).
+KEY_OFFSET, KEY_LENGTH, KEY_BASE, KEY_KIND, KEY_EXTRA = range(5)
 # Where the order's events come from: forks, exits, then syscall group g at SYSCALLS + g.
 FORKS, EXITS, SYSCALLS = range(3)
 # The header and syscall fields the walk reads, as (byte offset, mask) rows of `fields`.
 PID, TID, KTIME, NR, FLAGS = range(5)
 
 _DUPS = {"dup": DUP, "dup2": DUP, "dup3": DUP3, "fcntl": FCNTL}
-_SLOW = ("pipe", "pipe2", "socketpair", "socket", "bind", "connect", "listen", "accept", "accept4", "memfd_create")
-FD_SYSCALLS = set(OPENS) | set(_DUPS) | set(_SLOW) | {"close"}
+_SOCKETS = {"socket": SOCKET, "socketpair": PAIR, "pipe": PAIR, "pipe2": PAIR, "memfd_create": MEMFD, "bind": BIND,
+            "connect": CONNECT, "listen": LISTEN, "accept": ACCEPT, "accept4": ACCEPT}
+FD_SYSCALLS = set(OPENS) | set(_DUPS) | set(_SOCKETS) | {"close"}
 # Constants as plain globals, which compiled code takes in as it is compiled.
 _EBADF, _O_CLOEXEC, _O_DIRECTORY, _F_DUPFD_CLOEXEC = errno.EBADF, os.O_CLOEXEC, os.O_DIRECTORY, fcntl.F_DUPFD_CLOEXEC
+_EINPROGRESS, _SOCK_CLOEXEC, _MFD_CLOEXEC = errno.EINPROGRESS, socket.SOCK_CLOEXEC, os.MFD_CLOEXEC
 _SLASH = ord("/")
 
 
@@ -56,9 +67,8 @@ class Plan:
 
     def __init__(self, table: SyscallTable):
         self.table = table
-        ops = {**dict.fromkeys(OPENS, OPEN), **_DUPS, **dict.fromkeys(_SLOW, SLOW), **dict.fromkeys(EXEC, EXECS),
-               "close": CLOSE}
-        self.columns = np.full((max(table.by_nr) + 1, FIXED_FLAGS + 1), -1, np.int64)
+        ops = {**dict.fromkeys(OPENS, OPEN), **_DUPS, **_SOCKETS, **dict.fromkeys(EXEC, EXECS), "close": CLOSE}
+        self.columns = np.full((max(table.by_nr) + 1, FDS_SLOT + 1), -1, np.int64)
         self.columns[:, OP] = IGNORED
         for name, op in ops.items():
             syscall = table.syscalls.get(name)
@@ -72,6 +82,8 @@ class Plan:
             row[DIRFD_ARG], row[FLAGS_ARG], row[CMD_ARG] = args.get("dirfd", -1), args.get("flags", -1), args.get("cmd", -1)
             row[NAME_SLOT] = slots.get(args.get("name", -1), -1)
             row[HOW_SLOT] = slots.get(args.get("how", -1), -1)
+            row[DOMAIN_ARG], row[TYPE_ARG] = args.get("domain", -1), args.get("socktype", -1)
+            row[ADDR_SLOT], row[FDS_SLOT] = slots.get(args.get("addr", -1), -1), slots.get(args.get("fds", -1), -1)
             if op == OPEN and row[FLAGS_ARG] < 0 and row[HOW_SLOT] < 0:
                 row[FIXED_FLAGS] = open_flags({"type": name})  # creat's, implied
         events = layout.events()
@@ -125,11 +137,6 @@ def table_of(tables, stamps, counters, pid):
     stamps[pid] = counters[CLOCK]
     counters[CLOCK] += 1
     return tables[pid]
-
-
-@numba.njit(cache=True, nogil=True)
-def put(tables, stamps, counters, max_fds, pid, num, packed):
-    _store(table_of(tables, stamps, counters, pid), max_fds, counters, num, packed)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -197,8 +204,6 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
             continue
         nr = np.int64(words.field(row, fields[NR]))
         op = plan[nr, OP]
-        if op == SLOW:
-            return position, SLOW_EVENT
         pid = np.int64(words.field(row, fields[PID]))
         if pid != cached_pid:
             cached_pid, has_table = pid, pid in tables
@@ -211,21 +216,28 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
                     del fds[num]
             position += 1
             continue
-        if op == OPEN:
-            if res >= 0:
+        if op == OPEN or op == SOCKET or op == PAIR or op == MEMFD:  # fds made from nothing the table knows
+            made = res >= 0 if op != PAIR else res == 0
+            if made:
                 counters[PENDING] = -1
-                found = _open_entry(row, plan[nr], fds, entry_digest, entry_dir_base, paths, key_entry, key_meta,
-                                    arena, counters, args_word, slot_len_at, data_at, slot_size)
-                if found >= 0 and counters[PENDING] >= 0:  # a new entry, for Python to name after the walk
-                    naming_key[counters[NAMING]] = counters[PENDING]
-                    counters[NAMING] += 1
-                if found == -2:
-                    return position, NEW_PATH
-                if found == -3:
+                if op == OPEN:
+                    packed = _open_entry(row, plan[nr], fds, entry_digest, entry_dir_base, paths, key_entry,
+                                         key_meta, arena, counters, args_word, slot_len_at, data_at, slot_size)
+                else:
+                    packed = _created_entry(row, plan[nr], op, entry_digest, entry_dir_base, paths, key_entry,
+                                            key_meta, arena, counters, args_word, slot_len_at, data_at, slot_size)
+                if packed == -3:
                     return position, FULL
+                _name_later(counters, naming_key)
                 if not has_table:
                     fds, has_table = table_of(tables, stamps, counters, pid), True
-                _store(fds, max_fds, counters, res, found)
+                if op != PAIR:
+                    _store(fds, max_fds, counters, res, packed)
+                elif plan[nr, FDS_SLOT] >= 0 and _slot_length(row, slot_len_at, data_at, slot_size,
+                                                              plan[nr, FDS_SLOT]) == 8:
+                    pair = row[(data_at + plan[nr, FDS_SLOT] * slot_size) // 8]  # two int32s
+                    _store(fds, max_fds, counters, _int32(pair), packed)
+                    _store(fds, max_fds, counters, _int32(pair >> np.uint64(32)), packed)
             position += 1
             continue
         number = _int32(row[args_word + plan[nr, FD_ARG]])
@@ -234,7 +246,22 @@ def walk(position, tables, stamps, counters, order_code, order_row, fork_parent,
         else:
             current = fds[number] if number in fds else -1
         noted, noted_packed = number, current
-        if op != CLOSE and res >= 0 and current >= 0:  # a dup
+        if op >= BIND and current >= 0:  # a socket's new state: an entry derived from its last
+            if res >= 0 if op == ACCEPT else res == 0 or (op == CONNECT and res == -_EINPROGRESS):
+                counters[PENDING] = -1
+                entry = _derived_entry(row, plan[nr], op, current >> 1, entry_digest, entry_dir_base, paths,
+                                       key_entry, key_meta, arena, counters, slot_len_at, data_at, slot_size)
+                if entry == -3:
+                    return position, FULL
+                _name_later(counters, naming_key)
+                cloexec = current & 1
+                if op == ACCEPT:  # a new fd, of the connection
+                    noted = res
+                    cloexec = 1 if plan[nr, FLAGS_ARG] >= 0 and \
+                        row[args_word + plan[nr, FLAGS_ARG]] & np.uint64(_SOCK_CLOEXEC) else 0
+                noted_packed = entry * 2 + cloexec
+                _store(fds, max_fds, counters, noted, noted_packed)
+        elif op != CLOSE and op < SOCKET and res >= 0 and current >= 0:  # a dup
             cloexec = 0
             if op == DUP3 and row[args_word + plan[nr, FLAGS_ARG]] & np.uint64(_O_CLOEXEC):
                 cloexec = 1
@@ -265,11 +292,7 @@ def _first_bytes(word, count):
 @numba.njit(cache=True, nogil=True)
 def _open_entry(row, plan, fds, entry_digest, entry_dir_base, paths, key_entry, key_meta, arena, counters, args_word,
                 slot_len_at, data_at, slot_size):
-    """A successful open's packed entry; when its path is new, so is its entry, made
-    here with a digest of what it is made from, and its key is left in counters[PENDING]
-    for Python to name it after the walk. -2: a path that hashes like another, for
-    Python to open; -3: no room for a new key or entry. A path is read, hashed and
-    compared a word at a time (slots are 8-aligned)."""
+    """A successful open's packed entry, by its path (see _keyed_entry; -3: no room)."""
     if plan[FLAGS_ARG] >= 0:
         flags = np.int64(row[args_word + plan[FLAGS_ARG]] & np.uint64(0xFFFFFFFF))
     elif plan[HOW_SLOT] >= 0:  # openat2: the first u64 of struct open_how
@@ -279,8 +302,21 @@ def _open_entry(row, plan, fds, entry_digest, entry_dir_base, paths, key_entry, 
         flags = plan[FIXED_FLAGS]
     directory = 1 if flags & _O_DIRECTORY else 0
     first = (data_at + plan[NAME_SLOT] * slot_size) // 8
-    read = _slot_length(row, slot_len_at, data_at, slot_size, plan[NAME_SLOT])
-    length = read  # a C string: what follows its NUL is stale
+    length = _c_string_length(row, first, _slot_length(row, slot_len_at, data_at, slot_size, plan[NAME_SLOT]))
+    base = -1
+    if plan[DIRFD_ARG] >= 0 and not (length and row[first] & np.uint64(0xFF) == np.uint64(_SLASH)):
+        dirfd = _int32(row[args_word + plan[DIRFD_ARG]])
+        if dirfd in fds and entry_dir_base[fds[dirfd] >> 1]:
+            base = fds[dirfd] >> 1
+    entry = _keyed_entry(PATH, base, directory, row, first, length, entry_digest, entry_dir_base, paths, key_entry,
+                         key_meta, arena, counters)
+    return entry if entry < 0 else entry * 2 + (1 if flags & _O_CLOEXEC else 0)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _c_string_length(row, first, read):
+    """The bytes before the first NUL of `read` bytes from word `first` (a C string:
+    what follows its NUL is stale)."""
     for w in range((read + 7) // 8):
         word = _first_bytes(row[first + w], read - 8 * w)
         zero = (word - _LOW_ONES) & ~word & _HIGH_BITS  # the lowest set 0x80 marks the first zero byte
@@ -288,29 +324,69 @@ def _open_entry(row, plan, fds, entry_digest, entry_dir_base, paths, key_entry, 
             at = 0
             while not (zero >> np.uint64(8 * at)) & np.uint64(0x80):
                 at += 1
-            length = min(read, 8 * w + at)
-            break
+            return min(read, 8 * w + at)
+    return read
+
+
+@numba.njit(cache=True, nogil=True)
+def _created_entry(row, plan, op, entry_digest, entry_dir_base, paths, key_entry, key_meta, arena, counters,
+                   args_word, slot_len_at, data_at, slot_size):
+    """A new socket's, pipe's or memfd's packed entry (-3: no room)."""
+    kind, extra, first, length, cloexec = op, np.int64(0), np.int64(0), np.int64(0), 0
+    if plan[DOMAIN_ARG] >= 0:  # socket, socketpair
+        kind = SOCKET
+        socktype = _int32(row[args_word + plan[TYPE_ARG]])
+        extra = (_int32(row[args_word + plan[DOMAIN_ARG]]) << 16) | (socktype & 0xF)
+        cloexec = 1 if socktype & _SOCK_CLOEXEC else 0
+    elif op == MEMFD:
+        first = (data_at + plan[NAME_SLOT] * slot_size) // 8
+        length = _c_string_length(row, first, _slot_length(row, slot_len_at, data_at, slot_size, plan[NAME_SLOT]))
+        cloexec = 1 if row[args_word + plan[FLAGS_ARG]] & np.uint64(_MFD_CLOEXEC) else 0
+    elif plan[FLAGS_ARG] >= 0:  # pipe2
+        cloexec = 1 if row[args_word + plan[FLAGS_ARG]] & np.uint64(_O_CLOEXEC) else 0
+    entry = _keyed_entry(kind, -1, extra, row, first, length, entry_digest, entry_dir_base, paths, key_entry,
+                         key_meta, arena, counters)
+    return entry if entry < 0 else entry * 2 + cloexec
+
+
+@numba.njit(cache=True, nogil=True)
+def _derived_entry(row, plan, op, base, entry_digest, entry_dir_base, paths, key_entry, key_meta, arena, counters,
+                   slot_len_at, data_at, slot_size):
+    """The entry of a socket (entry `base`) once bound, connected, listening or accepted
+    from: keyed by its address's bytes as the kernel saw them (-3: no room)."""
+    first, length = np.int64(0), np.int64(0)
+    if plan[ADDR_SLOT] >= 0:
+        first = (data_at + plan[ADDR_SLOT] * slot_size) // 8
+        length = _slot_length(row, slot_len_at, data_at, slot_size, plan[ADDR_SLOT])
+    return _keyed_entry(op, base, 0, row, first, length, entry_digest, entry_dir_base, paths, key_entry, key_meta,
+                        arena, counters)
+
+
+@numba.njit(cache=True, nogil=True)
+def _keyed_entry(kind, base, extra, row, first, length, entry_digest, entry_dir_base, paths, key_entry, key_meta,
+                 arena, counters):
+    """The entry of a key: its kind, base entry, extra number and `length` bytes of the row
+    from word `first`. A key not seen before gets a new entry, its key left in
+    counters[PENDING] for Python to name it after the walk; one that hashes like another's
+    gets its own entry, and the cache keeps the first. -3: no room for a new key or entry.
+    The bytes are hashed and compared a word at a time (slots are 8-aligned)."""
     count = (length + 7) // 8
-    base = -1
-    if plan[DIRFD_ARG] >= 0 and not (length and row[first] & np.uint64(0xFF) == np.uint64(_SLASH)):
-        dirfd = _int32(row[args_word + plan[DIRFD_ARG]])
-        if dirfd in fds and entry_dir_base[fds[dirfd] >> 1]:
-            base = fds[dirfd] >> 1
-    h = words.mix(words.mix(words.mix(np.uint64(0x9A7), np.uint64(base + 1)), np.uint64(directory)), np.uint64(length))
+    h = words.mix(words.mix(words.mix(words.mix(np.uint64(0x9A7), np.uint64(kind)), np.uint64(base + 1)),
+                            np.uint64(extra)), np.uint64(length))
     for w in range(count):
         h = words.mix(h, _first_bytes(row[first + w], length - 8 * w))
-    k = paths[h] if h in paths else -1
-    if k >= 0:
+    cached = h in paths
+    if cached:
+        k = paths[h]
         same = key_meta[k, KEY_LENGTH] == length and key_meta[k, KEY_BASE] == base and \
-            key_meta[k, KEY_DIRECTORY] == directory
+            key_meta[k, KEY_KIND] == kind and key_meta[k, KEY_EXTRA] == extra
         offset = key_meta[k, KEY_OFFSET]
         w = 0
         while same and w < count:
             same = arena[offset + w] == _first_bytes(row[first + w], length - 8 * w)
             w += 1
         if same:
-            return key_entry[k] * 2 + (1 if flags & _O_CLOEXEC else 0)
-        return -2  # a different path that hashes alike: Python's to open
+            return key_entry[k]
     if counters[KEYS] >= key_entry.shape[0] or counters[ARENA] + count > arena.shape[0] or \
             counters[NEXT] >= entry_digest.shape[0]:
         return -3
@@ -319,18 +395,27 @@ def _open_entry(row, plan, fds, entry_digest, entry_dir_base, paths, key_entry, 
     for w in range(count):
         arena[offset + w] = _first_bytes(row[first + w], length - 8 * w)
     key_meta[k, KEY_OFFSET], key_meta[k, KEY_LENGTH] = offset, length
-    key_meta[k, KEY_BASE], key_meta[k, KEY_DIRECTORY] = base, directory
+    key_meta[k, KEY_BASE], key_meta[k, KEY_KIND], key_meta[k, KEY_EXTRA] = base, kind, extra
     entry = counters[NEXT]
     counters[NEXT] += 1
     key_entry[k] = entry
-    # The entry's digest, of what its description is made from: (base, directory, path).
+    # The entry's digest, of what its description is made from: the key, and its base's.
     entry_digest[entry] = words.mix(h, entry_digest[base] if base >= 0 else np.uint64(0))
-    entry_dir_base[entry] = directory == 1  # named in Python: a name that is not text is no base there
-    paths[h] = k
+    entry_dir_base[entry] = kind == PATH and extra == 1  # named in Python: a name that is not text is no base there
+    if not cached:
+        paths[h] = k
     counters[KEYS] += 1
     counters[ARENA] += count
     counters[PENDING] = k
-    return entry * 2 + (1 if flags & _O_CLOEXEC else 0)
+    return entry
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _name_later(counters, naming_key):
+    """The key of the entry just made, if one was, for Python to name after the walk."""
+    if counters[PENDING] >= 0:
+        naming_key[counters[NAMING]] = counters[PENDING]
+        counters[NAMING] += 1
 
 
 @numba.njit(cache=True, nogil=True)

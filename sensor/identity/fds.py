@@ -12,7 +12,6 @@ had before the sensor started are not known.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from typing import NamedTuple
@@ -23,7 +22,7 @@ from numba.typed import List
 
 from sensor.identity import fd_walk, typed_dicts
 from sensor.kernel import words
-from sensor.kernel.syscalls import SyscallTable, open_flags
+from sensor.kernel.syscalls import SyscallTable, sockaddr
 from sensor.records import untrusted_text
 
 _DOMAINS = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix", socket.AF_NETLINK: "netlink"}
@@ -103,10 +102,6 @@ class FdNotes:
         return None if found is None else self.note(found)
 
 
-def _address(decoded: dict | None) -> Address | None:
-    return tuple(decoded.items()) if decoded is not None else None
-
-
 def _endpoint(items: Address | None) -> str:
     if not items:
         return ""
@@ -122,9 +117,8 @@ def _endpoints(local: Address | None, remote: Address | None) -> str:
 
 
 class FdTable:
-    """The tables live in compiled code (sensor.identity.fd_walk); this side interns
-    what an fd is (an Fd value, close-on-exec apart, gets an entry id once) and
-    describes the fds that the compiled walk leaves to Python."""
+    """The tables live in compiled code (sensor.identity.fd_walk); this side names the
+    entries the walk makes (an Fd value, close-on-exec apart, per entry) from their keys."""
 
     def __init__(self, table: SyscallTable, max_processes: int = 16384, max_fds: int = 1024):
         self.table = table
@@ -147,8 +141,7 @@ class FdTable:
         self.apply({})
         self.fds(0), self.get(0, 0), self.pids(), len(self)
         fd_walk.note_digest(self._entry_digest, 0, 0)
-        spare, stamps = fd_walk.new_tables()
-        fd_walk.put(spare, stamps, np.zeros_like(self._counters), max_fds, 0, 0, 0)
+        spare, _ = fd_walk.new_tables()
         fd_walk.renumber(spare, np.zeros(1, np.int64)), fd_walk.referenced(spare, 1)
 
     @property
@@ -217,20 +210,11 @@ class FdTable:
                 exit_pid, raw, p.fields, p.result_word, p.args_word, p.slot_len_at, p.data_at, p.slot_size,
                 p.no_result, p.columns, self._entry_digest, self._entry_dir_base, self._paths, self._key_entry,
                 self._key_meta, self._arena, self.max_fds, *notes, naming)
-            # Before Python makes any entry of its own: ids are handed out in order.
             self._name_new_entries(naming)
             if why == fd_walk.DONE:
                 break
-            if why == fd_walk.FULL:
-                self._grow_paths()
-                self._entry_room(len(self._entries) + count)
-                continue
-            group, row = groups[order_code[position] - fd_walk.SYSCALLS], order_row[position]
-            pid, evt = int(group["hdr"]["pid"][row]), self.table.decode_many(group[row:row + 1])[0]
-            note = self._open(pid, evt) if why == fd_walk.NEW_PATH else self._describe(pid, evt)
-            if note is not None:
-                self._note(notes, int(group["hdr"]["tid"][row]), int(group["hdr"]["ktime_ns"][row]), *note)
-            position += 1
+            self._grow_paths()  # FULL: room for more keys, then on from the same event
+            self._entry_room(len(self._entries) + count)
         made = int(self._counters[fd_walk.NOTES])
         result = FdNotes(*(column[:made] for column in notes), entries=self._entries)
         self._tidy()
@@ -239,83 +223,20 @@ class FdTable:
     # ---- what the compiled walk leaves to Python ----
 
     def _name_new_entries(self, keys: np.ndarray) -> None:
-        """The entries the walk made for paths it met for the first time (their keys),
-        described from what the keys hold: the path's bytes, its base, and whether the
-        open was of a directory."""
+        """The entries the walk made for keys it met for the first time, described from
+        what the keys hold: a path's bytes, its base and whether a directory was opened;
+        a socket's domain and type, or the address its new state names."""
         count = int(self._counters[fd_walk.NAMING])
         self._counters[fd_walk.NAMING] = 0
         arena = self._arena.view(np.uint8)
         for k in keys[:count].tolist():
-            offset, length, base, directory = self._key_meta[k].tolist()
-            name = untrusted_text(arena[8 * offset:8 * offset + length].tobytes())
-            fd = _opened(name, bool(directory), self._entries[base] if base >= 0 else None)
+            offset, length, base, kind, extra = self._key_meta[k].tolist()
+            raw = arena[8 * offset:8 * offset + length].tobytes()
+            fd = _described(kind, extra, raw, self._entries[base] if base >= 0 else None)
             self._ids.setdefault(fd, len(self._entries))
             self._entries.append(fd)
 
-    def _open(self, pid: int, evt: dict) -> None:
-        """An open whose path hashes like another's: described here, not cached."""
-        dirfd = evt.get("dirfd")
-        base = self.get(pid, dirfd) if dirfd is not None else None
-        flags = open_flags(evt)
-        opened = _opened(evt["name"], bool(flags & os.O_DIRECTORY), base if base is not None and _is_dir_base(base)
-                         else None)
-        self._put(pid, evt["res"], opened._replace(cloexec=bool(flags & os.O_CLOEXEC)))
-
-    def _describe(self, pid: int, evt: dict) -> tuple[int, int] | None:
-        """Apply a socket, pipe or memfd syscall; (number, packed entry) of the fd its
-        record names, if any."""
-        kind, res = evt["type"], evt["res"]
-        if kind in ("socket", "socketpair"):
-            if res >= 0:
-                socktype = evt["socktype"]
-                domain = _DOMAINS.get(evt["domain"], "socket")
-                fd = Fd(domain, l4proto=_L4.get(socktype & 0xF) if domain.startswith("ipv") else None,
-                        cloexec=bool(socktype & socket.SOCK_CLOEXEC))
-                for number in (evt["fds"] or ()) if kind == "socketpair" else (res,):
-                    self._put(pid, number, fd)
-            return None
-        if kind in ("pipe", "pipe2"):
-            if res == 0:
-                for number in evt["fds"] or ():
-                    self._put(pid, number, Fd("pipe", cloexec=bool(evt.get("flags", 0) & os.O_CLOEXEC)))
-            return None
-        if kind == "memfd_create":
-            if res >= 0:
-                self._put(pid, res, Fd("memfd", f"memfd:{evt['name']}", cloexec=bool(evt["flags"] & os.MFD_CLOEXEC)))
-            return None
-        number = evt["fd"]
-        current = self._packed(pid, number)
-        if current is None:
-            return None
-        fd = self._fd(current)
-        if kind in ("accept", "accept4"):
-            if res < 0:
-                return number, current
-            accepted = fd._replace(name="", remote=_address(evt.get("addr")), role="server",
-                                   cloexec=bool(evt.get("flags", 0) & socket.SOCK_CLOEXEC))
-            return res, self._put(pid, res, accepted)
-        if res == 0 or (kind == "connect" and res == -errno.EINPROGRESS):
-            if kind == "bind":
-                fd = fd._replace(local=_address(evt.get("addr")))
-            elif kind == "connect":
-                fd = fd._replace(remote=_address(evt.get("addr")), role="client")
-            elif kind == "listen":
-                fd = fd._replace(role="server")
-            current = self._put(pid, number, fd)
-        return number, current
-
     # ---- the tables, from Python ----
-
-    def _intern(self, fd: Fd) -> int:
-        fd = fd._replace(cloexec=False)
-        entry = self._ids.get(fd)
-        if entry is None:
-            entry = self._ids[fd] = len(self._entries)
-            self._entries.append(fd)
-            self._entry_room(entry + 1)
-            self._entry_digest[entry] = hash(fd) & _U64
-            self._entry_dir_base[entry] = _is_dir_base(fd)
-        return entry
 
     def _entry_room(self, count: int) -> None:
         """Room for `count` entries' digests and directory bits."""
@@ -328,24 +249,12 @@ class FdTable:
                 self._entry_digest, self._entry_dir_base
             self._entry_digest, self._entry_dir_base = digest, dir_base
 
-    def _put(self, pid: int, num: int, fd: Fd) -> int:
-        packed = self._intern(fd) * 2 + fd.cloexec
-        fd_walk.put(self._tables, self._stamps, self._counters, self.max_fds, pid, num, packed)
-        return packed
-
     def _packed(self, pid: int, num: int) -> int | None:
         packed = fd_walk.lookup(self._tables, pid, num)
         return None if packed < 0 else packed
 
     def _fd(self, packed: int) -> Fd:
         return self._entries[packed >> 1]._replace(cloexec=bool(packed & 1))
-
-    def _note(self, notes, tid: int, ktime: int, num: int, packed: int) -> None:
-        k = int(self._counters[fd_walk.NOTES])
-        for column, value in zip(notes, (tid, ktime, fd_walk.note_digest(self._entry_digest, num, packed), num,
-                                         packed)):
-            column[k] = value
-        self._counters[fd_walk.NOTES] += 1
 
     # ---- bounds ----
 
@@ -372,7 +281,7 @@ class FdTable:
     def _forget_paths(self) -> None:
         self._paths = fd_walk.new_paths()
         self._key_entry = np.full(_FIRST_ROOM, -1, np.int64)
-        self._key_meta = np.zeros((_FIRST_ROOM, fd_walk.KEY_DIRECTORY + 1), np.int64)
+        self._key_meta = np.zeros((_FIRST_ROOM, fd_walk.KEY_EXTRA + 1), np.int64)
         self._arena = np.zeros(_FIRST_ROOM * 8, np.uint64)  # paths' words
         self._counters[fd_walk.KEYS] = self._counters[fd_walk.ARENA] = 0
 
@@ -395,6 +304,27 @@ def _pids(events: np.ndarray | None, column) -> np.ndarray:
 def _is_dir_base(fd: Fd) -> bool:
     """Whether a relative path opened at this fd is known by name."""
     return fd.type == "directory" and isinstance(fd.name, str)
+
+
+def _described(kind: int, extra: int, raw: bytes, base: Fd | None) -> Fd:
+    """What a key's entry is (close-on-exec apart): see fd_walk's key kinds."""
+    if kind == fd_walk.PATH:
+        return _opened(untrusted_text(raw), bool(extra), base if base is not None and _is_dir_base(base) else None)
+    if kind == fd_walk.SOCKET:
+        domain = _DOMAINS.get(extra >> 16, "socket")
+        return Fd(domain, l4proto=_L4.get(extra & 0xF) if domain.startswith("ipv") else None)
+    if kind == fd_walk.PIPE:
+        return Fd("pipe")
+    if kind == fd_walk.MEMFD:
+        return Fd("memfd", f"memfd:{untrusted_text(raw)}")
+    address = tuple(sockaddr(raw).items()) if raw else None
+    if kind == fd_walk.BIND:
+        return base._replace(local=address)
+    if kind == fd_walk.CONNECT:
+        return base._replace(remote=address, role="client")
+    if kind == fd_walk.LISTEN:
+        return base._replace(role="server")
+    return base._replace(name="", remote=address, role="server")  # ACCEPT: the connection's
 
 
 def _opened(name: str | bytes, directory: bool, base: Fd | None) -> Fd:

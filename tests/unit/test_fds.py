@@ -137,15 +137,20 @@ def test_many_distinct_paths_are_named_and_what_no_fd_names_is_let_go():
 
 
 # A model of what the tables should say, for the compiled walk to agree with: pid -> fd
-# -> (path, close-on-exec).
+# -> (name as records carry it, close-on-exec, whether it is a socket).
 _PATHS = [f"/srv/data/{name}" for name in ("a", "b", "c", "passwd", "shadow")]
+_PEERS = [("10.0.0.9", 4444), ("10.0.0.9", 443), ("192.168.1.5", 51000)]
+_pid, _made, _any = st.integers(1, 3), st.integers(3, 6), st.integers(0, 6)  # few fds: events meet
 _event = st.one_of(
-    st.tuples(st.just("open"), st.integers(1, 3), st.integers(3, 8), st.sampled_from(_PATHS), st.booleans()),
-    st.tuples(st.just("close"), st.integers(1, 3), st.integers(0, 8)),
-    st.tuples(st.just("dup2"), st.integers(1, 3), st.integers(3, 8), st.integers(0, 8)),
-    st.tuples(st.just("fork"), st.integers(1, 3), st.integers(1, 3)),
-    st.tuples(st.just("exit"), st.integers(1, 3)),
-    st.tuples(st.just("exec"), st.integers(1, 3)))
+    st.tuples(st.just("socket"), _pid, _made, st.booleans()),
+    st.tuples(st.just("connect"), _pid, _any, st.sampled_from(_PEERS)),
+    st.tuples(st.just("accept"), _pid, _any, _made, st.sampled_from(_PEERS)),
+    st.tuples(st.just("open"), _pid, _made, st.sampled_from(_PATHS), st.booleans()),
+    st.tuples(st.just("close"), _pid, _any),
+    st.tuples(st.just("dup2"), _pid, _made, _any),
+    st.tuples(st.just("fork"), _pid, _pid),
+    st.tuples(st.just("exit"), _pid),
+    st.tuples(st.just("exec"), _pid))
 
 
 @settings(max_examples=200, deadline=None)
@@ -156,9 +161,34 @@ def test_the_compiled_tables_agree_with_a_model(events, batch_size):
         fds = model.get(pid, {})
         if op == "open":
             num, path, cloexec = rest
-            model.setdefault(pid, {})[num] = (path, cloexec)
+            model.setdefault(pid, {})[num] = (path, cloexec, False)
             records.append(syscall("open", num, pid=pid, ktime=ktime, name=path,
                                    flags=os.O_RDONLY | (os.O_CLOEXEC if cloexec else 0)))
+        elif op == "socket":
+            num, cloexec = rest
+            model.setdefault(pid, {})[num] = ("", cloexec, True)
+            records.append(syscall("socket", num, pid=pid, ktime=ktime, domain=socket.AF_INET,
+                                   socktype=socket.SOCK_STREAM | (socket.SOCK_CLOEXEC if cloexec else 0)))
+        elif op == "connect":  # only a socket connects; a file's fd fails, and is noted as it is
+            num, (host, port) = rest
+            ok = num in fds and fds[num][2]
+            if ok:
+                fds[num] = (f"->{host}:{port}", fds[num][1], True)
+            if num in fds:
+                expected[pid, ktime] = (num, fds[num])
+            records.append(syscall("connect", 0 if ok else -errno.ENOTSOCK, pid=pid, ktime=ktime, fd=num,
+                                   addr=inet(host, port), addrlen=16))
+        elif op == "accept":
+            num, new, (host, port) = rest
+            ok = num in fds and fds[num][2] and new != num
+            if ok:
+                fds[new] = (f"->{host}:{port}", False, True)
+                model[pid] = fds
+                expected[pid, ktime] = (new, fds[new])
+            elif num in fds:
+                expected[pid, ktime] = (num, fds[num])
+            records.append(syscall("accept4", new if ok else -errno.ENOTSOCK, pid=pid, ktime=ktime, fd=num,
+                                   addr=inet(host, port), flags=0))
         elif op == "close":
             (num,) = rest
             if num in fds:
@@ -168,7 +198,7 @@ def test_the_compiled_tables_agree_with_a_model(events, batch_size):
         elif op == "dup2":
             old, new = rest
             if old in fds:
-                fds[new] = (fds[old][0], False)
+                fds[new] = (fds[old][0], False, fds[old][2])
                 model[pid] = fds
                 expected[pid, ktime] = (new, fds[new])
             records.append(syscall("dup2", new if old in fds else -errno.EBADF, pid=pid, ktime=ktime, oldfd=old,
@@ -186,9 +216,9 @@ def test_the_compiled_tables_agree_with_a_model(events, batch_size):
             records.append(syscall("execve", 0, pid=pid, ktime=ktime, filename="/bin/sh", argv=b"sh\0"))
     notes = {}
     for start in range(0, len(records), batch_size):
-        notes.update(apply(table, *records[start:start + batch_size]))
-    assert {key: (n["num"], n["name"]) for key, n in notes.items()} == \
-        {key: (num, path) for key, (num, (path, _)) in expected.items()}
+        arrays, _ = decoder().split(batch_of(*records[start:start + batch_size]))
+        notes.update({key: (n.num, n.as_record()["name"], n.fd.cloexec) for key, n in table.apply(arrays).items()})
+    assert notes == {key: (num, name, cloexec) for key, (num, (name, cloexec, _)) in expected.items()}
     for pid in (1, 2, 3):
-        assert {num: (fd.name, fd.cloexec) for num, fd in table.fds(pid).items()} == \
-            {num: fd for num, fd in model.get(pid, {}).items()}
+        assert {num: (fd.as_record(num)["name"], fd.cloexec) for num, fd in table.fds(pid).items()} == \
+            {num: (name, cloexec) for num, (name, cloexec, _) in model.get(pid, {}).items()}
