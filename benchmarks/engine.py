@@ -285,8 +285,8 @@ def report(results: dict, command: str) -> str:
               "rules their values rule out (a table as large as the stream's distinct keys, so mostly cache "
               f"misses). {builtin['engine_exact']} of the {builtin['count']} built-in rules have only terms as "
               "conjuncts, so a candidate left matches without running code." + falco_note,
-              f"- Not in the engine's time: the fd tables (`FdTable.apply`, compiled; Python names each path seen "
-              f"for the first time, after the walk, and describes sockets) made the fd notes the engine reads, each hashed as it is "
+              f"- Not in the engine's time: the fd tables (`FdTable.apply`, compiled; Python names each path and "
+              f"socket address seen for the first time, after the walk) made the fd notes the engine reads, each hashed as it is "
               f"made, at {results['fd_table']['quiet']:,.0f} events/s on the quiet stream and "
               f"{results['fd_table']['match-heavy']:,.0f} on the match-heavy one.", END]
     return "\n".join(lines) + "\n"
