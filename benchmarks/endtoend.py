@@ -97,7 +97,10 @@ SENSORS = [
 # packet whatever the rules say, to show what turning them off buys.
 LEAN = Sensor("lean", "Mayfly, full pipeline, --no-flows --no-count-syscalls", "mayfly",
               ("--no-flows", "--no-count-syscalls"))
-LABELS = {s.name: s.label for s in (*SENSORS, LEAN)}
+# In the lossless search only: what the flight recorder (on by default) costs.
+NO_RECORDER = Sensor("no_recorder", "Mayfly, full pipeline, --recorder-bytes 0 (no flight recorder)", "mayfly",
+                     ("--recorder-bytes", "0"))
+LABELS = {s.name: s.label for s in (*SENSORS, LEAN, NO_RECORDER)}
 BUSY_LOOP = "busy_loop"  # redis's control: nothing attached, a busy loop on the sensor's CPU
 
 
@@ -519,7 +522,8 @@ class Bench:
                         if k[0] == sensor.name), flush=True)
                 self.redis_only(LEAN, requests, redis, bpf if round_ == 0 else None)
             print("lossless rates", flush=True)
-            capacity = {s.name: self.lossless_max(s) for s in SENSORS if s.name in ("full", "bcc", "bpftrace")}
+            capacity = {s.name: self.lossless_max(s) for s in (*SENSORS, NO_RECORDER)
+                        if s.name in ("full", NO_RECORDER.name, "bcc", "bpftrace")}
             lossy = min((s["offered"] for s in capacity["full"] if not s["lossless"]), default=None)
             print(f"profile at {lossy}/s", flush=True)
             profile = {"rate": lossy, "shares": self.profile(lossy) if lossy else {}}
@@ -530,6 +534,21 @@ class Bench:
                 "rounds": self.rounds,
                 "iterations": self.iterations, "requests": requests, "types": sorted(self.types),
                 "versions": versions()}
+
+
+def recorder_cost(capacity: dict[str, list[dict]]) -> str:
+    """The flight recorder's line: lossless rates with and without it, and the sensor's
+    CPU per iteration at the highest rate both were lossless at."""
+    on, off = capacity["full"], capacity[NO_RECORDER.name]
+    common = sorted({s["offered"] for s in on if s["lossless"]} & {s["offered"] for s in off if s["lossless"]})
+    cpu = ""
+    if common:
+        at = common[-1]
+        with_it, without = (next(s["sensor_cpu_ns"] for s in steps if s["offered"] == at) for steps in (on, off))
+        cpu = (f"; the sensor's CPU per iteration at {at:,}/s offered: {with_it:,.0f} ns with it, "
+               f"{without:,.0f} ns without")
+    return (f"- The flight recorder (on by default; issue 16): lossless at **{lossless(on):,.0f}** iterations/s with "
+            f"it, {lossless(off):,.0f} without (`--recorder-bytes 0`){cpu}.")
 
 
 def versions() -> dict[str, str]:
@@ -732,6 +751,7 @@ def report(results: dict, command: str) -> str:
               f"--no-count-syscalls`: **{redis[LEAN.name] / redis['none']:.2f}x** "
               f"({verdict(redis[LEAN.name] / redis['none'], 0.9)}; "
               f"{results['bpf'][LEAN.name, 'redis'][0]:,.0f} ns of BPF programs per request).",
+              recorder_cost(capacity),
               "- Cost per uninteresting syscall against a bare raw tracepoint that only counts: measured by "
               "`ringbuf.py` in the same `make bench` (its section above), where each loop runs in interleaved "
               "rounds a thousand times longer than here.",

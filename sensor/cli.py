@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
+import sqlite3
 import signal
 import sys
 import time
+from contextlib import contextmanager
 
 import click
 
 from sensor import doctor, records
 from sensor.detect import rule_loader
+from sensor.forensics.recorder import DEFAULT_MAX_AGE_S, DEFAULT_MAX_EVENTS, DEFAULT_TOTAL_BYTES, FlightRecorder
+from sensor.forensics.store import DEFAULT_ROOT as DEFAULT_CASES, CaseStore, StoreError
 from sensor.kernel import bpf_program
 from sensor.output import sinks
 from sensor.system import host
@@ -64,9 +70,16 @@ def _sink(ctx, param, values):
               help="Account network flows per cgroup (cgroup_skb programs on every packet; flow records).")
 @click.option("--count-syscalls/--no-count-syscalls", default=ProgramConfig.count_syscalls, show_default=True,
               help="Count every syscall per cgroup (syscall_counts records).")
+@click.option("--recorder-bytes", default=DEFAULT_TOTAL_BYTES, show_default=True,
+              type=click.IntRange(min=0), help="The flight recorder's bound on all containers' events (0: off).")
+@click.option("--recorder-events", default=DEFAULT_MAX_EVENTS, show_default=True,
+              type=click.IntRange(min=1), help="The flight recorder keeps a container's last N events...")
+@click.option("--recorder-seconds", default=DEFAULT_MAX_AGE_S, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="...of the last S seconds.")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
 def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, ring_pressure, report_interval,
-        identity_deadline, container_grace, ancestors, flows, count_syscalls, print_ebpf) -> None:
+        identity_deadline, container_grace, ancestors, flows, count_syscalls, recorder_bytes, recorder_events,
+        recorder_seconds, print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
 
@@ -84,9 +97,12 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
         click.echo(bpf_program.render(config, defines))
         return
     types = None if emit_events in (None, "all") else [t.strip() for t in emit_events.split(",") if t.strip()]
+    recorder = recorder_bytes > 0 and FlightRecorder(
+        total_bytes=recorder_bytes, max_events=recorder_events, max_age_s=recorder_seconds, grace_s=container_grace)
     sensor = Sensor(rules=rule_paths or None, sinks=outputs or [sinks.StreamSink()], config=config,
                     emit_events=types if types is not None else emit_events, report_interval=report_interval,
-                    identity_deadline=identity_deadline, container_grace=container_grace, ancestors=ancestors)
+                    identity_deadline=identity_deadline, container_grace=container_grace, ancestors=ancestors,
+                    recorder=recorder)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sensor.stop())
     signal.signal(signal.SIGHUP, lambda *_: sensor.reload())
@@ -131,6 +147,95 @@ def rules_check(paths, allow_rejected: bool, report: str | None) -> None:
             f.write(rule_loader.markdown_report(ruleset, ["mayfly", "rules", "check", *paths]))
     # A file that could not be read at all lost its rules too: that is not a pass either.
     sys.exit(0 if allow_rejected or not ruleset.problems else 1)
+
+
+@main.group()
+@click.option("--store", "store_dir", default=DEFAULT_CASES, show_default=True, type=click.Path(file_okay=False),
+              help="The case store.")
+@click.pass_context
+def cases(ctx, store_dir: str) -> None:
+    """Cases: the evidence kept of containers (docs/cases.md)."""
+    ctx.obj = store_dir
+
+
+def _case_store(ctx) -> CaseStore:
+    if not os.path.isdir(ctx.obj):
+        raise click.ClickException(f"no case store at {ctx.obj}")
+    try:
+        return CaseStore(ctx.obj)
+    except (OSError, sqlite3.Error, StoreError) as e:
+        raise click.ClickException(f"{ctx.obj}: {e}") from None
+
+
+@contextmanager
+def _case_errors():
+    try:
+        yield
+    except (OSError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@cases.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of cases.")
+@click.pass_context
+def cases_list(ctx, as_json: bool) -> None:
+    """Every case, oldest first."""
+    found = _case_store(ctx).list() if os.path.isdir(ctx.obj) else []
+    if as_json:
+        click.echo(json.dumps(found, default=records.json_default))
+        return
+    for case in found:
+        container = case["container"]
+        click.echo(records.safe(
+            f"{case['id']} {case['state']}{' locked' if case['locked'] else ''} {case['trigger']['priority']} "
+            f"rule={case['trigger']['rule']!r} container={container.get('id')} image={container.get('image')} "
+            f"bytes={case['bytes']} score={case['score']:.4g}"))
+
+
+@cases.command("show")
+@click.argument("case_id")
+@click.pass_context
+def cases_show(ctx, case_id: str) -> None:
+    """A case's manifest, with its score as of now (JSON)."""
+    with _case_errors():
+        click.echo(json.dumps(_case_store(ctx).manifest(case_id), indent=2, default=records.json_default))
+
+
+@cases.command("export")
+@click.argument("case_id")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.pass_context
+def cases_export(ctx, case_id: str, dest: str) -> None:
+    """Every artifact of a case as a plain file under DEST, with the manifest."""
+    with _case_errors():
+        click.echo(_case_store(ctx).export(case_id, dest))
+
+
+@cases.command("lock")
+@click.argument("case_id")
+@click.pass_context
+def cases_lock(ctx, case_id: str) -> None:
+    """Keep a case whatever its score or age."""
+    with _case_errors():
+        _case_store(ctx).set_locked(case_id, True)
+
+
+@cases.command("unlock")
+@click.argument("case_id")
+@click.pass_context
+def cases_unlock(ctx, case_id: str) -> None:
+    """Let a case go by its score and age again."""
+    with _case_errors():
+        _case_store(ctx).set_locked(case_id, False)
+
+
+@cases.command("rm")
+@click.argument("case_id")
+@click.pass_context
+def cases_rm(ctx, case_id: str) -> None:
+    """Remove a case, and the blobs no other case holds."""
+    with _case_errors():
+        _case_store(ctx).remove(case_id)
 
 
 @main.command("doctor")

@@ -8,6 +8,7 @@ bytes (msgpack bin), so nothing is lost or altered.
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import time
@@ -43,6 +44,14 @@ def c_string(raw: bytes) -> str | bytes:
 def cmdline(argv: list[str | bytes]) -> str:
     """Arguments joined as Falco's proc.cmdline; raw-bytes arguments shown as literals."""
     return " ".join(a if isinstance(a, str) else repr(a) for a in argv)
+
+
+def json_default(value: Any) -> Any:
+    """What JSON makes of a record's raw bytes (a name from a container that is not
+    UTF-8): {"$bytes": base64}."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    raise TypeError(f"{type(value).__name__} is not a record value")
 
 
 def pack(record: Record) -> bytes:

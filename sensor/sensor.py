@@ -16,6 +16,8 @@ from sensor.detect import needles, rule_loader
 from sensor.detect.alerts import Alerts
 from sensor.detect.rows import RowMaker
 from sensor.detect.stage import Detect
+from sensor.forensics.recorder import FlightRecorder
+from sensor.forensics.stage import RecordFlight
 from sensor.identity.cgroups import CgroupTable
 from sensor.identity.fd_walk import FD_SYSCALLS
 from sensor.identity.fds import FdTable
@@ -61,6 +63,9 @@ class Sensor:
     container's identity is kept for late records. `ancestors`: how many generations
     of process names records carry (`proc.anames`). `lost_interval`: at most one `lost`
     record per reason in that many seconds (each counts everything since the last).
+    `recorder`: the flight recorder that keeps each container's last events for its
+    cases (sensor.forensics.recorder): True for the default one (64 MiB in all, each
+    container's kept `container_grace` after it exits), False for none, or your own.
 
     One thread polls (iterates); `stop()` may be called from any thread or a signal
     handler. Needs root (CAP_BPF and CAP_PERFMON). `kernel`: a factory of the kernel
@@ -72,7 +77,8 @@ class Sensor:
                  on_record: Callable[[Record], None] | None = None, config: ProgramConfig | None = None,
                  emit_events: str | Iterable[str] | None = None, report_interval: float = 10.0,
                  identity_deadline: float = 1.0, container_grace: float = 300.0, ancestors: int = 5,
-                 lost_interval: float = LOST_EVERY_S, kernel: Callable[[ProgramConfig], Kernel] = Kernel):
+                 lost_interval: float = LOST_EVERY_S, kernel: Callable[[ProgramConfig], Kernel] = Kernel,
+                 recorder: FlightRecorder | bool = True):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
@@ -83,6 +89,7 @@ class Sensor:
         self.report_interval = report_interval
         self.identity_deadline = identity_deadline
         self.container_grace = container_grace
+        self.recorder = FlightRecorder(grace_s=container_grace) if recorder is True else recorder or None
         self.ancestors = ancestors
         self.lost_interval = lost_interval
         self.ruleset: rule_loader.RuleSet | None = None
@@ -152,7 +159,8 @@ class Sensor:
                               self.selection)
         self._decode = Decode(self.kernel, Splitter())
         self._dispatch = Dispatch(self.sinks)
-        return Pipeline([Drain(self.kernel), self._decode, self._identify,
+        recording = [RecordFlight(self.recorder, self.cgroups, self.clock, mkdir)] if self.recorder is not None else []
+        return Pipeline([Drain(self.kernel), self._decode, self._identify, *recording,
                          MakeEvents(events, self.cgroups, self.selection), self._account, self._detect,
                          self._dispatch])
 

@@ -9,7 +9,6 @@ closed pipe, a callback that raises) stops neither the sensor nor the other sink
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -142,7 +141,7 @@ class StreamSink:
         if self.format == "text":
             self.stream.write(records.describe(record) + "\n")
         elif self.format == "json":
-            self.stream.write(json.dumps(record, default=_json_default, separators=(",", ":")) + "\n")
+            self.stream.write(json.dumps(record, default=records.json_default, separators=(",", ":")) + "\n")
         else:
             self.stream.buffer.write(records.pack(record))
 
@@ -151,12 +150,6 @@ class StreamSink:
 
     def close(self) -> None:
         self.flush()
-
-
-def _json_default(value):
-    if isinstance(value, bytes):
-        return {"$bytes": base64.b64encode(value).decode()}
-    raise TypeError(f"{type(value).__name__} is not a record value")
 
 
 class CallbackSink:

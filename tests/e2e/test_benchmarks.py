@@ -54,11 +54,11 @@ def test_engine_benchmark_quick_mode(tmp_path):
 
 def test_endtoend_benchmark_quick_mode(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from endtoend import LABELS, WORKLOADS  # the benchmark's own names for its sensors and workloads
+    from endtoend import LABELS, LEAN, NO_RECORDER, SENSORS, WORKLOADS  # the benchmark's own names
 
     report = quick("endtoend", tmp_path)
     header = re.search(r"^\| workload \| where \| CPUs \| (.+) \|$", report, re.M).group(1).split(" | ")
-    assert header == list(LABELS.values())
+    assert header == [s.label for s in SENSORS]
     for workload in WORKLOADS:
         for where in ("host", "container"):
             for placement in ("apart", "same CPU"):
@@ -69,14 +69,17 @@ def test_endtoend_benchmark_quick_mode(tmp_path):
     section = report[report.index("### Events delivered"):]
     row = re.search(r"^\| openat \| ([\d,]+) \| (.+) \|$", section, re.M)
     operations = int(row.group(1).replace(",", ""))
-    delivered = dict(zip(list(LABELS)[1:], row.group(2).split(" | ")))
+    delivered = dict(zip([s.name for s in SENSORS][1:], row.group(2).split(" | ")))
     assert int(delivered["full"].replace(",", "")) >= 2 * operations, row.group(0)  # each openat and close
     assert int(delivered["bcc"].split()[0].replace(",", "")) > 0, row.group(0)
     assert int(delivered["bpftrace"].split()[0].replace(",", "")) > 0, row.group(0)
     rates = dict(re.findall(r"^\| (Mayfly, full pipeline[^|]*|BCC peer[^|]*|bpftrace peer[^|]*) \| ([\d,]+) \| "
                             r"(?:the workload|the sensor)[^|]* \|$", report, re.M))
-    assert len(rates) == 3 and int(rates[LABELS["full"]].replace(",", "")) > 0, rates
+    assert len(rates) == 4 and int(rates[LABELS["full"]].replace(",", "")) > 0, rates
+    assert int(rates[NO_RECORDER.label].replace(",", "")) > 0, rates
+    assert re.search(r"The flight recorder \(on by default; issue 16\): lossless at \*\*[\d,]+\*\* iterations/s", report)
     assert re.search(r"requests/s of nothing attached \(target >= 0.9x: (met|missed by \d+%)\)", report)
+    assert re.search(rf"^\| {re.escape(LEAN.label)} \| [\d,]+ \| [\d.]+x \|$", report, re.M)
     for target in ("1.4x", "15x", "4x"):
         assert re.search(rf"target >= {target}: (met|missed by \d+%)", report), target
     for plot in ("workload-cost.png", "lossless-rate.png", "redis.png"):

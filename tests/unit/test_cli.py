@@ -94,3 +94,35 @@ def test_rules_check_prints_problems_then_the_summary(tmp_path):
     result = CliRunner().invoke(main, ["rules", "check", "--allow-rejected", "--report", str(report), str(mixed)])
     assert result.exit_code == 0
     assert "| Login | 3 | uses field Mayfly does not provide: user.loginuid |" in report.read_text()
+
+
+def test_cases_commands_list_show_export_lock_and_remove(tmp_path):
+    from sensor.forensics.store import CaseStore
+    store_dir = str(tmp_path / "store")
+    store = CaseStore(store_dir, writer=True)
+    case = store.open({"id": "c1", "image": "web:1"}, [{"kind": "alert", "rule": "r"}], "Read sensitive file",
+                      "WARNING")
+    case.add("file", b"/tmp/\xffodd\x1b[31m", b"payload")
+    sealed = case.seal()
+    runner = CliRunner()
+
+    listed = json.loads(runner.invoke(main, ["cases", "--store", store_dir, "list", "--json"]).output)
+    assert [(c["id"], c["container"]["image"], c["trigger"]["rule"], c["state"]) for c in listed] == \
+        [(sealed["id"], "web:1", "Read sensitive file", "sealed")]
+    assert listed[0]["bytes"] > 7 and 0 < listed[0]["score"] <= 1
+    line = runner.invoke(main, ["cases", "--store", store_dir, "list"]).output
+    assert sealed["id"] in line and "\x1b" not in line
+
+    shown = json.loads(runner.invoke(main, ["cases", "--store", store_dir, "show", sealed["id"]]).output)
+    assert shown["artifacts"][0]["name"] == {"$bytes": "L3RtcC//b2RkG1szMW0="}
+    out = tmp_path / "out"
+    assert runner.invoke(main, ["cases", "--store", store_dir, "export", sealed["id"], str(out)]).exit_code == 0
+    assert [p.read_bytes() for p in (out / "file").rglob("*") if p.is_file()] == [b"payload"]
+
+    assert runner.invoke(main, ["cases", "--store", store_dir, "lock", sealed["id"]]).exit_code == 0
+    assert json.loads(runner.invoke(main, ["cases", "--store", store_dir, "list", "--json"]).output)[0]["locked"]
+    assert runner.invoke(main, ["cases", "--store", store_dir, "rm", sealed["id"]]).exit_code == 0
+    missing = runner.invoke(main, ["cases", "--store", store_dir, "show", sealed["id"]])
+    assert missing.exit_code == 1 and f"no case '{sealed['id']}'" in missing.output
+    nowhere = runner.invoke(main, ["cases", "--store", str(tmp_path / "none"), "show", "x"])
+    assert nowhere.exit_code == 1 and "no case store at" in nowhere.output

@@ -49,10 +49,14 @@ def test_a_batch_goes_through_every_stage_in_order_and_alerts(rule_file):
     assert len(alerts) == 4 and {a["rule"] for a in alerts} == {"Shadow read"}
     assert {a["container"]["id"] for a in alerts} == {"mayfly-unit-pipeline"}
     assert [a["evt"]["name"] for a in alerts] == ["/etc/shadow"] * 4
-    assert not [r for r in got if r["kind"] == "event"]  # none asked for
+    assert not [r for r in got if r["kind"] == "event"]  # none asked for...
+    recorded = sensor.recorder.events(CGROUP)["syscall"]  # ...and the flight recorder has every one
+    assert sorted(t for rows in recorded for t in rows["hdr"]["ktime_ns"].tolist()) == \
+        [2_000_000 + k for k in range(29)]
     stopped = got[-1]
     assert stopped["kind"] == "sensor" and stopped["state"] == "stopped"
-    assert list(stopped["stages_s"]) == ["drain", "decode", "identity", "events", "accounting", "detect", "outputs"]
+    assert list(stopped["stages_s"]) == ["drain", "decode", "identity", "recorder", "events", "accounting", "detect",
+                                         "outputs"]
     assert stopped["events"] == {"cgroup": 1, "syscall": 29}
     assert stopped["sinks"]["callback:list.append"] == {"failures": 0, "dropped": 0, "backlog": 0}
 
