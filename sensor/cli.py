@@ -10,6 +10,7 @@ import sqlite3
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import click
@@ -211,32 +212,19 @@ def cases_export(ctx, case_id: str, dest: str) -> None:
         click.echo(_case_store(ctx).export(case_id, dest))
 
 
-@cases.command("lock")
-@click.argument("case_id")
-@click.pass_context
-def cases_lock(ctx, case_id: str) -> None:
-    """Keep a case whatever its score or age."""
-    with _case_errors():
-        _case_store(ctx).set_locked(case_id, True)
+def _case_action(name: str, doc: str, act: Callable[[CaseStore, str], None]) -> None:
+    @cases.command(name, help=doc)
+    @click.argument("case_id")
+    @click.pass_context
+    def command(ctx, case_id: str) -> None:
+        with _case_errors():
+            act(_case_store(ctx), case_id)
 
 
-@cases.command("unlock")
-@click.argument("case_id")
-@click.pass_context
-def cases_unlock(ctx, case_id: str) -> None:
-    """Let a case go by its score and age again."""
-    with _case_errors():
-        _case_store(ctx).set_locked(case_id, False)
-
-
-@cases.command("rm")
-@click.argument("case_id")
-@click.pass_context
-def cases_rm(ctx, case_id: str) -> None:
-    """Remove a case, and the blobs no other case holds."""
-    with _case_errors():
-        _case_store(ctx).remove(case_id)
-
+_case_action("lock", "Keep a case whatever its score or age.", lambda store, case_id: store.set_locked(case_id, True))
+_case_action("unlock", "Let a case go by its score and age again.",
+             lambda store, case_id: store.set_locked(case_id, False))
+_case_action("rm", "Remove a case, and the blobs no other case holds.", CaseStore.remove)
 
 @main.command("doctor")
 @click.option("--fix", is_flag=True, help="Mount tracefs/securityfs and link fallback headers first.")
