@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sensor.records import read_stream  # noqa: E402
 from sensor.system import host  # noqa: E402
 from sensor.testing.containers import ContainerRig  # noqa: E402
 from sensor.testing.running import RunningSensor  # noqa: E402
@@ -87,7 +88,9 @@ def run(quick: bool) -> dict:
         parts[f"after {containers:,} containers"] = rss_parts(sensor.proc.pid)
     finally:
         sensor.stop()
-    return {"samples": samples, "parts": parts, "machine": machine(),
+    with open(workdir / "records.msgpack", "rb") as f:
+        stopped = [r for r in read_stream(f) if r["kind"] == "sensor" and r["state"] == "stopped"][-1]
+    return {"samples": samples, "parts": parts, "recorder": stopped.get("recorder"), "machine": machine(),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -110,6 +113,12 @@ def report(results: dict, command: str) -> str:
               "| part | " + " | ".join(moments) + " |", "| --- | " + " | ".join("---" for _ in moments) + " |"]
     lines += [f"| {label} | " + " | ".join(f"{results['parts'][m][label]:.1f}" for m in moments) + " |"
               for label, _ in PARTS]
+    recorder = results.get("recorder")
+    recorder_mib = recorder["bytes"] / 2**20 if recorder else 0.0
+    if recorder:
+        lines += ["", f"Of the heap, the flight recorder (on by default; issue 16) held {recorder_mib:.1f} MiB of "
+                      f"{recorder['containers']:,} containers' events at the end (its bound: `--recorder-bytes`, "
+                      "64 MiB by default; 0 turns it off)."]
     lines += ["", "Targets (issue 15):",
               f"- growth at most {GROWTH_TARGET_MIB} MiB per 1,000 containers, from {warm_n:,} to {last_n:,}: "
               f"**{'met' if growth <= GROWTH_TARGET_MIB else 'missed'}**: {growth:.1f} MiB "
@@ -117,7 +126,8 @@ def report(results: dict, command: str) -> str:
               "per 1,000)",
               f"- steady resident memory under {STEADY_TARGET_MIB} MiB: "
               f"**{'met' if steady < STEADY_TARGET_MIB else 'missed'}**: {steady:.1f} MiB at most "
-              f"({idle:.1f} MiB idle)"]
+              f"({idle:.1f} MiB idle)" + (f"; {steady - recorder_mib:.1f} MiB without the flight recorder's events"
+                                          if recorder else "")]
     lines += [END, ""]
     return "\n".join(lines)
 

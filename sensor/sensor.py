@@ -314,7 +314,8 @@ class Sensor:
             lost=dict(self.reports.lost_totals), sinks=self._dispatch.states(),
             stages_s={name: round(ns / 1e9, 3) for name, ns in self.pipeline.busy_ns.items()},
             tables={"cgroups": len(self.cgroups.entries), "processes": len(self.processes),
-                    "fd_tables": len(self.fds)}))
+                    "fd_tables": len(self.fds)},
+            **({"recorder": self.recorder.sizes()} if self.recorder is not None else {})))
         self._dispatch.run(final)
         self.cgroups.stop_watching()
         self.kernel.close()

@@ -92,6 +92,7 @@ class FlightRecorder:
         return cgroup_id in self._tapes
 
     def sizes(self) -> dict[str, int]:
+        """What it holds now (the `stopped` record carries it)."""
         return {"containers": len(self._tapes), "bytes": self.bytes,
                 "chunks": sum(len(t.chunks) for t in self._tapes.values())}
 
