@@ -210,10 +210,13 @@ class RowMaker:
         self.users = users
         self.make_record = make_record  # (event, fd notes) -> Record
         self.decoding = Decoding(table)
-        # The hashing compiled (or loaded from Numba's cache) now, not at the first batch.
-        syscall = layout.events().structs["mayfly_syscall_event"]
-        Rows(np.zeros(0, syscall), np.zeros(0, np.int64), self.decoding, Notes(FdNotes()), make_record,
-             np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        # The hashing compiled (or loaded from Numba's cache) now, not at the first batch:
+        # for one row and for more, as one row's fields are contiguous and more rows' are
+        # strided views, which compiled code takes as different types.
+        for count in (1, 2):
+            syscalls = np.zeros(count, layout.events().structs["mayfly_syscall_event"])
+            Rows(syscalls, chosen(syscalls, self.decoding, np.zeros(1, np.bool_)), self.decoding, Notes(FdNotes()),
+                 make_record, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         slots.unique_inverse(np.zeros(0, np.uint64))
 
     def rows(self, groups: list[np.ndarray], fds: FdNotes, nrs: np.ndarray | None = None) -> list[Rows]:

@@ -58,12 +58,12 @@ class FlightRecorder:
     def add(self, arrays: Arrays, hosts: np.ndarray = np.zeros(0, np.uint64)) -> None:
         """A batch's events, but those of the cgroups in `hosts` (the host's: on a busy
         host most events, so they are left out before anything else)."""
-        newest = 0
+        newest = None
         for kind, groups in arrays.items():
             for rows in groups:
                 if not len(rows):
                     continue
-                newest = max(newest, int(rows["hdr"]["ktime_ns"].max()))
+                newest = max(newest or 0, int(rows["hdr"]["ktime_ns"].max()))
                 if len(hosts):
                     rows = rows[~np.isin(rows["hdr"]["cgroup_id"], hosts)]
                 cgroups = rows["hdr"]["cgroup_id"]
@@ -72,7 +72,7 @@ class FlightRecorder:
                 starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else order
                 for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(order)]):
                     self._append(int(ordered[start]), _Chunk(kind, rows[order[start:end]]))
-        if newest:
+        if newest is not None:
             self._trim(newest)
 
     def exited(self, cgroup_id: int, now_ns: int) -> None:

@@ -25,6 +25,8 @@ class Splitter:
         self._row_widths = np.arange(self._counts.shape[1], dtype=np.int64)[None, :] * 8
         self._keys = np.empty(0, np.int64)
         self._rows = np.empty(0, np.uint8)
+        # Compiled (or loaded from Numba's cache) now, not at the first batch.
+        self.split(RawBatch(np.zeros(8, np.uint8), np.zeros(1, np.uint64), np.zeros(1, np.uint32)))
 
     def split(self, batch: RawBatch) -> tuple[Arrays, int]:
         """The batch as structured arrays per event kind, and the number of records of

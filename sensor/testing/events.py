@@ -40,7 +40,9 @@ def batch_of(*records: bytes) -> RawBatch:
     """Records as the ring drain lays them out: 8-byte aligned, one after another."""
     padded = [r + bytes(-len(r) % 8) for r in records]
     offsets = np.cumsum([0] + [len(p) for p in padded[:-1]]).astype(np.uint64)
-    return RawBatch(np.frombuffer(b"".join(padded), np.uint8), offsets, np.array([len(r) for r in records], np.uint32))
+    # Writable, as the ring drain's copy is (compiled code takes the two as different types).
+    return RawBatch(np.frombuffer(bytearray(b"".join(padded)), np.uint8), offsets,
+                    np.array([len(r) for r in records], np.uint32))
 
 
 @dataclass
