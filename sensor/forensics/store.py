@@ -153,7 +153,8 @@ class CaseStore:
                 return 0
             largest = max(manifest["artifacts"], key=lambda a: a["size"])
             manifest["artifacts"].remove(largest)
-            self._drop_blob(case, largest["sha256"])
+            if all(a["sha256"] != largest["sha256"] for a in manifest["artifacts"]):  # none other holds it
+                self._drop_blob(case, largest["sha256"])
             manifest["missing"].append({"what": f"{largest['kind']} {largest['name']!r}",
                                         "why": "no room within the case store's budget"})
             manifest["complete"] = False

@@ -143,3 +143,17 @@ def test_locked_cases_stay_and_old_ones_expire(tmp_path):
     assert store.expire() == [high["id"]]  # past its TTL; the locked one stays
     store.set_locked(low["id"], False)
     assert store.expire() == [low["id"]]
+
+
+def test_an_artifact_let_go_at_sealing_leaves_its_twin_readable(tmp_path):
+    """Two artifacts of one case with the same bytes share a blob: letting one go for the
+    manifest's room must not take the blob from the other."""
+    store = CaseStore(tmp_path / "cases", budget_bytes=100 << 10, writer=True)
+    case = store.open(CONTAINER, [{**ALERT, "output": "x" * (65 << 10)}], "r", "WARNING")
+    case.reserve = 0  # the manifest's room is made at sealing, not kept while adding
+    twin = os.urandom(30 << 10)
+    assert case.add("memory", "1/heap", twin) and case.add("memory", "2/heap", twin)
+    assert case.add("file", "/tmp/y", os.urandom(10 << 10))
+    manifest = case.seal()
+    assert [a["name"] for a in manifest["artifacts"]] == ["/tmp/y"] and len(manifest["missing"]) == 2
+    assert store.export(manifest["id"], tmp_path / "out") and store.used_bytes() <= store.budget
