@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from sensor.forensics.recorder import FlightRecorder
 from sensor.identity.cgroups import CgroupTable
 from sensor.identity.stage import cgroup_changes
@@ -26,13 +24,12 @@ class RecordFlight:
         self.cgroups = cgroups
         self.clock = clock
         self.mkdir = mkdir  # MAYFLY_CGROUP_MKDIR
-        self._known, self._hosts = -1, np.zeros(0, np.uint64)
+        self._known, self._hosts = -1, frozenset()
 
     def run(self, batch: Batch) -> None:
         if len(self.cgroups.entries) != self._known:  # the host's cgroups, anew when the table changed
             self._known = len(self.cgroups.entries)
-            self._hosts = np.array([i for i, e in self.cgroups.entries.items() if not e.identity.is_container],
-                                   np.uint64)
+            self._hosts = frozenset(i for i, e in self.cgroups.entries.items() if not e.identity.is_container)
         self.recorder.add(batch.arrays, self._hosts)
         for cgroup_id, _, _ in cgroup_changes(batch.arrays, self.mkdir, self.clock, removals=True):
             # The kernel's clock (CLOCK_MONOTONIC), which the recorder keeps time by.

@@ -28,7 +28,7 @@ def kept_times(recorder: FlightRecorder, cgroup_id: int) -> list[int]:
 
 def test_each_container_keeps_its_own_last_events_and_the_host_none():
     recorder = FlightRecorder(max_events=5)
-    recorder.add(arrays(*opens(1, [10, 30, 50, 70]), *opens(2, [20, 40]), *opens(3, [25])), hosts=np.array([3], np.uint64))
+    recorder.add(arrays(*opens(1, [10, 30, 50, 70]), *opens(2, [20, 40]), *opens(3, [25])), hosts={3})
     recorder.add(arrays(*opens(1, [80, 90, 100]), raw("fork", ktime=95, cgroup_id=2, child_pid=7)))
     assert kept_times(recorder, 1) == [50, 70, 80, 90, 100]  # the last five
     assert kept_times(recorder, 2) == [20, 40] and len(recorder.events(2)["fork"][0]) == 1
@@ -90,3 +90,11 @@ def test_the_recorder_agrees_with_a_model(batches, max_events, max_age):
     assert recorder.bytes == sum(rows.nbytes for c in (1, 2, 3) for rows in recorder.events(c).get("syscall", []))
     assert all(np.all(np.diff(rows["hdr"]["ktime_ns"].astype(np.int64)) >= 0)
                for c in (1, 2, 3) for rows in recorder.events(c).get("syscall", []))
+
+
+def test_events_drained_out_of_time_order_are_kept_in_it():
+    """Records of one container from two CPUs come interleaved in a drained batch."""
+    recorder = FlightRecorder(max_events=2, max_age_s=1e6)
+    recorder.add(arrays(*opens(1, [30, 10, 20])))
+    recorder.add(arrays(*opens(1, [50, 40]), *opens(2, [45])))
+    assert [rows["hdr"]["ktime_ns"].tolist() for rows in recorder.events(1)["syscall"]] == [[40, 50]]
