@@ -364,11 +364,17 @@ class Bench:
         try:
             redis.setdefault(sensor.name, []).append(self.redis(requests, WORKLOAD_CPU, session.pid))
             if bpf is not None:
-                bpf[sensor.name, "redis"] = self.bpf_per_op(session, lambda: self.redis(
-                    requests, WORKLOAD_CPU, session.pid) or 2 * requests)
+                bpf[sensor.name, "redis"] = self.redis_bpf(session, requests)
         finally:
             session.stop()
         print(f"  {sensor.name}: redis {redis[sensor.name][-1]:,.0f}/s", flush=True)
+
+    def redis_bpf(self, session: Session, requests: int) -> tuple[float, float] | None:
+        """The sensor's BPF programs per redis request (a SET or a GET)."""
+        def run() -> int:
+            self.redis(requests, WORKLOAD_CPU, session.pid)
+            return 2 * requests  # a SET and a GET each
+        return self.bpf_per_op(session, run)
 
     def redis_beside_busy_loop(self, requests: int) -> float:
         """redis as above, with nothing attached but a bare busy loop on the sensor's CPU."""
@@ -510,10 +516,7 @@ class Bench:
                                 bpf[sensor.name, name] = self.bpf_per_op(session, lambda: self.workload(
                                     session, name, "host", WORKLOAD_CPU, self.iterations[name]).iterations)
 
-                            def redis_requests() -> int:
-                                self.redis(requests, WORKLOAD_CPU, session.pid)
-                                return 2 * requests  # a SET and a GET each
-                            bpf[sensor.name, "redis"] = self.bpf_per_op(session, redis_requests)
+                            bpf[sensor.name, "redis"] = self.redis_bpf(session, requests)
                     finally:
                         session.summary = session.stop() if session.stop else {}
                     self.account(session, outcomes)

@@ -30,11 +30,9 @@ what the events keep using is more than it holds (see Bound).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -224,8 +222,8 @@ class Bound:
         """Whether a table of `size` must start over now."""
         if size <= self.limit:
             return False
-        now, soon = self.clock(), self.clock() - self.since < TURNOVER_S
-        self.since = now
+        now = self.clock()
+        soon, self.since = now - self.since < TURNOVER_S, now
         if soon and self.limit < CEILING:
             self.limit = min(2 * self.limit, CEILING)
             return False

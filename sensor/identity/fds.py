@@ -121,14 +121,12 @@ class FdTable:
     entries the walk makes (an Fd value, close-on-exec apart, per entry) from their keys."""
 
     def __init__(self, table: SyscallTable, max_processes: int = 16384, max_fds: int = 1024):
-        self.table = table
         self.max_processes = max_processes
         self.max_fds = max_fds
         self._plan = fd_walk.Plan(table)
         self._tables, self._stamps = fd_walk.new_tables()
         self._counters = np.zeros(fd_walk.NAMING + 1, np.int64)
         self._entries: list[Fd] = []
-        self._ids: dict[Fd, int] = {}
         self._entry_digest = np.zeros(_FIRST_ROOM, np.uint64)
         self._entry_dir_base = np.zeros(_FIRST_ROOM, np.bool_)
         self._kept = 0  # entries in use at the last collection
@@ -233,7 +231,6 @@ class FdTable:
             offset, length, base, kind, extra = self._key_meta[k].tolist()
             raw = arena[8 * offset:8 * offset + length].tobytes()
             fd = _described(kind, extra, raw, self._entries[base] if base >= 0 else None)
-            self._ids.setdefault(fd, len(self._entries))
             self._entries.append(fd)
 
     # ---- the tables, from Python ----
@@ -270,7 +267,6 @@ class FdTable:
             fd_walk.renumber(self._tables, new_ids)
             # A new list: the notes already given still read the old one.
             self._entries = [self._entries[i] for i in keep.tolist()]
-            self._ids = {fd: i for i, fd in enumerate(self._entries)}
             room = max(_FIRST_ROOM, 1 << int(len(keep)).bit_length())
             digest, dir_base = np.zeros(room, np.uint64), np.zeros(room, np.bool_)
             digest[:len(keep)], dir_base[:len(keep)] = self._entry_digest[keep], self._entry_dir_base[keep]

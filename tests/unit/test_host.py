@@ -1,5 +1,7 @@
 """Mount table, cgroup2 discovery and capabilities, from fixture files."""
 
+import os
+
 import pytest
 
 from sensor.system import host
@@ -43,3 +45,23 @@ def test_capabilities_from_status(tmp_path):
     assert host.can_load_bpf({"CAP_BPF", "CAP_PERFMON"})
     assert not host.can_load_bpf({"CAP_BPF"})
     assert not host.can_load_bpf(set())
+
+
+def test_page_out_reclaims_the_pages_of_the_files_named(tmp_path):
+    """What the sensor does to the compilers' code once started, on a file of its own."""
+    import mmap
+
+    path = tmp_path / "libfake-compiler.so"
+    path.write_bytes(os.urandom(4 << 20))
+
+    def resident_kib() -> int:
+        with open("/proc/self/smaps") as f:
+            lines = f.read().split("\n")
+        at = next(i for i, line in enumerate(lines) if line.endswith(str(path)))
+        return next(int(line.split()[1]) for line in lines[at:] if line.startswith("Rss:"))
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        assert sum(mapped[i] for i in range(0, len(mapped), 4096)) >= 0  # every page touched
+        assert resident_kib() >= 4000
+        assert host.page_out(("libfake-compiler",)) >= 4 << 20
+        assert resident_kib() < 1000
