@@ -15,10 +15,12 @@ from contextlib import contextmanager
 
 import click
 
-from sensor import doctor, records
+from sensor import control_socket, doctor, records
 from sensor.detect import rule_loader
+from sensor.detect.rule_loader import PRIORITIES
+from sensor.forensics import capture
 from sensor.forensics.recorder import DEFAULT_MAX_AGE_S, DEFAULT_MAX_EVENTS, DEFAULT_TOTAL_BYTES, FlightRecorder
-from sensor.forensics.store import DEFAULT_ROOT as DEFAULT_CASES, CaseStore, StoreError
+from sensor.forensics.store import DEFAULT_BUDGET, DEFAULT_ROOT as DEFAULT_CASES, CaseStore, StoreError
 from sensor.kernel import bpf_program
 from sensor.output import sinks
 from sensor.system import host
@@ -77,10 +79,24 @@ def _sink(ctx, param, values):
               type=click.IntRange(min=1), help="The flight recorder keeps a container's last N events...")
 @click.option("--recorder-seconds", default=DEFAULT_MAX_AGE_S, show_default=True,
               type=click.FloatRange(min=0, min_open=True), help="...of the last S seconds.")
+@click.option("--capture/--no-capture", "capturing", default=True, show_default=True,
+              help="Freeze and capture a container into a case on a trigger (docs/cases.md).")
+@click.option("--cases", "cases_dir", default=DEFAULT_CASES, show_default=True, type=click.Path(file_okay=False),
+              help="The case store.")
+@click.option("--cases-budget", default=DEFAULT_BUDGET, show_default=True, type=click.IntRange(min=1),
+              help="Bytes the case store may hold; the cases of least value go first.")
+@click.option("--capture-priority", default="WARNING", show_default=True,
+              type=click.Choice(PRIORITIES, case_sensitive=False),
+              help="Alerts at this priority or above trigger a capture (and rules with capture: true).")
+@click.option("--after-capture", default=capture.THAW, show_default=True, type=click.Choice(capture.AFTER_CAPTURE),
+              help="What becomes of a container once captured: thawed, left frozen or killed.")
+@click.option("--control", "control_path", default=control_socket.DEFAULT_PATH, show_default=True,
+              type=click.Path(dir_okay=False), help="The control socket `mayfly capture` talks to (root only).")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
 def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, ring_pressure, report_interval,
         identity_deadline, container_grace, ancestors, flows, count_syscalls, recorder_bytes, recorder_events,
-        recorder_seconds, print_ebpf) -> None:
+        recorder_seconds, capturing, cases_dir, cases_budget, capture_priority, after_capture, control_path,
+        print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
 
@@ -100,10 +116,15 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
     types = None if emit_events in (None, "all") else [t.strip() for t in emit_events.split(",") if t.strip()]
     recorder = recorder_bytes > 0 and FlightRecorder(
         total_bytes=recorder_bytes, max_events=recorder_events, max_age_s=recorder_seconds, grace_s=container_grace)
+    try:
+        store = CaseStore(cases_dir, budget_bytes=cases_budget, writer=True) if capturing else None
+    except (OSError, sqlite3.Error, StoreError) as e:
+        raise click.ClickException(f"the case store {cases_dir}: {e}") from None
     sensor = Sensor(rules=rule_paths or None, sinks=outputs or [sinks.StreamSink()], config=config,
                     emit_events=types if types is not None else emit_events, report_interval=report_interval,
                     identity_deadline=identity_deadline, container_grace=container_grace, ancestors=ancestors,
-                    recorder=recorder)
+                    recorder=recorder, cases=store, capture_priority=capture_priority.upper(),
+                    capture_settings=capture.Settings(after_capture=after_capture))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sensor.stop())
     signal.signal(signal.SIGHUP, lambda *_: sensor.reload())
@@ -114,10 +135,15 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
             # as the sensor: out of the collector's way, a full collection takes
             # milliseconds instead of the ~60 ms that would hold up identity resolution.
             gc.freeze()
-            while not sensor.stopped:
-                sensor.poll()
-                if deadline is not None and time.monotonic() >= deadline:
-                    sensor.stop()
+            control = control_socket.ControlServer(control_path, sensor.capture) if capturing else None
+            try:
+                while not sensor.stopped:
+                    sensor.poll()
+                    if deadline is not None and time.monotonic() >= deadline:
+                        sensor.stop()
+            finally:
+                if control is not None:
+                    control.close()
     except Exception as e:  # BCC raises bare Exception for compile and attach failures
         log.error("sensor failed", error=f"{type(e).__name__}: {e}")
         sys.exit(1)
@@ -225,6 +251,21 @@ _case_action("lock", "Keep a case whatever its score or age.", lambda store, cas
 _case_action("unlock", "Let a case go by its score and age again.",
              lambda store, case_id: store.set_locked(case_id, False))
 _case_action("rm", "Remove a case, and the blobs no other case holds.", CaseStore.remove)
+
+@main.command("capture")
+@click.argument("container_id")
+@click.option("--control", "control_path", default=control_socket.DEFAULT_PATH, show_default=True,
+              type=click.Path(dir_okay=False), help="The running sensor's control socket.")
+def capture_command(container_id: str, control_path: str) -> None:
+    """Ask the running sensor to freeze and capture a container now; print its case (JSON)."""
+    try:
+        answer = control_socket.request_capture(control_path, container_id)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"{control_path}: no sensor answers ({e}); is `mayfly run` running?") from None
+    if "error" in answer:
+        raise click.ClickException(answer["error"])
+    click.echo(json.dumps(answer["case"], indent=2))
+
 
 @main.command("doctor")
 @click.option("--fix", is_flag=True, help="Mount tracefs/securityfs and link fallback headers first.")

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -16,8 +17,11 @@ from sensor.detect import needles, rule_loader
 from sensor.detect.alerts import Alerts
 from sensor.detect.rows import RowMaker
 from sensor.detect.stage import Detect
+from sensor.forensics import capture
 from sensor.forensics.recorder import FlightRecorder
-from sensor.forensics.stage import RecordFlight
+from sensor.forensics.stage import Capture, RecordFlight
+from sensor.forensics.store import CaseStore
+from sensor.forensics.timeline import Timeline
 from sensor.identity.cgroups import CgroupTable
 from sensor.identity.fd_walk import FD_SYSCALLS
 from sensor.identity.fds import FdTable
@@ -66,6 +70,12 @@ class Sensor:
     `recorder`: the flight recorder that keeps each container's last events for its
     cases (sensor.forensics.recorder): True for the default one (64 MiB in all, each
     container's kept `container_grace` after it exits), False for none, or your own.
+    `cases`: a case store (sensor.forensics.store.CaseStore, or its directory) to
+    capture containers into (docs/cases.md); None (the default) captures nothing. An
+    alert at `capture_priority` or above, or of a rule with `capture: true`, freezes its
+    container, captures it as `capture_settings` say, and seals a case; `on_case` is
+    called with each case's manifest, in the capture's own thread; `capture()` asks for
+    one by hand.
 
     One thread polls (iterates); `stop()` may be called from any thread or a signal
     handler. Needs root (CAP_BPF and CAP_PERFMON). `kernel`: a factory of the kernel
@@ -78,7 +88,9 @@ class Sensor:
                  emit_events: str | Iterable[str] | None = None, report_interval: float = 10.0,
                  identity_deadline: float = 1.0, container_grace: float = 300.0, ancestors: int = 5,
                  lost_interval: float = LOST_EVERY_S, kernel: Callable[[ProgramConfig], Kernel] = Kernel,
-                 recorder: FlightRecorder | bool = True):
+                 recorder: FlightRecorder | bool = True, cases: CaseStore | str | os.PathLike | None = None,
+                 on_case: Callable[[dict], None] | None = None, capture_priority: str = "WARNING",
+                 capture_settings: capture.Settings | None = None):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
@@ -92,6 +104,11 @@ class Sensor:
         self.recorder = FlightRecorder(grace_s=container_grace) if recorder is True else recorder or None
         self.ancestors = ancestors
         self.lost_interval = lost_interval
+        self.cases = cases
+        self.on_case = on_case
+        self.capture_priority = capture_priority
+        self.capture_settings = capture_settings or capture.Settings()
+        self._capture: Capture | None = None
         self.ruleset: rule_loader.RuleSet | None = None
         self.kernel: Kernel | None = None
         self._make_kernel = kernel
@@ -160,9 +177,16 @@ class Sensor:
         self._decode = Decode(self.kernel, Splitter())
         self._dispatch = Dispatch(self.sinks)
         recording = [RecordFlight(self.recorder, self.cgroups, self.clock, mkdir)] if self.recorder is not None else []
+        capturing = []
+        if self.cases is not None:
+            store = self.cases if isinstance(self.cases, CaseStore) else CaseStore(self.cases, writer=True)
+            capturer = capture.Capturer(store, self.recorder, self.capture_settings,
+                                        Timeline(self.table, self.clock, mkdir), self.on_case)
+            self._capture = Capture(capturer, self.cgroups, self.clock, self.capture_priority)
+            capturing = [self._capture]
         return Pipeline([Drain(self.kernel), self._decode, self._identify, *recording,
                          MakeEvents(events, self.cgroups, self.selection), self._account, self._detect,
-                         self._dispatch])
+                         *capturing, self._dispatch])
 
     def _load_rules(self) -> tuple[rule_loader.RuleSet, Alerts]:
         ruleset = rule_loader.load(self.rule_paths)
@@ -182,6 +206,8 @@ class Sensor:
         capture = None if selection.decode_types is None else selection.decode_types & known
         rule_types = self.table.syscalls if self.alerts.types is None else self.alerts.types
         self._detect.alerts = self.alerts
+        if self._capture is not None:
+            self._capture.rules = self.alerts.rules
         self._detect.rule_nrs = np.array([self.table.numbers[t] for t in rule_types if t in self.table.numbers],
                                          np.uint32)
         if capture is not None and self.alerts.reads_fds:
@@ -246,6 +272,16 @@ class Sensor:
         self.captured = sorted(asked | set(syscalls.EXEC))
         self.kernel.set_capture(self.table, set(self.captured), asked)
 
+    def capture(self, container_id: str) -> Future:
+        """Freeze a running container and capture it into a case, now, whatever its
+        alerts. The future's result is the case's manifest (a thread other than the one
+        that polls may wait for it); LookupError if no such container runs."""
+        if self._capture is None:
+            raise RuntimeError("the sensor has no case store: Sensor(cases=...)")
+        future: Future = Future()
+        self._capture.asked.put((container_id, future))
+        return future
+
     def set_rate_limit(self, rate: int, burst: int, pressure: float | None = None) -> None:
         """Events per second one cgroup may emit on average (0: no limit), and at once.
         Over its rate, a cgroup is held back only while the ring buffer is under
@@ -307,6 +343,9 @@ class Sensor:
                 break
         final = Batch(records=self.cgroups.flush())
         self._detect.run(final)
+        if self._capture is not None:
+            self._capture.capturer.close()  # the captures queued: their containers are frozen
+            self._capture.run(final)
         final.records += self._account.periodic() + self.reports.lost(final=True)
         final.records.append(records.new(
             "sensor", self.clock.now(), state="stopped", uptime_s=round(time.monotonic() - self._started, 3),
@@ -319,6 +358,8 @@ class Sensor:
         self._dispatch.run(final)
         self.cgroups.stop_watching()
         self.kernel.close()
+        if self._capture is not None and not isinstance(self.cases, CaseStore):
+            self._capture.capturer.store.close()  # the store it opened; the caller's stays open
         self.pipeline = None
         self._dispatch.close()
 

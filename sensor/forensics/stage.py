@@ -1,19 +1,27 @@
-"""The forensics stage: the flight recorder takes each batch's events, after identity
+"""The forensics stages: the flight recorder takes each batch's events, after identity
 has named their cgroups, and lets a container's go a grace period after its cgroup is
-removed."""
+removed; after detect, triggers freeze containers and queue their capture."""
 
 from __future__ import annotations
 
+import os
+import queue
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
+from sensor import records
+from sensor.detect.rule_loader import PRIORITIES
+from sensor.forensics.capture import Capturer, Request
 from sensor.forensics.recorder import FlightRecorder
+from sensor.forensics.value import NO_PRIORITY
 from sensor.identity.cgroups import CgroupTable
 from sensor.identity.stage import cgroup_changes
 from sensor.kernel.clock import MonotonicClock
 
 if TYPE_CHECKING:
     from sensor.pipeline import Batch
+    from sensor.records import Record
 
 
 class RecordFlight:
@@ -34,3 +42,84 @@ class RecordFlight:
         for cgroup_id, _, _ in cgroup_changes(batch.arrays, self.mkdir, self.clock, removals=True):
             # The kernel's clock (CLOCK_MONOTONIC), which the recorder keeps time by.
             self.recorder.exited(cgroup_id, time.monotonic_ns())
+
+
+class Capture:
+    """After detect: the batch's alerts that trigger a capture (at or above the
+    priority, or of a rule with `capture: true`; never one with `capture: false`) and
+    the captures asked for (Sensor.capture) freeze their container and queue its
+    capture; the cases sealed since come out as `case` records. Only containers are
+    captured, one case at a time each."""
+
+    name = "capture"
+
+    def __init__(self, capturer: Capturer, cgroups: CgroupTable, clock: MonotonicClock, priority: str):
+        if priority not in PRIORITIES:
+            raise ValueError(f"unknown capture priority {priority!r}; known: {', '.join(PRIORITIES)}")
+        self.capturer, self.cgroups, self.clock = capturer, cgroups, clock
+        self.urgent = frozenset(PRIORITIES[:PRIORITIES.index(priority) + 1])
+        self.rules: dict = {}  # the loaded rules by name (Alerts.rules), for their `capture`
+        self.asked: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
+        self._waiting: dict[int, list[Future]] = {}  # cgroup id -> futures of captures asked for
+
+    def run(self, batch: Batch) -> None:
+        for record in batch.records:
+            if record["kind"] == "alert" and self._triggers(record):
+                self._alert(record, batch)
+        while True:
+            try:
+                container_id, future = self.asked.get_nowait()
+            except queue.Empty:
+                break
+            self._asked(container_id, future, batch)
+        for manifest in self.capturer.take_sealed():
+            batch.records.append(self._case_record(manifest))
+            for future in self._waiting.pop(manifest["container"].get("cgroup_id"), []):
+                future.set_result(manifest)
+
+    def _triggers(self, alert: Record) -> bool:
+        rule = self.rules.get(alert["rule"])
+        asked = rule.body.get("capture") if rule is not None else None
+        return asked if isinstance(asked, bool) else alert["priority"] in self.urgent
+
+    def _alert(self, alert: Record, batch: Batch) -> None:
+        cgroup_id = (alert.get("container") or {}).get("cgroup_id")
+        entry = self.cgroups.entries.get(cgroup_id)
+        if entry is None or not entry.identity.is_container or cgroup_id in self.capturer.busy:
+            return  # the host is never frozen; a container being captured has its case already
+        self._submit(Request(cgroup_id, self._dir(entry), entry.container, [alert], alert["rule"],
+                             alert["priority"], int(alert["ts"]) - self.clock.offset, int(alert["ts"]),
+                             pid=(alert.get("proc") or {}).get("pid")), batch)
+
+    def _asked(self, container_id: str, future: Future, batch: Batch) -> None:
+        found = [(i, e) for i, e in self.cgroups.entries.items()
+                 if e.container.get("id") == container_id and e.removed_ns is None and e.identity.is_container]
+        if not found:
+            future.set_exception(LookupError(f"no running container {container_id!r}"))
+            return
+        cgroup_id, entry = found[0]
+        self._waiting.setdefault(cgroup_id, []).append(future)
+        if cgroup_id not in self.capturer.busy:
+            now = time.monotonic_ns()
+            self._submit(Request(cgroup_id, self._dir(entry), entry.container, [], "", NO_PRIORITY, now,
+                                 now + self.clock.offset), batch)
+
+    def _submit(self, request: Request, batch: Batch) -> None:
+        why = self.capturer.submit(request)
+        if why is not None:
+            batch.records.append(records.new("case", self.clock.now(), state="skipped", container=request.container,
+                                             trigger={"rule": request.rule, "priority": request.priority}, why=why))
+            for future in self._waiting.pop(request.cgroup_id, []):
+                future.set_exception(RuntimeError(f"not captured: {why}"))
+
+    def _dir(self, entry) -> str:
+        return os.path.join(self.cgroups.root, entry.path.lstrip("/"))
+
+    def _case_record(self, manifest: dict) -> Record:
+        if not manifest.get("id"):
+            return records.new("case", self.clock.now(), state="failed", container=manifest["container"],
+                               why=manifest.get("error", ""))
+        return records.new("case", self.clock.now(), state="sealed" if manifest["bytes"] else "not_kept",
+                           case=manifest["id"], container=manifest["container"], trigger=manifest["trigger"],
+                           bytes=manifest["bytes"], complete=manifest["complete"], missing=manifest["missing"],
+                           timings=manifest["timings"])

@@ -336,10 +336,16 @@ class Case:
         self.artifacts: list[dict] = []
         self.missing_parts: list[dict] = []
         self.reserve = self.RESERVE
+        self.capture: dict = {}  # how it was captured (sensor.forensics.capture)
 
     def add(self, kind: str, name: str | bytes, data: bytes, **details) -> bool:
-        """An artifact (`kind`: memory, executable, file, events...); whether it was kept."""
-        sha = self.store._put_blob(self, data)
+        """An artifact (`kind`: memory, executable, file, events...); whether it was kept.
+        One that cannot be written (a full disk) is listed as missing."""
+        try:
+            sha = self.store._put_blob(self, data)
+        except OSError as e:
+            self.missing(f"{kind} {name!r}", f"cannot be written to the case store: {e.strerror or e}")
+            return False
         if sha is None:
             self.missing(f"{kind} {name!r}", "no room within the case store's budget")
             return False
@@ -354,7 +360,7 @@ class Case:
         sealed. Its `bytes` is 0 when the store had no room for the case at all."""
         manifest = {"manifest_version": MANIFEST_VERSION, "id": self.id, "container": self.container,
                     "triggers": self.triggers, "trigger": {"rule": self.rule, "priority": self.priority},
-                    "artifacts": self.artifacts, "missing": self.missing_parts,
+                    "artifacts": self.artifacts, "missing": self.missing_parts, "capture": self.capture,
                     "complete": not self.missing_parts,
                     "timings": {"opened": self.opened, "sealed": self.store.clock(), **timings},
                     "value": self.value.explain(0.0)}

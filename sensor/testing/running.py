@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from sensor.testing.containers import RigError, wait_until
@@ -15,9 +17,16 @@ from sensor.testing.containers import RigError, wait_until
 
 class RunningSensor:
     """`python -m sensor run ARGS` in the background, its JSON logs in `workdir`; stdout
-    on a terminal if asked, and pinned to one CPU if given."""
+    on a terminal if asked, and pinned to one CPU if given. Its case store is
+    `workdir/cases` and its control socket `self.control` (a short path of its own),
+    unless ARGS say otherwise."""
 
     def __init__(self, workdir: Path, *args: str, tty: bool = False, cpu: int | None = None):
+        self.cases = Path(workdir) / "cases"
+        self.control = os.path.join(tempfile.mkdtemp(prefix="mayfly-", dir="/run"), "control.sock")
+        defaults = [*(() if "--cases" in args else ("--cases", str(self.cases))),
+                    *(() if "--control" in args else ("--control", self.control))]
+        args = (*args, *defaults)
         self.log = Path(workdir) / "stderr.log"
         self.stderr = open(self.log, "w+")
         if tty:
@@ -53,6 +62,7 @@ class RunningSensor:
                     break
                 output += chunk
         self.proc.wait(timeout=60)
+        shutil.rmtree(os.path.dirname(self.control), ignore_errors=True)
         if self.proc.returncode != 0:
             raise RigError(f"the sensor exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
         return output.decode(errors="replace")
