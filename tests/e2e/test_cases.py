@@ -1,0 +1,123 @@
+"""Issue 16's acceptance with real runc containers under `mayfly run`: an alert freezes
+its container and its case holds the secret in the process's heap, the flight
+recorder's events from before the trigger and the file the container wrote; the
+store keeps distinct cases within its budget; a hand-asked capture goes through the
+control socket; a container someone else froze stays frozen."""
+
+import json
+import subprocess
+import sys
+import time
+
+import msgpack
+
+from sensor.forensics.store import CaseStore
+from sensor.system.freezer import Freezer
+from sensor.testing.containers import wait_until
+from sensor.testing.running import RunningSensor
+from test_container_identity import of_cgroup, read_records
+
+SECRET = "topsecret-42-value"
+# The shell holds the secret in its heap (a variable, built at run time so that it is not
+# in the command line), writes a file, reads the stand-in for /etc/shadow (a WARNING
+# rule) and stays about 300 ms; the neighbour looks alike but reads nothing sensitive.
+ATTACKER = ["/bin/sh", "-c", "S=topsecret-$((6*7))-value; echo dropped > /tmp/written.txt; "
+                             "cat /etc/shadow >/dev/null; sleep 0.3; true"]
+NEIGHBOUR = ["/bin/sh", "-c", "S=harmless; echo hello > /tmp/note.txt; cat /etc/hostname >/dev/null; sleep 0.3; true"]
+
+
+def mayfly(*args):
+    return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True)
+
+
+def shadow(tmp_path):
+    path = tmp_path / "shadow"
+    path.write_text("root:*:19000:0:99999:7:::\n")
+    return {"/etc/shadow": str(path)}
+
+
+def test_an_alert_captures_the_heap_secret_the_events_before_it_and_the_written_file(rig, tmp_path):
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600")
+    try:
+        attacked = rig.run(ATTACKER, files=shadow(tmp_path))
+        benign = rig.run(NEIGHBOUR)
+        wait_until(lambda: any(r["kind"] == "case" for r in read_records(output)), timeout=20)
+    finally:
+        sensor.stop()
+    assert attacked.exit_code == 0 and benign.exit_code == 0  # thawed after the capture: it ran to its end
+    cases = [r for r in read_records(output) if r["kind"] == "case"]
+    (record,) = cases  # the neighbour raised no case
+    assert record["state"] == "sealed" and record["container"]["id"] == attacked.id
+    assert record["trigger"] == {"rule": "Sensitive File Read in Container", "priority": "WARNING"}
+
+    listed = json.loads(mayfly("cases", "--store", str(sensor.cases), "list", "--json").stdout)
+    assert [(c["id"], c["container"]["id"], c["trigger"]["rule"]) for c in listed] == \
+        [(record["case"], attacked.id, "Sensitive File Read in Container")]
+    out = tmp_path / "export"
+    assert mayfly("cases", "--store", str(sensor.cases), "export", record["case"], str(out)).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"], manifest["missing"]
+    assert manifest["capture"]["after_capture"] == "thaw"
+    assert 0 < manifest["timings"]["trigger_to_frozen_s"] < 1.0
+
+    # The heap secret, in the memory of the shell that read the file.
+    tree = msgpack.unpackb((out / "processes" / "tree.msgpack").read_bytes())
+    (shell,) = [p for p in tree if p["name"] == "sh"]
+    holding = [p for p in (out / "memory" / str(shell["pid"])).iterdir() if SECRET.encode() in p.read_bytes()]
+    assert holding, "the secret is in no exported mapping of the shell"
+    assert (out / "executable" / str(shell["pid"])).read_bytes()[:4] == b"\x7fELF"
+    # The written file, by its path in the container.
+    assert (out / "file" / "tmp" / "written.txt").read_text() == "dropped\n"
+    written = msgpack.unpackb((out / "files" / "written.msgpack").read_bytes())
+    assert {"path": "/tmp/written.txt", "type": "file", "size": 8, "kept": True}.items() <= \
+        next(w for w in written if w["path"] == "/tmp/written.txt").items()
+    # The flight recorder's events of this container from before the trigger: its shell's exec.
+    timeline = msgpack.unpackb((out / "events" / "timeline.msgpack").read_bytes())
+    trigger_ts = manifest["capture"]["trigger_ts"]
+    before = [r for r in timeline if r["ts"] <= trigger_ts]
+    assert {r["container"]["id"] for r in timeline} == {attacked.id}
+    assert any(r["evt"]["type"] == "execve" and r["proc"]["comm"] == "sh" for r in before)
+    assert any(r["evt"]["type"] == "openat" and r["evt"].get("name") == "/etc/shadow" for r in before), \
+        [r["evt"] for r in before if r["evt"]["type"] == "openat"]
+    events = next(a for a in manifest["artifacts"] if a["kind"] == "events")
+    assert events["before_trigger"] == len(before) and events["records"] == len(timeline)
+    # The neighbour's alerts: none at WARNING, so it was never frozen.
+    assert not [r for r in of_cgroup(read_records(output), benign.cgroup_id) if r["kind"] == "alert"
+                and r["priority"] == "WARNING"]
+
+
+def test_a_capture_asked_for_by_hand_goes_through_the_control_socket_and_one_frozen_by_another_stays_so(
+        rig, tmp_path):
+    sensor = RunningSensor(tmp_path, "--output", f"file:{tmp_path / 'records.msgpack'}",
+                           "--report-interval", "3600")
+    mine = rig.create(["/bin/sh", "-c", "while true; do sleep 0.05; done"])
+    theirs = rig.create(["/bin/sh", "-c", "while true; do sleep 0.05; done"])
+    try:
+        mine.start()
+        theirs.start()
+        time.sleep(0.5)  # both named by the sensor
+        done = mayfly("capture", mine.id, "--control", sensor.control)
+        assert done.returncode == 0, done.stderr
+        case = json.loads(done.stdout)
+        assert case["container"]["id"] == mine.id and case["complete"], case
+        assert not Freezer(mine.cgroup_dir).frozen  # thawed after
+
+        other = Freezer(theirs.cgroup_dir)
+        other.freeze()  # someone else's freeze
+        frozen_case = json.loads(mayfly("capture", theirs.id, "--control", sensor.control).stdout)
+        assert other.frozen, "the sensor thawed a container someone else had frozen"
+        assert any("frozen by someone else" in m["why"] for m in frozen_case["missing"])
+        other.thaw()
+
+        unknown = mayfly("capture", "no-such-container", "--control", sensor.control)
+        assert unknown.returncode != 0 and "no running container 'no-such-container'" in unknown.stderr
+    finally:
+        for container in (mine, theirs):
+            container.kill()
+            container.wait()
+            container.delete()
+        sensor.stop()
+    store = CaseStore(sensor.cases)
+    assert {c["container"]["id"]: c["trigger"]["priority"] for c in store.list()} == {mine.id: "NONE",
+                                                                                      theirs.id: "NONE"}
