@@ -47,6 +47,7 @@
 #define MAYFLY_SYSCALL_COMPAT 1     /* exec of a 32-bit (ia32) image */
 #define MAYFLY_SYSCALL_NO_RESULT 2  /* sent at enter (MAYFLY_SPEC_AT_ENTER): `result` is unknown */
 #define MAYFLY_SYSCALL_NEEDLE 4     /* its path is a needle's: sent past an empty bucket, spilled if need be */
+#define MAYFLY_SYSCALL_STOPPED 8    /* a stopping needle's: the kernel stopped its process (SIGSTOP) at it */
 
 /* mayfly_syscall_spec.flags */
 #define MAYFLY_SPEC_EMIT 1          /* capture this syscall */
@@ -60,6 +61,7 @@
 #define MAYFLY_SPEC_AT_ENTER 256    /* no exit tracepoint is attached for it: send at enter */
 #define MAYFLY_SPEC_NEEDLE 512      /* `needles` has entries for it: look its slot 0 path up there */
 #define MAYFLY_SPEC_LIFECYCLE 1024  /* an exec: never asks the token bucket */
+#define MAYFLY_SPEC_STOP 2048       /* some of its needles stop: look every event's path up (not the host's) */
 
 /* The token buckets are work-conserving: an empty one holds a cgroup back only while
  * the ring is under pressure, which lasts this long after it was last seen (by user
@@ -74,6 +76,12 @@
  * is full. */
 #define MAYFLY_NEEDLE_LEN 128
 #define MAYFLY_MAX_NEEDLES 4096
+/* A needle's value: bits. A stopping needle is a capture trigger's whose process must be
+ * held for its capture (its last act): the kernel stops the process with SIGSTOP at the
+ * syscall, before it returns to user space, and user space continues or kills it. */
+#define MAYFLY_NEEDLE_FLOOD 1       /* a flood cannot hide it */
+#define MAYFLY_NEEDLE_STOP 2        /* stop the process at it (in a container: not in `host_cgroups`) */
+#define MAYFLY_MAX_STOPPED 1024     /* `stopped_tasks`: processes stopped and not yet let go */
 struct mayfly_needle_key {
     __u32 prefixlen;
     __u32 nr;

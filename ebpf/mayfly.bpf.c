@@ -15,6 +15,7 @@
 #include <linux/ipv6.h>
 #include <linux/if_ether.h>
 #include <linux/socket.h>
+#include <linux/signal.h>
 #include "events.h"
 
 #if !defined(MAYFLY_RINGBUF_PAGES) || !defined(MAYFLY_SPILL_PAGES) || !defined(MAYFLY_MAX_PROCS) || \
@@ -57,6 +58,12 @@ BPF_HASH(pending, u32, struct mayfly_syscall_event, MAYFLY_MAX_PENDING);
 BPF_HASH(cgroup_state, u64, struct mayfly_cgroup_state, MAYFLY_MAX_CGROUPS);
 /* Written by user space only: cgroups whose events are dropped (MAYFLY_POLICY_*). */
 BPF_HASH(cgroup_policy, u64, u32, MAYFLY_MAX_CGROUPS);
+/* Written by user space only: the host's cgroups, where no process is ever stopped
+ * (MAYFLY_NEEDLE_STOP). A cgroup not yet named may be a container's. */
+BPF_HASH(host_cgroups, u64, u8, MAYFLY_MAX_CGROUPS);
+/* The processes stopped at a stopping needle, and when: user space continues or kills
+ * each and deletes its entry, and continues any left here too long (a lost event). */
+BPF_HASH(stopped_tasks, u32, u64, MAYFLY_MAX_STOPPED);
 #if MAYFLY_COUNT_SYSCALLS
 BPF_PERCPU_ARRAY(syscall_counts, struct mayfly_count_row, MAYFLY_COUNT_SLOTS);
 BPF_HASH(count_slots, u64, u32, MAYFLY_COUNT_SLOTS);
@@ -299,9 +306,10 @@ static __always_inline void count_limited(u64 cgroup_id, struct mayfly_config *c
     count_stat(MAYFLY_STAT_RATE_LIMITED);
 }
 
-/* Is this event's slot 0 path a needle's (the `needles` trie, MAYFLY_SPEC_NEEDLE)? What
- * follows the path's NUL in the slot is stale: an exact entry ends at the NUL. */
-static __always_inline int is_needle(struct mayfly_syscall_event *e)
+/* The bits (MAYFLY_NEEDLE_*) of the needle this event's slot 0 path is (the `needles`
+ * trie; 0: none). What follows the path's NUL in the slot is stale: an exact entry ends
+ * at the NUL. */
+static __always_inline u8 needle_of(struct mayfly_syscall_event *e)
 {
     u32 zero = 0;
     struct mayfly_needle_key *key = needle_key.lookup(&zero);
@@ -310,7 +318,17 @@ static __always_inline int is_needle(struct mayfly_syscall_event *e)
     key->prefixlen = 32 + 8 * MAYFLY_NEEDLE_LEN;
     key->nr = e->nr;
     __builtin_memcpy(key->path, e->data, MAYFLY_NEEDLE_LEN);
-    return needles.lookup(key) != NULL;
+    u8 *bits = needles.lookup(key);
+    return bits ? *bits : 0;
+}
+
+/* A stopping needle's process, in a container: stopped before it returns to user space. */
+static __always_inline void stop_task(struct mayfly_syscall_event *e, u32 tgid)
+{
+    bpf_send_signal(SIGSTOP);
+    e->flags |= MAYFLY_SYSCALL_STOPPED;
+    u64 now = bpf_ktime_get_ns();
+    stopped_tasks.update(&tgid, &now);
 }
 
 static __always_inline void fill_header(struct mayfly_event_header *hdr, u16 kind, u16 size,
@@ -538,7 +556,8 @@ RAW_TRACEPOINT_PROBE(sys_enter)
      * spills rather than be lost. An exec never asks the bucket. */
     int over = !(spec->flags & MAYFLY_SPEC_LIFECYCLE) && !within_budget(cgroup_id, cfg);
     int look = (spec->flags & MAYFLY_SPEC_NEEDLE) && (over || under_pressure(bpf_ktime_get_ns()));
-    if (over && !look) {
+    int stopping = (spec->flags & MAYFLY_SPEC_STOP) && !host_cgroups.lookup(&cgroup_id);
+    if (over && !look && !stopping) {
         count_limited(cgroup_id, cfg);
         return 0;
     }
@@ -561,8 +580,11 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         e->slot_len[i] = 0;
         read_slot(e, &spec->slot[i], args, i, 0);
     }
-    if (look && is_needle(e)) {
-        e->flags |= MAYFLY_SYSCALL_NEEDLE;
+    u8 needle = (look || stopping) ? needle_of(e) : 0;
+    if (stopping && (needle & MAYFLY_NEEDLE_STOP))
+        stop_task(e, tgid);
+    if ((look && (needle & MAYFLY_NEEDLE_FLOOD)) || (e->flags & MAYFLY_SYSCALL_STOPPED)) {
+        e->flags |= MAYFLY_SYSCALL_NEEDLE; /* a stopped process's event is never lost to a flood */
     } else if (over) {
         count_limited(cgroup_id, cfg);
         if (in_slot)

@@ -182,7 +182,7 @@ class Sensor:
             store = self.cases if isinstance(self.cases, CaseStore) else CaseStore(self.cases, writer=True)
             capturer = capture.Capturer(store, self.recorder, self.capture_settings,
                                         Timeline(self.table, self.clock, mkdir), self.on_case)
-            self._capture = Capture(capturer, self.cgroups, self.clock, self.capture_priority)
+            self._capture = Capture(capturer, self.kernel, self.cgroups, self.clock, self.capture_priority)
             capturing = [self._capture]
         return Pipeline([Drain(self.kernel), self._decode, self._identify, *recording,
                          MakeEvents(events, self.cgroups, self.selection), self._account, self._detect,
@@ -206,8 +206,6 @@ class Sensor:
         capture = None if selection.decode_types is None else selection.decode_types & known
         rule_types = self.table.syscalls if self.alerts.types is None else self.alerts.types
         self._detect.alerts = self.alerts
-        if self._capture is not None:
-            self._capture.rules = self.alerts.rules
         self._detect.rule_nrs = np.array([self.table.numbers[t] for t in rule_types if t in self.table.numbers],
                                          np.uint32)
         if capture is not None and self.alerts.reads_fds:
@@ -216,7 +214,14 @@ class Sensor:
         if left_out:
             log.warning("more needles than the kernel holds: these rules can be hidden by a flood",
                         rules=left_out, kept=len(found))
-        self.kernel.set_needles(self.table, found)
+        stopping: set = set()
+        if self._capture is not None:
+            self._capture.rules = self.alerts.rules
+            stopping, stops = needles.stopping(self.ruleset, self._capture.triggers,
+                                               layout.events().constants["MAYFLY_MAX_NEEDLES"] - len(found))
+            log.info("stopping needles: capture triggers whose process the kernel holds for its capture",
+                     rules=stops, needles=len(stopping))
+        self.kernel.set_needles(self.table, found, stopping)
         log.info("needles: rules whose events a flood cannot hide", rules=covered, needles=len(found))
         self.set_capture(capture)
         # With only container rules and nothing else emitted, the host's cgroups send nothing.

@@ -33,11 +33,11 @@ def render(template: str, record: Record) -> str:
     return _TEMPLATE.sub(value, template)
 
 
-def _in_containers(node) -> bool:
+def in_containers(node) -> bool:
     """Whether a condition can only be true in a container (it requires container.id !=
     host at its top level, as Falco's `container` macro does)."""
     if isinstance(node, And):
-        return any(_in_containers(item) for item in node.items)
+        return any(in_containers(item) for item in node.items)
     return node in (Check("container.id", "!=", "host"), Not(Check("container.id", "=", "host")))
 
 
@@ -65,7 +65,7 @@ class Alerts:
                       if check.field.endswith("ip.name") and check.value is not None
                       for value in (check.value if isinstance(check.value, tuple) else (check.value,)))
         # Only container rules: the host's events need not leave the kernel.
-        self.containers_only = bool(conditions) and all(_in_containers(c) for c in conditions.values())
+        self.containers_only = bool(conditions) and all(in_containers(c) for c in conditions.values())
         # Rules that read fd.* need the fd table, which learns from the fd syscalls.
         self.reads_fds = any(name.startswith("fd.") for c in conditions.values() for name in fields_of(c))
         # The event types the rules need (None: any type can match some rule).

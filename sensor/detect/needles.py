@@ -12,7 +12,10 @@ relative to a directory fd or the working directory is not a needle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sensor.detect.condition import And, Check, Or
+from sensor.detect.alerts import in_containers
 from sensor.detect.rule_loader import PRIORITIES, RuleSet
 from sensor.kernel import layout
 from sensor.kernel.control import Needle
@@ -26,12 +29,26 @@ def derive(ruleset: RuleSet) -> tuple[set[Needle], list[str], list[str]]:
     and the rules left out because the kernel's trie (MAYFLY_MAX_NEEDLES) is full: a
     rule is covered with all its needles or not at all, in the order rules load."""
     urgent = set(PRIORITIES[:PRIORITIES.index(THRESHOLD) + 1])
-    constants = layout.events().constants
-    room, limit = constants["MAYFLY_NEEDLE_LEN"], constants["MAYFLY_MAX_NEEDLES"]
+    return _collect(ruleset, lambda item: str(item.body.get("priority", "")).upper() in urgent,
+                    layout.events().constants["MAYFLY_MAX_NEEDLES"])
+
+
+def stopping(ruleset: RuleSet, triggers: Callable[[str, str], bool], room: int) -> tuple[set[Needle], list[str]]:
+    """The needles at which the kernel stops a process for its capture (its last act):
+    those of the container rules that trigger a capture (`triggers(rule, priority)`),
+    within `room` entries; and the rules they cover."""
+    found, covered, _ = _collect(ruleset, lambda item: item.kind == "rule" and triggers(
+        item.name, str(item.body.get("priority", "")).upper()) and in_containers(ruleset.conditions[item.name]),
+        room)
+    return found, covered
+
+
+def _collect(ruleset: RuleSet, chosen: Callable, limit: int) -> tuple[set[Needle], list[str], list[str]]:
+    room = layout.events().constants["MAYFLY_NEEDLE_LEN"]
     needles, covered, left_out = set(), [], []
     for item in ruleset.rules:
         condition = ruleset.conditions.get(item.name)
-        if condition is None or str(item.body.get("priority", "")).upper() not in urgent:
+        if condition is None or not chosen(item):
             continue
         found = _reduce(condition)
         if found and all(len(n.key()) <= room for n in found):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
@@ -17,7 +18,23 @@ from sensor.forensics.recorder import FlightRecorder
 from sensor.forensics.value import NO_PRIORITY
 from sensor.identity.cgroups import CgroupTable
 from sensor.identity.stage import cgroup_changes
+from sensor.kernel import layout
 from sensor.kernel.clock import MonotonicClock
+from sensor.kernel.control import Kernel
+from sensor.log import get_logger
+
+log = get_logger("capture")
+
+STOP_HOLD_S = 2.0  # longest a stopped process waits for its container's alerts
+SWEEP_S = 1.0      # how often the kernel's list of stopped processes is looked at
+
+
+def _continue(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
 
 if TYPE_CHECKING:
     from sensor.pipeline import Batch
@@ -53,19 +70,25 @@ class Capture:
 
     name = "capture"
 
-    def __init__(self, capturer: Capturer, cgroups: CgroupTable, clock: MonotonicClock, priority: str):
+    def __init__(self, capturer: Capturer, kernel: Kernel, cgroups: CgroupTable, clock: MonotonicClock,
+                 priority: str):
         if priority not in PRIORITIES:
             raise ValueError(f"unknown capture priority {priority!r}; known: {', '.join(PRIORITIES)}")
-        self.capturer, self.cgroups, self.clock = capturer, cgroups, clock
+        self.capturer, self.kernel, self.cgroups, self.clock = capturer, kernel, cgroups, clock
+        self.stopped_flag = layout.events().constants["MAYFLY_SYSCALL_STOPPED"]
+        self._stops: dict[int, tuple[int, float]] = {}  # pid the kernel stopped -> (cgroup id, seen at)
+        self._swept = time.monotonic()
         self.urgent = frozenset(PRIORITIES[:PRIORITIES.index(priority) + 1])
         self.rules: dict = {}  # the loaded rules by name (Alerts.rules), for their `capture`
         self.asked: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
         self._waiting: dict[int, list[Future]] = {}  # cgroup id -> futures of captures asked for
 
     def run(self, batch: Batch) -> None:
+        self._note_stops(batch)
         for record in batch.records:
-            if record["kind"] == "alert" and self._triggers(record):
+            if record["kind"] == "alert" and self.triggers(record["rule"], record["priority"]):
                 self._alert(record, batch)
+        self._continue_stops()
         while True:
             try:
                 container_id, future = self.asked.get_nowait()
@@ -77,19 +100,24 @@ class Capture:
             for future in self._waiting.pop(manifest["container"].get("cgroup_id"), []):
                 future.set_result(manifest)
 
-    def _triggers(self, alert: Record) -> bool:
-        rule = self.rules.get(alert["rule"])
+    def triggers(self, rule_name: str, priority: str) -> bool:
+        """Whether an alert of this rule, at this priority, triggers a capture."""
+        rule = self.rules.get(rule_name)
         asked = rule.body.get("capture") if rule is not None else None
-        return asked if isinstance(asked, bool) else alert["priority"] in self.urgent
+        return asked if isinstance(asked, bool) else priority in self.urgent
 
     def _alert(self, alert: Record, batch: Batch) -> None:
         cgroup_id = (alert.get("container") or {}).get("cgroup_id")
         entry = self.cgroups.entries.get(cgroup_id)
         if entry is None or not entry.identity.is_container or cgroup_id in self.capturer.busy:
             return  # the host is never frozen; a container being captured has its case already
+        stopped = [pid for pid, (cgroup, _) in self._stops.items() if cgroup == cgroup_id]
+        for pid in stopped:  # the capture continues or kills them
+            del self._stops[pid]
+            self.kernel.let_go(pid)
         self._submit(Request(cgroup_id, self._dir(entry), entry.container, [alert], alert["rule"],
                              alert["priority"], int(alert["ts"]) - self.clock.offset, int(alert["ts"]),
-                             pid=(alert.get("proc") or {}).get("pid")), batch)
+                             pid=(alert.get("proc") or {}).get("pid"), stopped=stopped), batch)
 
     def _asked(self, container_id: str, future: Future, batch: Batch) -> None:
         found = [(i, e) for i, e in self.cgroups.entries.items()
@@ -111,6 +139,36 @@ class Capture:
                                              trigger={"rule": request.rule, "priority": request.priority}, why=why))
             for future in self._waiting.pop(request.cgroup_id, []):
                 future.set_exception(RuntimeError(f"not captured: {why}"))
+
+    def _note_stops(self, batch: Batch) -> None:
+        """The processes the kernel stopped at a stopping needle (the batch's events
+        flagged MAYFLY_SYSCALL_STOPPED): held until their container's alerts are known."""
+        now = time.monotonic()
+        for events in batch.arrays.get("syscall", ()):
+            flagged = events[(events["flags"] & self.stopped_flag) != 0]
+            for pid, cgroup_id in zip(flagged["hdr"]["pid"].tolist(), flagged["hdr"]["cgroup_id"].tolist()):
+                self._stops[pid] = (cgroup_id, now)
+
+    def _continue_stops(self) -> None:
+        """Stopped processes no capture took: continued once their container's alerts
+        are out (its identity known), or after STOP_HOLD_S; and, every SWEEP_S, any the
+        kernel still lists whose event never came (lost, or the sensor restarted)."""
+        now = time.monotonic()
+        pending = set(self.cgroups.pending_ids()) if self._stops else set()
+        for pid, (cgroup_id, since) in list(self._stops.items()):
+            if cgroup_id not in pending or now - since > STOP_HOLD_S:
+                del self._stops[pid]
+                _continue(pid)
+                self.kernel.let_go(pid)
+        if now - self._swept < SWEEP_S:
+            return
+        self._swept = now
+        kernel_now = time.monotonic_ns()
+        for pid, since_ns in self.kernel.stopped().items():
+            if pid not in self._stops and kernel_now - since_ns > STOP_HOLD_S * 1e9:
+                log.warning("a process stopped at a trigger had no event: continued", pid=pid)
+                _continue(pid)
+                self.kernel.let_go(pid)
 
     def _dir(self, entry) -> str:
         return os.path.join(self.cgroups.root, entry.path.lstrip("/"))

@@ -37,6 +37,7 @@ class Identify:
         self.mkdir = mkdir  # MAYFLY_CGROUP_MKDIR
         self.containers_only = False
         self.ignored_hosts: set[int] = set()
+        self.marked_hosts: set[int] = set()
 
     def run(self, batch: Batch) -> None:
         for cgroup_id, path, ts in self.changes(batch.arrays, removals=False):
@@ -73,6 +74,9 @@ class Identify:
 
     def take_hosts(self) -> None:
         hosts = self.cgroups.take_hosts()
+        for cgroup_id in hosts:
+            self.kernel.mark_host(cgroup_id, True)  # where the kernel never stops a process
+        self.marked_hosts.update(hosts)
         if self.containers_only:
             self._ignore(hosts)
 
@@ -83,7 +87,10 @@ class Identify:
                 self.ignored_hosts.add(cgroup_id)
 
     def forget(self, cgroup_id: int) -> None:
-        """A removed cgroup: its policy entry goes with it."""
+        """A removed cgroup: its policy entries go with it."""
+        if cgroup_id in self.marked_hosts:
+            self.marked_hosts.discard(cgroup_id)
+            self.kernel.mark_host(cgroup_id, False)
         if cgroup_id in self.ignored_hosts:
             self.ignored_hosts.discard(cgroup_id)
             self.kernel.drop_policy(cgroup_id)

@@ -177,11 +177,12 @@ class Programs:
         return names
 
     def set_capture(self, table: syscalls.SyscallTable, wanted: set[str], results: set[str],
-                    needles: set[str] = frozenset()) -> set[str]:
+                    needles: set[str] = frozenset(), stopping: set[str] = frozenset()) -> set[str]:
         """Capture the `wanted` syscalls, with the results of those in `results` whose
         exit tracepoint this kernel has (the others are sent at enter). Exit programs
         run only for the syscalls they are attached to, so each is attached only while
-        it is wanted. `needles`: the syscalls the `needles` trie has entries for.
+        it is wanted. `needles`: the syscalls the `needles` trie has entries for;
+        `stopping`: those it has stopping ones for.
         Returns the syscalls captured with their results."""
         exits = {name: syscalls.exit_tracepoint(name) for name in sorted(wanted & results)
                  if "exit_code" not in table.syscalls[name].flags
@@ -192,7 +193,7 @@ class Programs:
                 self._exits[name] = tp
         for name in set(self._exits) - set(exits):
             self.bpf.detach_tracepoint(tp=self._exits.pop(name).replace("/", ":").encode())
-        maps.write_array(self["syscall_specs"], table.specs(wanted, set(exits), needles))
+        maps.write_array(self["syscall_specs"], table.specs(wanted, set(exits), needles, stopping))
         return set(exits)
 
     def _attach_flows(self, bcc) -> None:

@@ -53,6 +53,7 @@ class Kernel:
         self._pressed_until = 0    # what the `pressure` map says, as last written here
         self._drained_at = 0.0     # monotonic
         self._needle_syscalls: set[str] = set()
+        self._stop_syscalls: set[str] = set()
 
     @property
     def attached(self) -> list[str]:
@@ -107,20 +108,42 @@ class Kernel:
         self._pressed_until = until_ns
 
     def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
-        return self.programs.set_capture(table, wanted, results, self._needle_syscalls)
+        return self.programs.set_capture(table, wanted, results, self._needle_syscalls, self._stop_syscalls)
 
-    def set_needles(self, table: SyscallTable, needles: Collection[Needle]) -> None:
-        """The `needles` trie (events.h); set_capture() then flags their syscalls."""
+    def set_needles(self, table: SyscallTable, needles: Collection[Needle],
+                    stopping: Collection[Needle] = ()) -> None:
+        """The `needles` trie (events.h): `needles` a flood cannot hide, and `stopping`
+        ones, whose process the kernel stops; set_capture() then flags their syscalls."""
         trie, dtype = self.programs["needles"], self._structs["mayfly_needle_key"]
+        flood, stop = self._constants["MAYFLY_NEEDLE_FLOOD"], self._constants["MAYFLY_NEEDLE_STOP"]
         trie.clear()
-        for needle in needles:
+        for needle in set(needles) | set(stopping):
             path = needle.key()
             key = np.zeros(1, dtype)
             key["prefixlen"] = 32 + 8 * len(path)
             key["nr"] = table.numbers[needle.syscall]
             key["path"][0, :len(path)] = np.frombuffer(path, np.uint8)
-            trie[trie.Key.from_buffer_copy(key.tobytes())] = trie.Leaf(1)
+            bits = (flood if needle in needles else 0) | (stop if needle in stopping else 0)
+            trie[trie.Key.from_buffer_copy(key.tobytes())] = trie.Leaf(bits)
         self._needle_syscalls = {needle.syscall for needle in needles}
+        self._stop_syscalls = {needle.syscall for needle in stopping}
+
+    def mark_host(self, cgroup_id: int, host: bool) -> None:
+        """A cgroup of the host's (no process is stopped there), or no longer (removed)."""
+        hosts = self.programs["host_cgroups"]
+        if host:
+            hosts[hosts.Key(cgroup_id)] = hosts.Leaf(1)
+        else:
+            hosts.pop(hosts.Key(cgroup_id), None)
+
+    def stopped(self) -> dict[int, int]:
+        """The processes the kernel stopped and user space has not let go: pid -> when
+        (kernel time)."""
+        return {key.value: leaf.value for key, leaf in self.programs["stopped_tasks"].items()}
+
+    def let_go(self, pid: int) -> None:
+        """A stopped process is user space's to continue or kill now."""
+        self.programs["stopped_tasks"].pop(self.programs["stopped_tasks"].Key(pid), None)
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:
         policy = self.programs["cgroup_policy"]

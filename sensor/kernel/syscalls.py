@@ -185,13 +185,14 @@ class SyscallTable:
     def name(self, nr: int) -> str:
         return self.names.get(nr) or f"syscall_{nr}"
 
-    def specs(self, wanted: set[str], results: set[str], needles: set[str] = frozenset()) -> np.ndarray:
+    def specs(self, wanted: set[str], results: set[str], needles: set[str] = frozenset(),
+              stopping: set[str] = frozenset()) -> np.ndarray:
         """The `syscall_specs` map's contents: capture what is in `wanted` (plus the
         exit codes, which lifecycle events need). `results`: those whose exit tracepoint
         is attached; the others are sent at enter, without a result, except an exec,
         which is sent from sched_process_exec when it succeeds (a failed one is only
         seen through its exit), and never asks the token bucket. `needles`: those the
-        `needles` trie has entries for."""
+        `needles` trie has entries for; `stopping`: those it has stopping ones for."""
         events = layout.events()
         c = events.constants
         specs = np.zeros(c["MAYFLY_MAX_SYSCALLS"], events.structs["mayfly_syscall_spec"])
@@ -213,6 +214,8 @@ class SyscallTable:
                     flags |= c["MAYFLY_SPEC_LIFECYCLE"]
                 if syscall.name in needles:
                     flags |= c["MAYFLY_SPEC_NEEDLE"]
+                if syscall.name in stopping:
+                    flags |= c["MAYFLY_SPEC_STOP"]
             elif "exit_code" not in syscall.flags:
                 continue
             spec = specs[syscall.nr]

@@ -32,6 +32,9 @@ class FakeKernel:
         self.policies: dict[int, bool] = {}
         self.captured: set[str] = set()
         self.needles: set = set()
+        self.stopping: set = set()
+        self.hosts: set[int] = set()
+        self.stopped_tasks: dict[int, int] = {}  # a test's "the kernel stopped it" (pid -> ktime)
         self.rate: tuple[int, int, float] | None = None
         self.closed = False
 
@@ -76,8 +79,21 @@ class FakeKernel:
         self.captured = set(wanted)
         return set(results) & set(wanted)
 
-    def set_needles(self, table: SyscallTable, needles) -> None:
+    def set_needles(self, table: SyscallTable, needles, stopping=()) -> None:
         self.needles = set(needles)
+        self.stopping = set(stopping)
+
+    def mark_host(self, cgroup_id: int, host: bool) -> None:
+        if host:
+            self.hosts.add(cgroup_id)
+        else:
+            self.hosts.discard(cgroup_id)
+
+    def stopped(self) -> dict[int, int]:
+        return dict(self.stopped_tasks)
+
+    def let_go(self, pid: int) -> None:
+        self.stopped_tasks.pop(pid, None)
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:
         self.policies[cgroup_id] = track

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import msgpack
 
@@ -17,6 +18,7 @@ from sensor.testing.containers import wait_until
 from sensor.testing.running import RunningSensor
 from test_container_identity import of_cgroup, read_records
 
+ATTACK = "/usr/local/bin/attack"  # tests/e2e/attack.c, built static
 SECRET = "topsecret-42-value"
 # The shell holds the secret in its heap (a variable, built at run time so that it is not
 # in the command line), writes a file, reads the stand-in for /etc/shadow (a WARNING
@@ -121,3 +123,26 @@ def test_a_capture_asked_for_by_hand_goes_through_the_control_socket_and_one_fro
     store = CaseStore(sensor.cases)
     assert {c["container"]["id"]: c["trigger"]["priority"] for c in store.list()} == {mine.id: "NONE",
                                                                                       theirs.id: "NONE"}
+
+
+def test_a_process_whose_trigger_is_its_last_act_is_held_by_the_kernel_and_its_heap_captured(rig, tmp_path):
+    attack = rig.compile_static("attack", (Path(__file__).parent / "attack.c").read_text())
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600")
+    try:
+        files = {**shadow(tmp_path), ATTACK: attack}
+        last = rig.run([ATTACK, "last_act", "/etc/shadow"], files=files)
+        allowed = rig.run([ATTACK, "last_act", "/etc/hostname"], files=files)
+        wait_until(lambda: any(r["kind"] == "case" for r in read_records(output)), timeout=20)
+    finally:
+        sensor.stop()
+    assert last.exit_code == 0 and allowed.exit_code == 0  # continued after its capture, and exited as it would
+    (record,) = [r for r in read_records(output) if r["kind"] == "case"]
+    assert record["container"]["id"] == last.id
+    out = tmp_path / "export"
+    CaseStore(sensor.cases).export(record["case"], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (stopped,) = manifest["capture"]["stopped_by_kernel"]
+    assert stopped == manifest["triggers"][0]["proc"]["pid"]
+    holding = [p for p in (out / "memory" / str(stopped)).iterdir() if b"last-act-42-secret" in p.read_bytes()]
+    assert holding, "the last act's heap secret is in no exported mapping"
