@@ -238,6 +238,26 @@ def cases_export(ctx, case_id: str, dest: str) -> None:
         click.echo(_case_store(ctx).export(case_id, dest))
 
 
+@cases.command("report")
+@click.argument("case_id")
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False),
+              help="Write the case as one self-contained HTML page here.")
+@click.pass_context
+def cases_report(ctx, case_id: str, html_path: str) -> None:
+    """A case as an HTML page: its timeline drawn, its process tree, its artifacts and
+    hashes, what is missing, and why it was kept."""
+    from sensor.forensics import report
+
+    with _case_errors():
+        store = _case_store(ctx)
+        manifest = store.manifest(case_id)
+        page = report.render(manifest, store.unpacked(manifest, "events", "timeline.msgpack") or [],
+                             store.unpacked(manifest, "processes", "tree.msgpack") or [])
+        with open(html_path, "w", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
+            f.write(page)
+    click.echo(html_path)
+
+
 def _case_action(name: str, doc: str, act: Callable[[CaseStore, str], None]) -> None:
     @cases.command(name, help=doc)
     @click.argument("case_id")
@@ -277,12 +297,38 @@ def doctor_command(fix: bool) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
-def replay(path: str) -> None:
-    """Print the records of a msgpack file written by `mayfly run --output file:PATH`."""
+@click.argument("source")
+@click.option("--rules", "rule_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Run these rules over the records and print their alerts only (repeatable).")
+@click.option("--store", "store_dir", default=DEFAULT_CASES, show_default=True, type=click.Path(file_okay=False),
+              help="The case store SOURCE is a case of.")
+def replay(source: str, rule_paths: tuple[str, ...], store_dir: str) -> None:
+    """Print the records of SOURCE: a msgpack file written by `mayfly run --output
+    file:PATH`, or a case's recorded events (its id). With --rules, run those rules over
+    the events instead and print the alerts they raise."""
+    if os.path.isfile(source):
+        found = _file_records(source)
+    else:
+        if not os.path.isdir(store_dir):
+            raise click.ClickException(f"{source} is neither a file nor a case: there is no case store at {store_dir}")
+        with _case_errors():
+            store = CaseStore(store_dir)
+            manifest = store.manifest(source)
+            found = iter(store.unpacked(manifest, "events", "timeline.msgpack") or [])
+    if rule_paths:
+        ruleset = rule_loader.load(rule_paths)
+        for problem in ruleset.problems:
+            click.echo(f"rule rejected: {problem}", err=True)
+        from sensor.detect.alerts import Alerts
+
+        found = iter(Alerts(ruleset)([r for r in found if r.get("kind") == "event"]))
+    for record in found:
+        click.echo(records.describe(record))
+
+
+def _file_records(path: str):
     with open(path, "rb") as f:
         try:
-            for record in records.read_stream(f):
-                click.echo(records.describe(record))
+            yield from records.read_stream(f)
         except ValueError as e:
             raise click.ClickException(f"{path}: damaged after the records above: {e}") from None

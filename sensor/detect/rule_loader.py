@@ -335,6 +335,8 @@ def _item(body: Any, path: str, line: int, condition_line: int) -> tuple[Item | 
     priority = body.get("priority")
     if priority is not None and str(priority).upper() not in PRIORITIES:
         return None, Problem(path, line, f"unknown priority {priority!r}", name, kind)
+    if kind == "rule" and not isinstance(body.get("capture", False), bool):
+        return None, Problem(path, line, f"capture must be true or false, not {body['capture']!r}", name, kind)
     if kind == "rule" and body.get("source", "syscall") != "syscall":
         return None, Problem(path, line, f"source {body['source']!r} is not supported: Mayfly's rules see "
                                          "syscall events only (no plugin sources)", name, kind)

@@ -11,9 +11,7 @@ recorder's events of the container from before the trigger and from after it, un
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from sensor.forensics.recorder import FlightRecorder
 from sensor.forensics.store import Case, CaseStore
 from sensor.log import get_logger
 from sensor.records import Record
-from sensor.system.freezer import Freezer, FreezerError
+from sensor.system.freezer import Freezer, FreezerError, resume
 
 log = get_logger("capture")
 
@@ -218,11 +216,8 @@ class Capturer:
             if case is not None:
                 case.missing(f"the container {action}ed", str(e))
         if action != KILL:
-            for tid in request.stopped:
-                try:
-                    os.kill(tid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
+            for pid in request.stopped:
+                resume(pid)
         return action
 
     def _wait_for_after(self, request: Request) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
@@ -22,18 +21,12 @@ from sensor.kernel import layout
 from sensor.kernel.clock import MonotonicClock
 from sensor.kernel.control import Kernel
 from sensor.log import get_logger
+from sensor.system.freezer import resume
 
 log = get_logger("capture")
 
 STOP_HOLD_S = 2.0  # longest a stopped process waits for its container's alerts
 SWEEP_S = 1.0      # how often the kernel's list of stopped processes is looked at
-
-
-def _continue(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
 
 
 if TYPE_CHECKING:
@@ -158,7 +151,7 @@ class Capture:
         for pid, (cgroup_id, since) in list(self._stops.items()):
             if cgroup_id not in pending or now - since > STOP_HOLD_S:
                 del self._stops[pid]
-                _continue(pid)
+                resume(pid)
                 self.kernel.let_go(pid)
         if now - self._swept < SWEEP_S:
             return
@@ -167,7 +160,7 @@ class Capture:
         for pid, since_ns in self.kernel.stopped().items():
             if pid not in self._stops and kernel_now - since_ns > STOP_HOLD_S * 1e9:
                 log.warning("a process stopped at a trigger had no event: continued", pid=pid)
-                _continue(pid)
+                resume(pid)
                 self.kernel.let_go(pid)
 
     def _dir(self, entry) -> str:

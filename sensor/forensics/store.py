@@ -218,6 +218,17 @@ class CaseStore:
         if digest.hexdigest() != sha256:
             raise StoreError(f"blob {sha256} is damaged: its bytes hash to {digest.hexdigest()}")
 
+    def unpacked(self, manifest: dict, kind: str, name: str):
+        """A msgpack artifact of a case (its timeline, its process tree...), unpacked;
+        None if the case has none."""
+        found = next((a for a in manifest["artifacts"] if a["kind"] == kind and a["name"] == name), None)
+        if found is None:
+            return None
+        try:
+            return msgpack.unpackb(b"".join(self.artifact(found["sha256"])), raw=False)
+        except (ValueError, msgpack.UnpackException) as e:
+            raise StoreError(f"case {manifest['id']}: its {kind} {name} cannot be read: {e}") from None
+
     def export(self, case_id: str, dest: str | os.PathLike) -> Path:
         """Every artifact of a case as a plain file under `dest` (by kind, then name, made
         safe: no name leaves `dest`), with the manifest as msgpack and JSON."""

@@ -41,10 +41,12 @@ class Distro:
         if self.family == "debian":
             # gcc-multilib: the tests build an ia32 helper to check 32-bit processes are seen.
             # podman: the tests check that its containers are named from its state.
+            # chromium: the tests render a case's HTML report in a headless browser.
             multilib = ["gcc-multilib"] if platform.machine() == "x86_64" else []
-            return [self.bcc_package, "runc", "podman", "gcc", "libc6-dev", *multilib, "make", "python3-venv", "ruby"]
+            return [self.bcc_package, "runc", "podman", "gcc", "libc6-dev", *multilib, "make", "python3-venv", "ruby",
+                    "chromium"]
         if self.family == "fedora":
-            return [self.bcc_package, "runc", "podman", "gcc", "glibc-static", "make", "ruby"]
+            return [self.bcc_package, "runc", "podman", "gcc", "glibc-static", "make", "ruby", "chromium"]
         return []
 
     def bench_packages(self) -> list[str]:

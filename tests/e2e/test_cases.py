@@ -4,7 +4,9 @@ recorder's events from before the trigger and the file the container wrote; the
 store keeps distinct cases within its budget; a hand-asked capture goes through the
 control socket; a container someone else froze stays frozen."""
 
+import html
 import json
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +32,15 @@ NEIGHBOUR = ["/bin/sh", "-c", "S=harmless; echo hello > /tmp/note.txt; cat /etc/
 
 def mayfly(*args):
     return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True)
+
+
+def render_in_chromium(page):
+    """What Debian's chromium, headless, laid out of the page (its script marks the body)."""
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-rendered="([^"]*)"', dom.stdout)
+    assert found, f"chromium rendered no page: {dom.stderr[-2000:]}"
+    return json.loads(html.unescape(found[1]))
 
 
 def shadow(tmp_path):
@@ -84,6 +95,20 @@ def test_an_alert_captures_the_heap_secret_the_events_before_it_and_the_written_
         [r["evt"] for r in before if r["evt"]["type"] == "openat"]
     events = next(a for a in manifest["artifacts"] if a["kind"] == "events")
     assert events["before_trigger"] == len(before) and events["records"] == len(timeline)
+    # The report, rendered by a real headless browser: what it laid out matches the case.
+    report = tmp_path / "report.html"
+    assert mayfly("cases", "--store", str(sensor.cases), "report", record["case"], "--html", str(report)).returncode == 0
+    rendered = render_in_chromium(report)
+    assert rendered["width"] == 960 and rendered["height"] > 100 and rendered["trigger"], rendered
+    assert (rendered["marks"], rendered["processes"], rendered["artifacts"]) == (
+        len(timeline), len(tree), len(manifest["artifacts"]))
+    # Other rules over the case's recorded events.
+    rules = tmp_path / "other.yaml"
+    rules.write_text("- rule: Cat Read Below Etc\n  desc: d\n  condition: evt.type = openat and proc.name = cat and "
+                     "fd.name startswith /etc\n  output: cat read %fd.name\n  priority: NOTICE\n")
+    replayed = mayfly("replay", record["case"], "--store", str(sensor.cases), "--rules", str(rules))
+    assert replayed.returncode == 0 and replayed.stdout.count("rule=Cat Read Below Etc") == 1, replayed.stdout
+    assert "output=cat read /etc/shadow" in replayed.stdout
     # The neighbour's alerts: none at WARNING, so it was never frozen.
     assert not [r for r in of_cgroup(read_records(output), benign.cgroup_id) if r["kind"] == "alert"
                 and r["priority"] == "WARNING"]

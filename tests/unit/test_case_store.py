@@ -7,7 +7,7 @@ import stat
 import msgpack
 import pytest
 
-from sensor.forensics import value
+from sensor.forensics import report, value
 from sensor.forensics.store import CaseStore, StoreError, safe_relative
 
 CONTAINER = {"id": "c0ffee", "image": "registry.example/shop:1.2", "cgroup_id": 77}
@@ -157,3 +157,16 @@ def test_an_artifact_let_go_at_sealing_leaves_its_twin_readable(tmp_path):
     manifest = case.seal()
     assert [a["name"] for a in manifest["artifacts"]] == ["/tmp/y"] and len(manifest["missing"]) == 2
     assert store.export(manifest["id"], tmp_path / "out") and store.used_bytes() <= store.budget
+
+
+def test_the_html_report_escapes_what_the_container_named():
+    hostile = "<script>alert(1)</script>"
+    manifest = {"id": "c1", "container": {"id": hostile}, "trigger": {"rule": "r", "priority": "WARNING"},
+                "timings": {"opened": 1.0}, "complete": True, "capture": {"trigger_ts": 2_000},
+                "artifacts": [{"kind": "file", "name": b"/tmp/\xff" + hostile.encode(), "size": 1, "sha256": "ab"}],
+                "missing": [{"what": hostile, "why": hostile}], "value": {}}
+    timeline = [{"ts": 1_000, "proc": {"pid": 7, "comm": hostile}, "evt": {"type": "openat", "name": hostile}},
+                {"ts": 3_000, "proc": {"pid": 7, "comm": hostile}, "evt": {"type": "execve"}}]
+    page = report.render(manifest, timeline, [{"pid": 7, "ppid": 1, "name": hostile, "cmdline": [hostile]}])
+    assert hostile not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6
+    assert page.count("class='mark ") == 2 and "id='trigger'" in page

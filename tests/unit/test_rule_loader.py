@@ -37,6 +37,10 @@ def test_a_broken_item_rejects_itself_only(tmp_path):
         "- just a string\n"          # line 17
         "- rule: Audit\n"            # line 18
         "  desc: d\n  condition: ka.verb = create\n  output: o\n  priority: INFO\n  source: k8s_audit\n"
+        "- rule: Captured\n"         # line 24
+        "  desc: d\n  condition: proc.name in (shells)\n  output: o\n  priority: INFO\n  capture: yes please\n"
+        "- rule: Kept\n"
+        "  desc: d\n  condition: proc.name in (shells)\n  output: o\n  priority: INFO\n  capture: true\n"
     )
     ruleset = rule_loader.load([path])
     assert [str(p) for p in ruleset.problems] == [
@@ -45,8 +49,10 @@ def test_a_broken_item_rejects_itself_only(tmp_path):
         f"{path}:17: an item must be a mapping",
         f"{path}:18: Audit: source 'k8s_audit' is not supported: Mayfly's rules see syscall events only "
         "(no plugin sources)",
+        f"{path}:24: Captured: capture must be true or false, not 'yes please'",
     ]
-    assert [i.name for i in ruleset.items] == ["shells", "Fine"]
+    assert [i.name for i in ruleset.items] == ["shells", "Fine", "Kept"]
+    assert ruleset.items[-1].body["capture"] is True
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
