@@ -81,9 +81,10 @@ def decoder(paths=None) -> Parts:
 
 
 def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_000_000_000,
-            header: dict | None = None, **values) -> bytes:
+            header: dict | None = None, event_flags: int = 0, **values) -> bytes:
     """A syscall record as the kernel sends it: registers in args, strings and sockaddrs
-    (str or bytes values) in their slots. `header`: more of raw()'s header fields."""
+    (str or bytes values) in their slots. `header`: more of raw()'s header fields;
+    `event_flags`: MAYFLY_SYSCALL_* bits."""
     spec = TABLE.syscalls[syscall_name]
     args, slot_len = [0] * 6, [0, 0, 0]
     data = np.zeros(C["MAYFLY_DATA_LEN"], np.uint8)
@@ -98,7 +99,7 @@ def syscall(syscall_name: str, result: int = 0, pid: int = 100, ktime: int = 5_0
         else:
             args[index] = value & (2 ** 64 - 1)
     record = raw("syscall", pid=pid, ktime=ktime, nr=spec.nr, result=result, args=args, slot_len=slot_len, data=data,
-                 **(header or {}))
+                 flags=event_flags, **(header or {}))
     # Sent without the unused tail, as the kernel does.
     used = max((slot * C["MAYFLY_STR_LEN"] + length for slot, length in enumerate(slot_len) if length), default=0)
     return record[:EVENTS.structs["mayfly_syscall_event"].fields["data"][1] + used]

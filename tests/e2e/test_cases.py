@@ -171,3 +171,30 @@ def test_a_process_whose_trigger_is_its_last_act_is_held_by_the_kernel_and_its_h
     assert stopped == manifest["triggers"][0]["proc"]["pid"]
     holding = [p for p in (out / "memory" / str(stopped)).iterdir() if b"last-act-42-secret" in p.read_bytes()]
     assert holding, "the last act's heap secret is in no exported mapping"
+
+
+def test_under_a_small_budget_alike_cases_share_blobs_and_give_way_to_a_distinct_one(rig, tmp_path):
+    budget = 6 << 20  # about three alike cases: a first one is ~4.5 MB, each alike one adds ~0.8 MB
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600",
+                           "--cases-budget", str(budget))
+    distinct = ["/bin/sh", "-c", "echo key > /tmp/server.key; cat /tmp/server.key >/dev/null; sleep 0.3; true"]
+    try:
+        alike = [rig.run(ATTACKER, files=shadow(tmp_path)) for _ in range(5)]
+        wait_until(lambda: sum(r["kind"] == "case" for r in read_records(output)) == 5, timeout=30)
+        other = rig.run(distinct)
+        wait_until(lambda: sum(r["kind"] == "case" for r in read_records(output)) == 6, timeout=30)
+    finally:
+        sensor.stop()
+    store = CaseStore(sensor.cases)
+    assert store.used_bytes() <= budget
+    kept = {c["container"]["id"]: c for c in store.list()}
+    # The distinct case is kept whole; so is the first of the alike ones, worth the most of them.
+    assert other.id in kept and store.manifest(kept[other.id]["id"])["complete"]
+    assert alike[0].id in kept and kept[alike[0].id]["value"]["similar"] == 0
+    # The later alike ones were refused room or let go: never the store over its budget.
+    later = [kept.get(r.id) for r in alike[1:]]
+    assert any(c is None or not store.manifest(c["id"])["complete"] for c in later), later
+    # Alike cases share their blobs (the executable, the libraries): the store holds far
+    # less than their artifacts add up to.
+    assert sum(c["bytes"] for c in kept.values()) > 1.5 * store.used_bytes()
