@@ -8,7 +8,8 @@
  *   exec     fork, exec /bin/true, wait;
  *   tcp      connect to a listener of its own on 127.0.0.1, accept, close both ends;
  *   marker   as openat, but every MARKER_EVERY-th open is of /etc/shadow;
- *   needle   as openat, but the middle open of all ITERATIONS is of /etc/shadow.
+ *   needle   as openat, but the middle open of all ITERATIONS is of /etc/shadow;
+ *   shadow   as openat, but every open is of /etc/shadow.
  * RATE: operations per second to pace at (0: as fast as possible).
  * CPU: pin to this CPU first (-1 or absent: leave as is).
  * Built static, so that it runs unchanged in a busybox container. */
@@ -84,7 +85,7 @@ static void exec_once(void)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: load getppid|prctl|openat|exec|tcp|marker|needle ITERATIONS [RATE [CPU]]\n");
+        fprintf(stderr, "usage: load getppid|prctl|openat|exec|tcp|marker|needle|shadow ITERATIONS [RATE [CPU]]\n");
         return 2;
     }
     const char *op = argv[1];
@@ -100,7 +101,7 @@ int main(int argc, char **argv)
     }
     int kind = !strcmp(op, "getppid") ? 0 : !strcmp(op, "prctl") ? 1 : !strcmp(op, "openat") ? 2
              : !strcmp(op, "exec") ? 3 : !strcmp(op, "tcp") ? 4 : !strcmp(op, "marker") ? 5
-             : !strcmp(op, "needle") ? 6 : -1;
+             : !strcmp(op, "needle") ? 6 : !strcmp(op, "shadow") ? 7 : -1;
     if (kind < 0) {
         fprintf(stderr, "load: unknown operation %s\n", op);
         return 2;
@@ -124,8 +125,9 @@ int main(int argc, char **argv)
             break;
         case 2:
         case 5:
-        case 6: {
-            int marked = kind == 5 ? i % MARKER_EVERY == MARKER_EVERY - 1 : kind == 6 && i == n / 2;
+        case 6:
+        case 7: {
+            int marked = kind == 5 ? i % MARKER_EVERY == MARKER_EVERY - 1 : kind == 6 ? i == n / 2 : kind == 7;
             const char *path = marked ? MARKER : argv[0];
             int fd = open(path, O_RDONLY);
             if (fd < 0)

@@ -104,3 +104,15 @@ def test_memory_benchmark_quick_mode(tmp_path):
     samples = re.findall(r"^\| ([\d,]+) \| ([\d.]+) \|$", report, re.M)
     assert [n for n, _ in samples] == ["0", "100", "200"] and all(float(m) > 0 for _, m in samples)
     assert len(re.findall(r"^- .*: \*\*(met|missed)\*\*", report, re.M)) == 2
+
+
+def test_capture_benchmark_quick_mode(tmp_path):
+    report = quick("capture", tmp_path)
+    timings = re.findall(r"^\| Mayfly: the triggering event to the cgroup frozen \((\d+) cases\) \| ([\d.,]+) ms \| ([\d.,]+) ms \|$",
+                         report, re.M)
+    assert timings and int(timings[0][0]) == 5  # every container's case
+    assert re.search(r"^\| Responder: .* \(5 alerts\) \| [\d.,]+ ms \| [\d.,]+ ms \|$", report, re.M)
+    costs = re.findall(r"^\| `load (?:openat|shadow)` [^|]+ \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| [\d.]+x \|$",
+                       report, re.M)
+    assert len(costs) == 3 and all(int(v.replace(",", "")) > 0 for row in costs for v in row)
+    assert re.search(r"the goal is under 10 ms: \*\*(met|missed)\*\*", report)
