@@ -1,10 +1,10 @@
 """One pass per batch: the kernel's events go through named stages, in order, and
 every stage reads and adds to one Batch. The stages (each subpackage's `stage.py`):
 
-    drain ─► decode ─► identity ─► events ─► accounting ─► detect ─► outputs
-    kernel   kernel    identity    output    output        detect    output
+    drain ─► decode ─► identity ─► recorder ─► events ─► accounting ─► detect ─► capture ─► outputs
+    kernel   kernel    identity    forensics   output    output        detect    forensics   output
 
-A new capability (response, forensics, baselines) is a stage over the same Batch:
+A new capability (response, baselines) is a stage over the same Batch:
 it reads the decoded arrays, never decodes again, and costs nothing per event in
 Python. `Sensor` builds the pipeline; docs/architecture.md draws it.
 """

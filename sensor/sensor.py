@@ -151,6 +151,10 @@ class Sensor:
         except BaseException:
             if getattr(self, "cgroups", None) is not None:
                 self.cgroups.stop_watching()
+            if self._capture is not None:
+                self._capture.capturer.close()
+                if not isinstance(self.cases, CaseStore):
+                    self._capture.capturer.store.close()
             self.kernel.close()
             raise
         self._started = time.monotonic()
@@ -351,6 +355,7 @@ class Sensor:
         if self._capture is not None:
             self._capture.capturer.close()  # the captures queued: their containers are frozen
             self._capture.run(final)
+            self._capture.close()
         final.records += self._account.periodic() + self.reports.lost(final=True)
         final.records.append(records.new(
             "sensor", self.clock.now(), state="stopped", uptime_s=round(time.monotonic() - self._started, 3),

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgpack
 
@@ -37,6 +38,8 @@ QUEUE = 64  # captures waiting at most; past it a trigger's case is not opened (
 class Settings:
     after_capture: str = THAW            # what becomes of the container once captured
     after_s: float = 0.5                 # the timeline runs until this long after the trigger
+    case_memory_bytes: int = 1 << 30     # memory read in all, over the container's processes
+    max_processes: int = 256             # processes captured; the others are listed missing
     processes: process_evidence.Limits = field(default_factory=process_evidence.Limits)
     files: container_evidence.Limits = field(default_factory=container_evidence.Limits)
 
@@ -162,7 +165,13 @@ class Capturer:
             sealing = time.monotonic_ns()
             self._add_timeline(case, request, described)
             timings["seal_s"] = (time.monotonic_ns() - sealing) / 1e9
-            manifest = case.seal(**timings)
+            try:
+                manifest = case.seal(**timings)
+            except (OSError, sqlite3.Error) as e:  # no room on the disk even for the manifest
+                log.error("case not kept", case=case.id, why=f"its manifest cannot be written: {e}")
+                self.store.forget_unsealed(case.id)
+                return {"id": None, "container": request.container, "error": f"case {case.id} not kept: {e}",
+                        "bytes": 0}
         finally:
             if not released:  # the capture failed: the container is not left frozen for it
                 self._release(None, request, frozen_ns is not None)
@@ -184,7 +193,14 @@ class Capturer:
         if not pids:
             case.missing("processes, memory and files", "the container was gone before its capture")
             return []
-        described = [process_evidence.capture(case, pid, self.settings.processes) for pid in pids]
+        described, left = [], self.settings.case_memory_bytes
+        for pid in pids[:self.settings.max_processes]:
+            limits = replace(self.settings.processes, memory_bytes=min(self.settings.processes.memory_bytes, left))
+            described.append(process_evidence.capture(case, pid, limits))
+            left -= described[-1].get("memory", {}).get("read_bytes", 0)
+        if len(pids) > self.settings.max_processes:
+            case.missing(f"{len(pids) - self.settings.max_processes} processes",
+                         f"over the cap of {self.settings.max_processes} processes a case")
         container_evidence.process_tree(case, described)
         try:
             upper = container_evidence.upper_dir(pids[0])

@@ -107,7 +107,7 @@ def _memory(case: Case, pid: int, maps: list[Mapping], cap: int) -> dict:
             name = f"{pid}/{region.start:x}-{region.end:x}"
             if taken + region.size > cap:
                 skipped += region.size
-                case.missing(f"memory {name} {region.path}".rstrip(), f"over the per-process cap of {cap} bytes")
+                case.missing(f"memory {name} {region.path}".rstrip(), f"over the memory cap of {cap} bytes for this process")
                 continue
             try:
                 data = os.pread(mem, region.size, region.start)

@@ -91,7 +91,10 @@ class Capture:
         for manifest in self.capturer.take_sealed():
             batch.records.append(self._case_record(manifest))
             for future in self._waiting.pop(manifest["container"].get("cgroup_id"), []):
-                future.set_result(manifest)
+                if manifest.get("id"):
+                    future.set_result(manifest)
+                else:
+                    future.set_exception(RuntimeError(f"the capture failed: {manifest.get('error')}"))
 
     def triggers(self, rule_name: str, priority: str) -> bool:
         """Whether an alert of this rule, at this priority, triggers a capture."""
@@ -128,6 +131,8 @@ class Capture:
     def _submit(self, request: Request, batch: Batch) -> None:
         why = self.capturer.submit(request)
         if why is not None:
+            for pid in request.stopped:  # no capture will continue them
+                resume(pid)
             batch.records.append(records.new("case", self.clock.now(), state="skipped", container=request.container,
                                              trigger={"rule": request.rule, "priority": request.priority}, why=why))
             for future in self._waiting.pop(request.cgroup_id, []):
@@ -162,6 +167,14 @@ class Capture:
                 log.warning("a process stopped at a trigger had no event: continued", pid=pid)
                 resume(pid)
                 self.kernel.let_go(pid)
+
+    def close(self) -> None:
+        """The sensor stops: every process the kernel stopped and no capture took is
+        continued (once the programs are detached, nothing else would)."""
+        for pid in set(self._stops) | set(self.kernel.stopped()):
+            resume(pid)
+            self.kernel.let_go(pid)
+        self._stops.clear()
 
     def _dir(self, entry) -> str:
         return os.path.join(self.cgroups.root, entry.path.lstrip("/"))

@@ -16,6 +16,7 @@ than the one being written, and an artifact there is no room for is listed as mi
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -40,6 +41,7 @@ MANIFEST_VERSION = 1
 DEFAULT_ROOT = "/var/lib/mayfly/cases"
 DEFAULT_BUDGET = 1 << 30  # 1 GiB
 OPEN, SEALED, TORN = "open", "sealed", "torn"
+DISK_SLACK = 1 << 20  # free disk kept beside a case's reserve, for the index's journal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cases (
@@ -125,6 +127,9 @@ class CaseStore:
                 return sha
         if not self._make_room(len(data) + case.reserve, case):
             return None
+        free = _free_bytes(self.root)
+        if free < len(data) + case.reserve + DISK_SLACK:  # the disk fills before the budget: keep room to seal
+            raise OSError(errno.ENOSPC, f"No space left on device for it ({free} bytes free)")
         path = self._blob_path(sha)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         _write_whole(path, data)
@@ -259,6 +264,14 @@ class CaseStore:
             db.execute("DELETE FROM cases WHERE id = ?", (case_id,))
         self._manifest_path(case_id).unlink(missing_ok=True)
 
+    def forget_unsealed(self, case_id: str) -> None:
+        """A case that could not be sealed goes, as far as the disk lets it (what stays
+        is found torn at the next start)."""
+        try:
+            self.remove(case_id)
+        except (OSError, sqlite3.Error, StoreError) as e:
+            log.error("case left torn", case=case_id, error=str(e))
+
     def expire(self) -> list[str]:
         """Let go unlocked cases past their priority's TTL; their ids."""
         now = self.clock()
@@ -329,7 +342,8 @@ class CaseStore:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # sqlite rolls back by itself on some errors (a full disk)
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
@@ -354,8 +368,8 @@ class Case:
         One that cannot be written (a full disk) is listed as missing."""
         try:
             sha = self.store._put_blob(self, data)
-        except OSError as e:
-            self.missing(f"{kind} {name!r}", f"cannot be written to the case store: {e.strerror or e}")
+        except (OSError, sqlite3.Error) as e:  # a full disk: OSError for a blob, sqlite3.Error for the index
+            self.missing(f"{kind} {name!r}", f"cannot be written to the case store: {getattr(e, 'strerror', None) or e}")
             return False
         if sha is None:
             self.missing(f"{kind} {name!r}", "no room within the case store's budget")
@@ -385,6 +399,11 @@ def safe_relative(name: str | bytes) -> Path:
     text = name.decode(errors="backslashreplace") if isinstance(name, bytes) else str(name)
     parts = [p.replace("\0", "\\0") for p in text.split("/") if p not in ("", ".", "..")]
     return Path(*parts) if parts else Path("_")
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def _write_whole(path: Path, data: bytes) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgpack
 
 from sensor.forensics.store import CaseStore
+from sensor.system import host
 from sensor.system.freezer import Freezer
 from sensor.testing.containers import wait_until
 from sensor.testing.running import RunningSensor
@@ -198,3 +199,27 @@ def test_under_a_small_budget_alike_cases_share_blobs_and_give_way_to_a_distinct
     # Alike cases share their blobs (the executable, the libraries): the store holds far
     # less than their artifacts add up to.
     assert sum(c["bytes"] for c in kept.values()) > 1.5 * store.used_bytes()
+
+
+def test_a_full_disk_marks_the_case_incomplete_and_the_sensor_goes_on(rig, tmp_path):
+    store = tmp_path / "small"
+    store.mkdir()
+    host.mount("tmpfs", str(store), options="size=3m,mode=0700")  # a real full disk, a small one
+    output = tmp_path / "records.msgpack"
+    try:
+        sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600",
+                               "--cases", str(store))
+        try:
+            first = rig.run(ATTACKER, files=shadow(tmp_path))
+            wait_until(lambda: any(r["kind"] == "case" for r in read_records(output)), timeout=20)
+            second = rig.run(ATTACKER, files=shadow(tmp_path))  # still captured: nothing stopped
+            wait_until(lambda: sum(r["kind"] == "case" for r in read_records(output)) == 2, timeout=20)
+        finally:
+            sensor.stop()  # exits 0
+        cases = [r for r in read_records(output) if r["kind"] == "case"]
+        assert [c["container"]["id"] for c in cases] == [first.id, second.id]
+        assert cases[0]["state"] == "sealed" and not cases[0]["complete"], cases[0]
+        assert any("No space left on device" in m["why"] for m in cases[0]["missing"]), cases[0]["missing"]
+        assert {r.exit_code for r in (first, second)} == {0}  # thawed, ran to their end
+    finally:
+        host.umount(str(store))

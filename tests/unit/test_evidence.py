@@ -64,7 +64,7 @@ def test_a_huge_process_is_capped_and_the_cap_recorded(tmp_path):
     read = sum(a["size"] for a in manifest["artifacts"] if a["kind"] == "memory")
     assert read == described["memory"]["read_bytes"] <= 1 << 20
     assert described["memory"]["cap_bytes"] == 1 << 20 and described["memory"]["over_cap_bytes"] > 0
-    assert any("over the per-process cap of 1048576 bytes" in m["why"] for m in manifest["missing"])
+    assert any("over the memory cap of 1048576 bytes for this process" in m["why"] for m in manifest["missing"])
     assert not manifest["complete"]
 
 
