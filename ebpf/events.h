@@ -62,6 +62,7 @@
 #define MAYFLY_SPEC_NEEDLE 512      /* `needles` has entries for it: look its slot 0 path up there */
 #define MAYFLY_SPEC_LIFECYCLE 1024  /* an exec: never asks the token bucket */
 #define MAYFLY_SPEC_STOP 2048       /* some of its needles stop: look every event's path up (not the host's) */
+#define MAYFLY_SPEC_OPEN_WRITES 4096 /* it opens for writing whatever its flags (creat) */
 
 /* The token buckets are work-conserving: an empty one holds a cgroup back only while
  * the ring is under pressure, which lasts this long after it was last seen (by user
@@ -80,7 +81,9 @@
  * held for its capture (its last act): the kernel stops the process with SIGSTOP at the
  * syscall, before it returns to user space, and user space continues or kills it. */
 #define MAYFLY_NEEDLE_FLOOD 1       /* a flood cannot hide it */
-#define MAYFLY_NEEDLE_STOP 2        /* stop the process at it (in a container: not in `host_cgroups`) */
+#define MAYFLY_NEEDLE_STOP_READ 2   /* stop the process at it when the open reads (in a container: */
+#define MAYFLY_NEEDLE_STOP_WRITE 4  /* ... not in `host_cgroups`), or writes; an open whose flags are
+                                     * in no register (open_flags_arg 0) stops at either */
 #define MAYFLY_MAX_STOPPED 1024     /* `stopped_tasks`: processes stopped and not yet let go */
 struct mayfly_needle_key {
     __u32 prefixlen;
@@ -182,7 +185,7 @@ struct mayfly_slot_spec {
 
 struct mayfly_syscall_spec {
     __u32 flags;
-    __u32 _pad0;
+    __u32 open_flags_arg;   /* an open's flags are args[this] (0: in no register), for MAYFLY_NEEDLE_STOP_* */
     struct mayfly_slot_spec slot[MAYFLY_STR_SLOTS];
 };
 

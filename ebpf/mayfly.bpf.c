@@ -322,15 +322,6 @@ static __always_inline u8 needle_of(struct mayfly_syscall_event *e)
     return bits ? *bits : 0;
 }
 
-/* A stopping needle's process, in a container: stopped before it returns to user space. */
-static __always_inline void stop_task(struct mayfly_syscall_event *e, u32 tgid)
-{
-    bpf_send_signal(SIGSTOP);
-    e->flags |= MAYFLY_SYSCALL_STOPPED;
-    u64 now = bpf_ktime_get_ns();
-    stopped_tasks.update(&tgid, &now);
-}
-
 static __always_inline void fill_header(struct mayfly_event_header *hdr, u16 kind, u16 size,
                                         u64 pid_tgid, u64 cgroup_id)
 {
@@ -364,6 +355,31 @@ static __always_inline u64 pick(u64 *args, u8 index)
     case 4: return args[4];
     default: return args[5];
     }
+}
+
+/* Does this open meet a stopping needle's access (MAYFLY_NEEDLE_STOP_*)? */
+static __always_inline int stops(struct mayfly_syscall_spec *spec, u64 *args, u8 needle)
+{
+    u8 wanted = needle & (MAYFLY_NEEDLE_STOP_READ | MAYFLY_NEEDLE_STOP_WRITE);
+    if (!wanted)
+        return 0;
+    if (spec->flags & MAYFLY_SPEC_OPEN_WRITES)
+        return wanted & MAYFLY_NEEDLE_STOP_WRITE;
+    u8 at = spec->open_flags_arg;
+    if (at == 0 || at > 5)
+        return 1;
+    u64 access = pick(args, at) & O_ACCMODE;
+    return ((access == O_RDONLY || access == O_RDWR) && (wanted & MAYFLY_NEEDLE_STOP_READ))
+        || ((access == O_WRONLY || access == O_RDWR) && (wanted & MAYFLY_NEEDLE_STOP_WRITE));
+}
+
+/* A stopping needle's process, in a container: stopped before it returns to user space. */
+static __always_inline void stop_task(struct mayfly_syscall_event *e, u32 tgid)
+{
+    bpf_send_signal(SIGSTOP);
+    e->flags |= MAYFLY_SYSCALL_STOPPED;
+    u64 now = bpf_ktime_get_ns();
+    stopped_tasks.update(&tgid, &now);
 }
 
 #define USER32_CS 0x23 /* the code segment of ia32 (compat) tasks on x86_64 */
@@ -581,7 +597,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         read_slot(e, &spec->slot[i], args, i, 0);
     }
     u8 needle = (look || stopping) ? needle_of(e) : 0;
-    if (stopping && (needle & MAYFLY_NEEDLE_STOP))
+    if (stopping && stops(spec, args, needle))
         stop_task(e, tgid);
     if ((look && (needle & MAYFLY_NEEDLE_FLOOD)) || (e->flags & MAYFLY_SYSCALL_STOPPED)) {
         e->flags |= MAYFLY_SYSCALL_NEEDLE; /* a stopped process's event is never lost to a flood */

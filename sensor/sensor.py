@@ -218,7 +218,7 @@ class Sensor:
         if left_out:
             log.warning("more needles than the kernel holds: these rules can be hidden by a flood",
                         rules=left_out, kept=len(found))
-        stopping: set = set()
+        stopping: dict = {}
         if self._capture is not None:
             self._capture.rules = self.alerts.rules
             stopping, stops = needles.stopping(self.ruleset, self._capture.triggers,
@@ -346,6 +346,8 @@ class Sensor:
         self._stopped = True
         if self.pipeline is None:
             return
+        if self._capture is not None:
+            self.kernel.disarm_stops()  # no process is held for a capture that will not come
         for _ in range(1024):  # what is still in the ring buffer (bounded: a stuck record stays)
             self.poll(0)
             if not self.kernel.pending() and not self.kernel.spill_pending() and not self._decode.spilled:

@@ -33,14 +33,35 @@ def derive(ruleset: RuleSet) -> tuple[set[Needle], list[str], list[str]]:
                     layout.events().constants["MAYFLY_MAX_NEEDLES"])
 
 
-def stopping(ruleset: RuleSet, triggers: Callable[[str, str], bool], room: int) -> tuple[set[Needle], list[str]]:
+def stopping(ruleset: RuleSet, triggers: Callable[[str, str], bool], room: int) -> tuple[dict[Needle, str], list[str]]:
     """The needles at which the kernel stops a process for its capture (its last act):
     those of the container rules that trigger a capture (`triggers(rule, priority)`),
-    within `room` entries; and the rules they cover."""
-    found, covered, _ = _collect(ruleset, lambda item: item.kind == "rule" and triggers(
-        item.name, str(item.body.get("priority", "")).upper()) and in_containers(ruleset.conditions[item.name]),
-        room)
-    return found, covered
+    within `room` entries, each with the access the rule asks of the open ("read",
+    "write" or "any": an allowed process opening a library to read it is never stopped
+    for a rule on writes below /lib); and the rules they cover."""
+    chosen = [item for item in ruleset.rules if item.name in ruleset.conditions and triggers(
+        item.name, str(item.body.get("priority", "")).upper()) and in_containers(ruleset.conditions[item.name])]
+    found, covered, _ = _collect(ruleset, lambda item: item in chosen, room)
+    access: dict[Needle, str] = {}
+    for item in chosen:
+        if item.name not in covered:
+            continue
+        wanted = _access(ruleset.conditions[item.name])
+        for needle in _reduce(ruleset.conditions[item.name]):
+            known = access.get(needle)
+            access[needle] = wanted if known in (None, wanted) else "any"
+    return access, covered
+
+
+def _access(condition) -> str:
+    """What a rule asks of an open: to read, to write, or either."""
+    for node in _conjuncts(condition):
+        if isinstance(node, Check) and node.op == "=" and node.value == "true":
+            if node.field == "evt.is_open_read":
+                return "read"
+            if node.field == "evt.is_open_write":
+                return "write"
+    return "any"
 
 
 def _collect(ruleset: RuleSet, chosen: Callable, limit: int) -> tuple[set[Needle], list[str], list[str]]:

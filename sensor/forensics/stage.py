@@ -27,6 +27,7 @@ log = get_logger("capture")
 
 STOP_HOLD_S = 2.0  # longest a stopped process waits for its container's alerts
 SWEEP_S = 1.0      # how often the kernel's list of stopped processes is looked at
+DISARM_S = 0.01    # far longer than a program runs
 
 
 if TYPE_CHECKING:
@@ -169,8 +170,11 @@ class Capture:
                 self.kernel.let_go(pid)
 
     def close(self) -> None:
-        """The sensor stops: every process the kernel stopped and no capture took is
-        continued (once the programs are detached, nothing else would)."""
+        """The sensor stops: the kernel stops no more processes, and every one it stopped
+        that no capture took is continued (once the programs are detached, nothing else
+        would)."""
+        self.kernel.disarm_stops()
+        time.sleep(DISARM_S)  # a program that read the spec before it changed has finished
         for pid in set(self._stops) | set(self.kernel.stopped()):
             resume(pid)
             self.kernel.let_go(pid)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,7 @@ class Kernel:
         self._drained_at = 0.0     # monotonic
         self._needle_syscalls: set[str] = set()
         self._stop_syscalls: set[str] = set()
+        self._capturing: tuple | None = None  # set_capture's last arguments
 
     @property
     def attached(self) -> list[str]:
@@ -108,14 +109,25 @@ class Kernel:
         self._pressed_until = until_ns
 
     def set_capture(self, table: SyscallTable, wanted: set[str], results: set[str]) -> set[str]:
+        self._capturing = (table, wanted, results)
         return self.programs.set_capture(table, wanted, results, self._needle_syscalls, self._stop_syscalls)
 
+    def disarm_stops(self) -> None:
+        """The kernel stops no process from now on (the sensor is stopping)."""
+        self._stop_syscalls = set()
+        if self._capturing is not None:
+            self.programs.set_capture(*self._capturing, self._needle_syscalls, set())
+
     def set_needles(self, table: SyscallTable, needles: Collection[Needle],
-                    stopping: Collection[Needle] = ()) -> None:
+                    stopping: Mapping[Needle, str] | None = None) -> None:
         """The `needles` trie (events.h): `needles` a flood cannot hide, and `stopping`
-        ones, whose process the kernel stops; set_capture() then flags their syscalls."""
+        ones, whose process the kernel stops when its open reads, writes or either
+        ("read", "write", "any"); set_capture() then flags their syscalls."""
+        stopping = stopping or {}
         trie, dtype = self.programs["needles"], self._structs["mayfly_needle_key"]
-        flood, stop = self._constants["MAYFLY_NEEDLE_FLOOD"], self._constants["MAYFLY_NEEDLE_STOP"]
+        c = self._constants
+        access = {"read": c["MAYFLY_NEEDLE_STOP_READ"], "write": c["MAYFLY_NEEDLE_STOP_WRITE"],
+                  "any": c["MAYFLY_NEEDLE_STOP_READ"] | c["MAYFLY_NEEDLE_STOP_WRITE"]}
         trie.clear()
         for needle in set(needles) | set(stopping):
             path = needle.key()
@@ -123,7 +135,7 @@ class Kernel:
             key["prefixlen"] = 32 + 8 * len(path)
             key["nr"] = table.numbers[needle.syscall]
             key["path"][0, :len(path)] = np.frombuffer(path, np.uint8)
-            bits = (flood if needle in needles else 0) | (stop if needle in stopping else 0)
+            bits = (c["MAYFLY_NEEDLE_FLOOD"] if needle in needles else 0) | access.get(stopping.get(needle), 0)
             trie[trie.Key.from_buffer_copy(key.tobytes())] = trie.Leaf(bits)
         self._needle_syscalls = {needle.syscall for needle in needles}
         self._stop_syscalls = {needle.syscall for needle in stopping}

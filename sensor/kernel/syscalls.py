@@ -32,6 +32,7 @@ from sensor.records import c_string, untrusted_text
 
 _COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
 _NO_RESULT = layout.events().constants["MAYFLY_SYSCALL_NO_RESULT"]
+_STOPPED = layout.events().constants["MAYFLY_SYSCALL_STOPPED"]
 _SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata", "fdpair"}
 _NUMBER_TYPES = {"fd", "int", "uint", "u64"}  # decoded from the register (decode_args); other kinds are pointers
 _FIXED_LEN = {"open_how": 24, "capdata": 24, "fdpair": 8}
@@ -216,10 +217,14 @@ class SyscallTable:
                     flags |= c["MAYFLY_SPEC_NEEDLE"]
                 if syscall.name in stopping:
                     flags |= c["MAYFLY_SPEC_STOP"]
+                    if syscall.name == "creat":
+                        flags |= c["MAYFLY_SPEC_OPEN_WRITES"]
             elif "exit_code" not in syscall.flags:
                 continue
             spec = specs[syscall.nr]
             spec["flags"] = flags
+            if syscall.name in OPENS and "flags" in (names := [arg for arg, _ in syscall.args]):
+                spec["open_flags_arg"] = names.index("flags")  # what a stopping needle's access reads
             for slot, index, kind in syscall.slots():
                 spec["slot"][slot]["read"] = reads[kind]
                 spec["slot"][slot]["arg"] = index
@@ -263,6 +268,8 @@ class SyscallTable:
                 fields["truncated"] = True
             if flags[i] & _COMPAT:
                 fields["compat"] = True
+            if flags[i] & _STOPPED:
+                fields["stopped"] = True  # the kernel stopped the process here, for its capture
             result.append(fields)
         return result
 

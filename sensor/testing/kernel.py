@@ -32,7 +32,7 @@ class FakeKernel:
         self.policies: dict[int, bool] = {}
         self.captured: set[str] = set()
         self.needles: set = set()
-        self.stopping: set = set()
+        self.stopping: dict = {}
         self.hosts: set[int] = set()
         self.stopped_tasks: dict[int, int] = {}  # a test's "the kernel stopped it" (pid -> ktime)
         self.rate: tuple[int, int, float] | None = None
@@ -79,9 +79,12 @@ class FakeKernel:
         self.captured = set(wanted)
         return set(results) & set(wanted)
 
-    def set_needles(self, table: SyscallTable, needles, stopping=()) -> None:
+    def set_needles(self, table: SyscallTable, needles, stopping=None) -> None:
         self.needles = set(needles)
-        self.stopping = set(stopping)
+        self.stopping = dict(stopping or {})
+
+    def disarm_stops(self) -> None:
+        self.stopping = {}
 
     def mark_host(self, cgroup_id: int, host: bool) -> None:
         if host:

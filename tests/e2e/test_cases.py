@@ -6,7 +6,10 @@ control socket; a container someone else froze stays frozen."""
 
 import html
 import json
+import os
 import re
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -28,6 +31,9 @@ SECRET = "topsecret-42-value"
 # rule) and stays about 300 ms; the neighbour looks alike but reads nothing sensitive.
 ATTACKER = ["/bin/sh", "-c", "S=topsecret-$((6*7))-value; echo dropped > /tmp/written.txt; "
                              "cat /etc/shadow >/dev/null; sleep 0.3; true"]
+# The same, with a listener of its own in its network namespace.
+LISTENING = ["/bin/sh", "-c", "httpd -f -p 8080 & S=topsecret-$((6*7))-value; echo dropped > /tmp/written.txt; "
+                              "sleep 0.1; cat /etc/shadow >/dev/null; sleep 0.3; kill $!; true"]
 NEIGHBOUR = ["/bin/sh", "-c", "S=harmless; echo hello > /tmp/note.txt; cat /etc/hostname >/dev/null; sleep 0.3; true"]
 
 
@@ -54,7 +60,7 @@ def test_an_alert_captures_the_heap_secret_the_events_before_it_and_the_written_
     output = tmp_path / "records.msgpack"
     sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600")
     try:
-        attacked = rig.run(ATTACKER, files=shadow(tmp_path))
+        attacked = rig.run(LISTENING, files=shadow(tmp_path))
         benign = rig.run(NEIGHBOUR)
         wait_until(lambda: any(r["kind"] == "case" for r in read_records(output)), timeout=20)
     finally:
@@ -78,6 +84,10 @@ def test_an_alert_captures_the_heap_secret_the_events_before_it_and_the_written_
     # The heap secret, in the memory of the shell that read the file.
     tree = msgpack.unpackb((out / "processes" / "tree.msgpack").read_bytes())
     (shell,) = [p for p in tree if p["name"] == "sh"]
+    # cat, held by the kernel at its open of the file (a stopping needle), is captured too.
+    assert {p["name"] for p in tree} == {"sh", "httpd", "cat"} and \
+        all(p["ppid"] == shell["pid"] for p in tree if p is not shell)
+    assert manifest["capture"]["stopped_by_kernel"] == [next(p["pid"] for p in tree if p["name"] == "cat")]
     holding = [p for p in (out / "memory" / str(shell["pid"])).iterdir() if SECRET.encode() in p.read_bytes()]
     assert holding, "the secret is in no exported mapping of the shell"
     assert (out / "executable" / str(shell["pid"])).read_bytes()[:4] == b"\x7fELF"
@@ -86,6 +96,10 @@ def test_an_alert_captures_the_heap_secret_the_events_before_it_and_the_written_
     written = msgpack.unpackb((out / "files" / "written.msgpack").read_bytes())
     assert {"path": "/tmp/written.txt", "type": "file", "size": 8, "kept": True}.items() <= \
         next(w for w in written if w["path"] == "/tmp/written.txt").items()
+    # Its network namespace's socket table, by sock_diag: the listener, and not the host's sockets.
+    sockets = msgpack.unpackb((out / "sockets" / "table.msgpack").read_bytes())
+    assert sockets["namespace"] != os.readlink("/proc/self/ns/net")
+    assert [(s["sport"], s["state"]) for s in sockets["tcp"] + sockets["tcp6"]] == [(8080, 10)]  # LISTEN
     # The flight recorder's events of this container from before the trigger: its shell's exec.
     timeline = msgpack.unpackb((out / "events" / "timeline.msgpack").read_bytes())
     trigger_ts = manifest["capture"]["trigger_ts"]
@@ -223,3 +237,66 @@ def test_a_full_disk_marks_the_case_incomplete_and_the_sensor_goes_on(rig, tmp_p
         assert {r.exit_code for r in (first, second)} == {0}  # thawed, ran to their end
     finally:
         host.umount(str(store))
+
+
+def test_after_capture_kill_kills_the_container_and_says_so(rig, tmp_path):
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600",
+                           "--after-capture", "kill")
+    try:
+        killed = rig.run(["/bin/sh", "-c", "cat /etc/shadow >/dev/null; sleep 5; echo survived"],
+                         files=shadow(tmp_path))
+        wait_until(lambda: any(r["kind"] == "case" for r in read_records(output)), timeout=20)
+    finally:
+        sensor.stop()
+    assert killed.exit_code == -9 and "survived" not in killed.stdout
+    (record,) = [r for r in read_records(output) if r["kind"] == "case"]
+    assert CaseStore(sensor.cases).manifest(record["case"])["capture"]["after_capture"] == "kill"
+
+
+def test_the_control_socket_is_root_only(tmp_path):
+    sensor = RunningSensor(tmp_path, "--output", f"file:{tmp_path / 'records.msgpack'}")
+    try:
+        assert stat.S_IMODE(os.stat(sensor.control).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(sensor.control)).st_mode) == 0o700
+        child = os.fork()
+        if child == 0:  # as nobody, what `mayfly capture` would do: connect
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                socket.socket(socket.AF_UNIX).connect(sensor.control)
+            except PermissionError:
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0, "nobody could connect"
+        as_root = mayfly("capture", "anything", "--control", sensor.control)  # root is answered
+        assert as_root.returncode != 0 and "no running container 'anything'" in as_root.stderr, as_root.stderr
+    finally:
+        sensor.stop()
+
+
+def test_the_kernel_stops_a_process_for_the_access_its_rule_asks_and_no_other(rig, tmp_path):
+    """`Write Below Binary Directory` (ERROR) has a prefix needle on /lib: an open of a
+    library to read it is not held; the write below /bin is, and captured."""
+    output = tmp_path / "records.msgpack"
+    sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600")
+    try:
+        writer = rig.run(["/bin/sh", "-c", "cat /lib/x86_64-linux-gnu/libc.so.6 >/dev/null; "
+                                           "echo '#!/bin/sh' > /bin/dropped; true"])
+        wait_until(lambda: any(r["kind"] == "case" for r in read_records(output)), timeout=20)
+    finally:
+        sensor.stop()
+    assert writer.exit_code == 0
+    (alert,) = [r for r in of_cgroup(read_records(output), writer.cgroup_id)
+                if r["kind"] == "alert" and r["rule"] == "Write Below Binary Directory in Container"]
+    assert alert["evt"]["name"] == "/bin/dropped" and alert["evt"]["stopped"] is True
+    (record,) = [r for r in read_records(output) if r["kind"] == "case"]
+    store = CaseStore(sensor.cases)
+    manifest = store.manifest(record["case"])
+    assert manifest["capture"]["stopped_by_kernel"] == [alert["proc"]["pid"]]
+    opens = [r["evt"] for r in store.unpacked(manifest, "events", "timeline.msgpack")
+             if r["evt"]["type"] == "openat" and str(r["evt"].get("name", "")).startswith(("/lib/", "/bin/"))]
+    assert {(e["name"], e.get("stopped", False)) for e in opens} >= {
+        ("/lib/x86_64-linux-gnu/libc.so.6", False), ("/bin/dropped", True)}, opens

@@ -138,3 +138,28 @@ def test_a_capture_by_hand_of_an_unknown_container_fails_clearly(tmp_path):
         sensor.poll(0)
         exception = future.exception(timeout=1)
     assert isinstance(exception, LookupError) and "no running container 'no-such-container'" in str(exception)
+
+
+def test_a_rules_capture_field_decides_over_its_priority(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "- rule: Notice but captured\n  desc: d\n  condition: evt.type = openat and fd.name = /etc/a\n"
+        "  output: a\n  priority: NOTICE\n  capture: true\n"
+        "- rule: Warning but not captured\n  desc: d\n  condition: evt.type = openat and fd.name = /etc/b\n"
+        "  output: b\n  priority: WARNING\n  capture: false\n")
+    got = []
+    sensor, _ = sensor_with_cases(tmp_path, rules, got)
+    with sensor:
+        sensor.kernel.feed(mkdir())
+        sensor.kernel.feed(mkdir(CGROUP + 1, b"/mayfly-unit-neighbour".ljust(256, b"\0")))
+        sensor.kernel.feed(batch_of(
+            syscall("openat", 3, pid=700, ktime=4_000_000, dirfd=-100, flags=0, name="/etc/b",
+                    header={"cgroup_id": CGROUP + 1}),
+            syscall("openat", 3, pid=701, ktime=4_000_001, dirfd=-100, flags=0, name="/etc/a",
+                    header={"cgroup_id": CGROUP})))
+        poll_until(sensor, lambda: any(r["kind"] == "case" for r in got))
+        for _ in range(5):
+            sensor.poll(0)
+    assert {r["rule"] for r in got if r["kind"] == "alert"} == {"Notice but captured", "Warning but not captured"}
+    assert [(r["container"]["cgroup_id"], r["trigger"]["rule"]) for r in got if r["kind"] == "case"] == [
+        (CGROUP, "Notice but captured")]

@@ -66,3 +66,27 @@ def test_needle_syscalls_are_flagged_and_execs_never_ask_the_bucket():
     flags = {name: int(specs[TABLE.numbers[name]]["flags"]) for name in ("openat", "execve", "close")}
     assert flags["openat"] & C["MAYFLY_SPEC_NEEDLE"] and not flags["close"] & C["MAYFLY_SPEC_NEEDLE"]
     assert flags["execve"] & C["MAYFLY_SPEC_LIFECYCLE"] and not flags["openat"] & C["MAYFLY_SPEC_LIFECYCLE"]
+
+
+def test_stopping_needles_are_the_capture_triggers_container_rules_with_the_access_they_ask():
+    ruleset = rule_loader.load(resources.builtin_rule_files())
+    urgent = {"EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING"}
+    found, covered = needles.stopping(ruleset, lambda name, priority: priority in urgent, 4096)
+    assert {"Sensitive File Read in Container", "Write Below Binary Directory in Container"} <= set(covered)
+    # A read of /etc/shadow stops; a library read below /lib does not (that rule is on writes).
+    assert found[Needle("openat", "/etc/shadow", True)] == "read"
+    assert found[Needle("openat", "/lib/", False)] == "write"
+    assert found[Needle("creat", "/usr/bin/", False)] == "write"
+    # Only what triggers a capture stops: nothing when no rule does.
+    assert needles.stopping(ruleset, lambda name, priority: False, 4096) == ({}, [])
+
+
+def test_a_needle_of_two_stopping_rules_asking_different_access_stops_at_either(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(rule("reads", "WARNING", "evt.type = openat and evt.is_open_read = true and "
+                                             "fd.name = /etc/x and container.id != host")
+                    + rule("writes", "WARNING", "evt.type = openat and evt.is_open_write = true and "
+                                                "fd.name = /etc/x and container.id != host")
+                    + rule("host too", "WARNING", "evt.type = openat and fd.name = /etc/y"))
+    found, covered = needles.stopping(rule_loader.load([path]), lambda name, priority: True, 4096)
+    assert found == {Needle("openat", "/etc/x", True): "any"} and covered == ["reads", "writes"]
