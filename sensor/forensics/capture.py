@@ -66,6 +66,16 @@ class Request:
     freeze_error: str | None = None
 
 
+@dataclass
+class _Sealing:
+    """A case captured, to be sealed at `due` (monotonic seconds) with its timeline."""
+    due: float
+    request: Request
+    case: Case
+    described: list[dict]
+    timings: dict
+
+
 class Capturer:
     """The capture worker. `timeline(container, events, described)`: event records of
     the recorder's arrays (the sensor's decoder, given the case's container and the
@@ -120,21 +130,48 @@ class Capturer:
             log.error("captures still under way at the stop", queued=self._queue.qsize())
 
     def _run(self) -> None:
-        while (request := self._queue.get()) is not None:
-            try:
-                manifest = self._capture(request)
-            except Exception as e:  # a capture's fault must not end the worker
-                log.exception("capture failed", container=request.container.get("id"), error=str(e))
-                manifest = {"id": None, "container": request.container, "error": str(e), "bytes": 0}
-            with self._lock:
-                self._sealed.append(manifest)
-            if self.on_case is not None and manifest.get("id"):
+        """Captures as they come; each case is sealed once its timeline's window has
+        passed, meanwhile the next captures go on."""
+        waiting: list[_Sealing] = []  # captured, waiting for the events after their trigger, soonest first
+        closing = False
+        while not closing or waiting:
+            if not closing:
+                timeout = max(waiting[0].due - time.monotonic(), 0.0) if waiting else None
                 try:
-                    self.on_case(manifest)
-                except Exception as e:
-                    log.error("on_case callback failed", case=manifest["id"], error=f"{type(e).__name__}: {e}")
+                    request = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    request = False
+                if request is None:
+                    closing = True  # the sensor stops: what is captured is sealed now
+                elif request:
+                    sealing = self._guarded(request, self._capture, request)
+                    if isinstance(sealing, _Sealing):
+                        waiting.append(sealing)
+                        waiting.sort(key=lambda w: w.due)
+                    else:
+                        self._done(sealing)
+            while waiting and (closing or waiting[0].due <= time.monotonic()):
+                sealing = waiting.pop(0)
+                self._done(self._guarded(sealing.request, self._seal, sealing))
 
-    def _capture(self, request: Request) -> dict:
+    def _guarded(self, request: Request, step: Callable, argument):
+        try:
+            return step(argument)
+        except Exception as e:  # a capture's fault must not end the worker
+            log.exception("capture failed", container=request.container.get("id"), error=str(e))
+            return {"id": None, "container": request.container, "error": str(e), "bytes": 0}
+
+    def _done(self, manifest: dict) -> None:
+        with self._lock:
+            self._sealed.append(manifest)
+        if self.on_case is not None and manifest.get("id"):
+            try:
+                self.on_case(manifest)
+            except Exception as e:
+                log.error("on_case callback failed", case=manifest["id"], error=f"{type(e).__name__}: {e}")
+
+    def _capture(self, request: Request) -> _Sealing:
+        """Freeze (wait for it), capture, release: the case is ready for its timeline."""
         started = time.monotonic_ns()
         freezer, frozen_ns = request.freezer, None
         if freezer is not None and request.freeze_error is None:
@@ -153,28 +190,31 @@ class Capturer:
             if request.frozen_before:
                 case.missing("freeze", "the container was frozen by someone else already: it is left frozen")
             described = self._evidence(case, request, freezer if frozen_ns is not None else None)
-            captured_ns = time.monotonic_ns()
-            timings["capture_s"] = (captured_ns - (frozen_ns or started)) / 1e9
+            timings["capture_s"] = (time.monotonic_ns() - (frozen_ns or started)) / 1e9
             if frozen_ns is not None and not request.frozen_before and not freezer.frozen:
                 case.missing("a still container", "someone thawed it during the capture: its memory and files "
                                                   "may have changed while they were read")
-            case.capture.update(trigger_ts=request.trigger_ts, after_capture=self._release(case, request, frozen_ns is not None),
-                                stopped_by_kernel=request.stopped)
+            action = self._release(case, request, frozen_ns is not None)
             released = True
-            timings["timeline_wait_s"] = self._wait_for_after(request)
-            sealing = time.monotonic_ns()
-            self._add_timeline(case, request, described)
-            timings["seal_s"] = (time.monotonic_ns() - sealing) / 1e9
-            try:
-                manifest = case.seal(**timings)
-            except (OSError, sqlite3.Error) as e:  # no room on the disk even for the manifest
-                log.error("case not kept", case=case.id, why=f"its manifest cannot be written: {e}")
-                self.store.forget_unsealed(case.id)
-                return {"id": None, "container": request.container, "error": f"case {case.id} not kept: {e}",
-                        "bytes": 0}
         finally:
             if not released:  # the capture failed: the container is not left frozen for it
                 self._release(None, request, frozen_ns is not None)
+        case.capture.update(trigger_ts=request.trigger_ts, after_capture=action, stopped_by_kernel=request.stopped)
+        due = request.trigger_ns / 1e9 + self.settings.after_s if self.recorder is not None else 0.0
+        return _Sealing(due, request, case, described, timings)
+
+    def _seal(self, sealing: _Sealing) -> dict:
+        """The timeline, then the manifest."""
+        case, request, timings = sealing.case, sealing.request, sealing.timings
+        started = time.monotonic_ns()
+        self._add_timeline(case, request, sealing.described)
+        timings["seal_s"] = (time.monotonic_ns() - started) / 1e9
+        try:
+            manifest = case.seal(**timings)
+        except (OSError, sqlite3.Error) as e:  # no room on the disk even for the manifest
+            log.error("case not kept", case=case.id, why=f"its manifest cannot be written: {e}")
+            self.store.forget_unsealed(case.id)
+            return {"id": None, "container": request.container, "error": f"case {case.id} not kept: {e}", "bytes": 0}
         log.info("case sealed", case=case.id, container=request.container.get("id"), bytes=manifest["bytes"],
                  complete=manifest["complete"], missing=len(manifest["missing"]))
         return manifest
@@ -235,14 +275,6 @@ class Capturer:
             for pid in request.stopped:
                 resume(pid)
         return action
-
-    def _wait_for_after(self, request: Request) -> float:
-        """Until `after_s` past the trigger: the events after it, as the drain loop
-        records them. How long that was."""
-        wait_s = request.trigger_ns / 1e9 + self.settings.after_s - time.monotonic()
-        if wait_s > 0 and self.recorder is not None:
-            time.sleep(wait_s)
-        return max(wait_s, 0.0)
 
     def _add_timeline(self, case: Case, request: Request, described: list[dict]) -> None:
         if self.recorder is None:
