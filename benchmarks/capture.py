@@ -6,7 +6,8 @@ costs the processes that are allowed (needs root).
 
 1. Trigger to frozen, and the case. Containers run a shell that holds a secret, reads
    the stand-in for /etc/shadow (the built-in WARNING rule) and stays 300 ms, one after
-   another, under `mayfly run` with its defaults. From each case's manifest: the kernel
+   another, under `mayfly run` with its defaults: once with the read 0.2 s into the
+   container's life, once as it starts. From each case's manifest: the kernel
    timestamp of the triggering event to the cgroup frozen, the capture, and the seal.
    Beside it, in the same run, the alternative: `mayfly run --no-capture` emitting JSON
    alerts, read by a responder that runs `runc pause` on the container named (what a
@@ -41,8 +42,10 @@ from report import SENSOR_CPU, WORKLOAD_CPU, machine, main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- capture: begin -->", "<!-- capture: end -->"
-ATTACKER = ["/bin/sh", "-c", "S=topsecret-$((6*7))-value; echo dropped > /tmp/written.txt; "
-                             "cat /etc/shadow >/dev/null; sleep 0.3; true"]
+# Its trigger comes DELAY into its life: 0.2 s, a container that runs; 0, one that starts.
+ATTACKER = "S=topsecret-$((6*7))-value; echo dropped > /tmp/written.txt; sleep {delay}; cat /etc/shadow >/dev/null; " \
+           "sleep 0.3; true"
+DELAYS = {"running": "0.2", "starting": "0"}
 EXEMPT = ("- rule: Shadow Read but by load\n  desc: the allowed process meets the needle\n"
           "  condition: evt.type = openat and fd.name = /etc/shadow and container.id != host and proc.name != load\n"
           "  output: shadow read by %proc.name\n  priority: WARNING\n")
@@ -70,12 +73,15 @@ class Bench:
         directory.mkdir()
         return RunningSensor(directory, "--report-interval", "3600", *args, cpu=SENSOR_CPU)
 
-    def mayfly_captures(self) -> list[dict]:
-        output = self.workdir / "captures.msgpack"
-        sensor = self.sensor("captures", "--output", f"file:{output}")
+    def attacker(self, delay: str) -> None:
+        self.rig.run(["/bin/sh", "-c", ATTACKER.format(delay=delay)], files={"/etc/shadow": str(self.shadow)})
+
+    def mayfly_captures(self, case: str) -> list[dict]:
+        output = self.workdir / f"captures-{case}.msgpack"
+        sensor = self.sensor(f"captures-{case}", "--output", f"file:{output}")
         try:
             for _ in range(self.containers):
-                self.rig.run(ATTACKER, files={"/etc/shadow": str(self.shadow)})
+                self.attacker(DELAYS[case])
             wait_until(lambda: self._cases(output) >= self.containers, timeout=60)
         finally:
             sensor.stop()
@@ -110,7 +116,7 @@ class Bench:
         threading.Thread(target=respond, daemon=True).start()
         try:
             for _ in range(self.containers):
-                self.rig.run(ATTACKER, files={"/etc/shadow": str(self.shadow)})
+                self.attacker(DELAYS["running"])
             done.wait(60)
         finally:
             sensor.stop()
@@ -155,7 +161,7 @@ class Bench:
     def run(self) -> dict:
         try:
             print("captures", flush=True)
-            timings = self.mayfly_captures()
+            timings = {case: self.mayfly_captures(case) for case in DELAYS}
             print("responder", flush=True)
             pauses = self.responder_pauses()
             print("cost to allowed processes", flush=True)
@@ -172,23 +178,31 @@ def report(results: dict, command: str) -> str:
         return (f"{statistics.median(values) * 1e3:,.1f} ms | {percentile(values, 0.99) * 1e3:,.1f} ms"
                 if values else "- | -")
 
-    frozen = [t["trigger_to_frozen_s"] for t in timings if "trigger_to_frozen_s" in t]
+    frozen = {case: [t["trigger_to_frozen_s"] for t in found if "trigger_to_frozen_s" in t]
+              for case, found in timings.items()}
+    every = [t for found in timings.values() for t in found]
     lines = [BEGIN, "## Capture: trigger to frozen, the case, and the cost to allowed processes", "",
              f"Command: `{command}` (as root). Machine: {machine()}.", "",
-             f"{results['containers']} containers, one after another, each reading the stand-in for /etc/shadow "
-             f"(the built-in WARNING rule) with a secret in its shell's heap.", "",
+             f"{results['containers']} containers a case, one after another, each reading the stand-in for "
+             "/etc/shadow (the built-in WARNING rule) with a secret in its shell's heap: 0.2 s into its life (a "
+             "running container), or as it starts (while the sensor still handles runc's start-up events).", "",
              "| | p50 | p99 |", "| --- | --- | --- |",
-             f"| Mayfly: the triggering event to the cgroup frozen ({len(frozen)} cases) | {ms(frozen)} |",
-             f"| Responder: the event to `runc pause` done, from `mayfly run --no-capture -o stdout:json` "
-             f"({len(pauses)} alerts) | {ms(pauses)} |",
+             f"| Mayfly: the triggering event to the cgroup frozen, in a running container ({len(frozen['running'])} "
+             f"cases) | {ms(frozen['running'])} |",
+             f"| Responder: the event to `runc pause` done, from `mayfly run --no-capture -o stdout:json`, in a "
+             f"running container ({len(pauses)} alerts) | {ms(pauses)} |",
+             f"| Mayfly: the triggering event to the cgroup frozen, as the container starts "
+             f"({len(frozen['starting'])} cases) | {ms(frozen['starting'])} |",
              f"| Mayfly: the capture, frozen to captured (memory, executables, files, sockets) | "
-             f"{ms([t['capture_s'] for t in timings])} |",
-             f"| Mayfly: the seal (timeline decoded, written, manifest) | {ms([t['seal_s'] for t in timings])} |", ""]
-    if frozen and pauses:
-        lines += [f"Trigger to frozen, p99: Mayfly {percentile(frozen, 0.99) * 1e3:,.1f} ms against the responder's "
-                  f"{percentile(pauses, 0.99) * 1e3:,.1f} ms (**{percentile(pauses, 0.99) / percentile(frozen, 0.99):.1f}x**"
-                  f" sooner); the goal is under 10 ms: "
-                  f"**{'met' if percentile(frozen, 0.99) < 0.010 else 'missed'}**.", ""]
+             f"{ms([t['capture_s'] for t in every])} |",
+             f"| Mayfly: the seal (timeline decoded, written, manifest) | {ms([t['seal_s'] for t in every])} |", ""]
+    for case, label in (("running", "in a running container"), ("starting", "as the container starts")):
+        if frozen[case] and pauses:
+            p99 = percentile(frozen[case], 0.99)
+            lines.append(f"- Trigger to frozen {label}, p99: Mayfly {p99 * 1e3:,.1f} ms, the responder "
+                         f"{percentile(pauses, 0.99) * 1e3:,.1f} ms ({percentile(pauses, 0.99) / p99:.1f}x); the goal "
+                         f"is under 10 ms: **{'met' if p99 < 0.010 else 'missed'}**.")
+    lines.append("")
     lines += ["The cost to allowed processes, ns per iteration (an open and a close):", "",
               "| workload | no sensor | `--no-capture` | defaults (capture on) | capture on / off |",
               "| --- | --- | --- | --- | --- |"]

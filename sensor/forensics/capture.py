@@ -64,6 +64,7 @@ class Request:
     freezer: Freezer | None = None
     frozen_before: bool = False          # someone else had frozen it
     freeze_error: str | None = None
+    freeze_asked_ns: int = 0             # when the drain loop asked for it frozen
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Capturer:
                 request.freezer.start_freezing()
         except FreezerError as e:
             request.freeze_error = str(e)
+        request.freeze_asked_ns = time.monotonic_ns()
         self.busy.add(request.cgroup_id)
         self._queue.put_nowait(request)
         return None
@@ -180,7 +182,8 @@ class Capturer:
                 frozen_ns = time.monotonic_ns()
             except FreezerError as e:
                 request.freeze_error = str(e)
-        timings = {"trigger_to_worker_s": (started - request.trigger_ns) / 1e9}
+        timings = {"trigger_to_freeze_asked_s": (request.freeze_asked_ns - request.trigger_ns) / 1e9,
+                   "trigger_to_worker_s": (started - request.trigger_ns) / 1e9}
         if frozen_ns is not None:
             timings["trigger_to_frozen_s"] = (frozen_ns - request.trigger_ns) / 1e9
         released = False
