@@ -101,13 +101,16 @@ class Bench:
         on each alert's container: seconds from the event to paused."""
         sensor = self.sensor("responder", "--no-capture", "--output", "stdout:json")
         latencies: list[float] = []
+        paused: set[str] = set()
         done = threading.Event()
 
         def respond() -> None:
             for line in sensor.proc.stdout:
                 record = json.loads(line)
-                if record.get("kind") != "alert" or record.get("priority") != "WARNING":
-                    continue
+                if record.get("kind") != "alert" or record.get("priority") != "WARNING" \
+                        or record["container"]["id"] in paused:
+                    continue  # one pause a container, at its first alert
+                paused.add(record["container"]["id"])
                 subprocess.run(["runc", "pause", record["container"]["id"]], capture_output=True)
                 latencies.append(time.time() - record["ts"] / 1e9)
                 subprocess.run(["runc", "resume", record["container"]["id"]], capture_output=True)
