@@ -85,6 +85,14 @@
 #define MAYFLY_NEEDLE_STOP_WRITE 4  /* ... not in `host_cgroups`), or writes; an open whose flags are
                                      * in no register (open_flags_arg 0) stops at either */
 #define MAYFLY_MAX_STOPPED 1024     /* `stopped_tasks`: processes stopped and not yet let go */
+/* `stop_comms` hash: process names (comm, as the exec leaves it) whose exec in a container
+ * stops the process before its first instruction (capture triggers on proc.name; their
+ * exec syscalls carry MAYFLY_SPEC_STOP). An exec also stops at a stopping needle on its
+ * file name (a trigger on proc.exe). */
+#define MAYFLY_MAX_STOP_COMMS 1024
+struct mayfly_comm_key {
+    char comm[MAYFLY_COMM_LEN];
+};
 struct mayfly_needle_key {
     __u32 prefixlen;
     __u32 nr;

@@ -64,6 +64,8 @@ BPF_HASH(host_cgroups, u64, u8, MAYFLY_MAX_CGROUPS);
 /* The processes stopped at a stopping needle, and when: user space continues or kills
  * each and deletes its entry, and continues any left here too long (a lost event). */
 BPF_HASH(stopped_tasks, u32, u64, MAYFLY_MAX_STOPPED);
+/* Written by user space only: the process names whose exec stops (events.h). */
+BPF_HASH(stop_comms, struct mayfly_comm_key, u8, MAYFLY_MAX_STOP_COMMS);
 #if MAYFLY_COUNT_SYSCALLS
 BPF_PERCPU_ARRAY(syscall_counts, struct mayfly_count_row, MAYFLY_COUNT_SLOTS);
 BPF_HASH(count_slots, u64, u32, MAYFLY_COUNT_SLOTS);
@@ -572,7 +574,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
      * spills rather than be lost. An exec never asks the bucket. */
     int over = !(spec->flags & MAYFLY_SPEC_LIFECYCLE) && !within_budget(cgroup_id, cfg);
     int look = (spec->flags & MAYFLY_SPEC_NEEDLE) && (over || under_pressure(bpf_ktime_get_ns()));
-    int stopping = (spec->flags & MAYFLY_SPEC_STOP) && !host_cgroups.lookup(&cgroup_id);
+    /* An exec stops in sched_process_exec, on its new name too. */
+    int stopping = (spec->flags & MAYFLY_SPEC_STOP) && !(spec->flags & MAYFLY_SPEC_LIFECYCLE)
+        && !host_cgroups.lookup(&cgroup_id);
     if (over && !look && !stopping) {
         count_limited(cgroup_id, cfg);
         return 0;
@@ -709,6 +713,15 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     /* exec SIGKILLs the other threads; the process itself lives on. */
     u32 tgid = pid_tgid >> 32;
     exit_info.delete(&tgid);
+    u32 nr = e->nr;
+    struct mayfly_syscall_spec *spec = syscall_specs.lookup(&nr);
+    if (spec && (spec->flags & MAYFLY_SPEC_STOP) && !host_cgroups.lookup(&cgroup_id)) {
+        /* Held before the new image's first instruction (a spawn gate). */
+        struct mayfly_comm_key name = {};
+        __builtin_memcpy(name.comm, e->hdr.comm, MAYFLY_COMM_LEN);
+        if (stop_comms.lookup(&name) || stops(spec, e->args, needle_of(e)))
+            stop_task(e, tgid);
+    }
     send_syscall(e, cfg, 1);
 out:
     if (e)

@@ -218,14 +218,14 @@ class Sensor:
         if left_out:
             log.warning("more needles than the kernel holds: these rules can be hidden by a flood",
                         rules=left_out, kept=len(found))
-        stopping: dict = {}
+        stopping, comms = {}, set()
         if self._capture is not None:
             self._capture.rules = self.alerts.rules
-            stopping, stops = needles.stopping(self.ruleset, self._capture.triggers,
-                                               layout.events().constants["MAYFLY_MAX_NEEDLES"] - len(found))
+            stopping, comms, stops = needles.stopping(self.ruleset, self._capture.triggers,
+                                                      layout.events().constants["MAYFLY_MAX_NEEDLES"] - len(found))
             log.info("stopping needles: capture triggers whose process the kernel holds for its capture",
-                     rules=stops, needles=len(stopping))
-        self.kernel.set_needles(self.table, found, stopping)
+                     rules=stops, needles=len(stopping), process_names=len(comms))
+        self.kernel.set_needles(self.table, found, stopping, comms)
         log.info("needles: rules whose events a flood cannot hide", rules=covered, needles=len(found))
         self.set_capture(capture)
         # With only container rules and nothing else emitted, the host's cgroups send nothing.

@@ -19,7 +19,9 @@ from sensor.detect.alerts import in_containers
 from sensor.detect.rule_loader import PRIORITIES, RuleSet
 from sensor.kernel import layout
 from sensor.kernel.control import Needle
-from sensor.kernel.syscalls import OPENS
+from sensor.kernel.syscalls import EXEC, OPENS
+
+COMM_LEN = layout.events().constants["MAYFLY_COMM_LEN"]  # a process name the kernel holds: 15 bytes and a NUL
 
 THRESHOLD = "WARNING"  # this priority and the ones above it
 
@@ -33,12 +35,14 @@ def derive(ruleset: RuleSet) -> tuple[set[Needle], list[str], list[str]]:
                     layout.events().constants["MAYFLY_MAX_NEEDLES"])
 
 
-def stopping(ruleset: RuleSet, triggers: Callable[[str, str], bool], room: int) -> tuple[dict[Needle, str], list[str]]:
-    """The needles at which the kernel stops a process for its capture (its last act):
-    those of the container rules that trigger a capture (`triggers(rule, priority)`),
-    within `room` entries, each with the access the rule asks of the open ("read",
-    "write" or "any": an allowed process opening a library to read it is never stopped
-    for a rule on writes below /lib); and the rules they cover."""
+def stopping(ruleset: RuleSet, triggers: Callable[[str, str], bool],
+             room: int) -> tuple[dict[Needle, str], set[str], list[str]]:
+    """What the kernel stops a process at for its capture (its last act), from the
+    container rules that trigger a capture (`triggers(rule, priority)`): needles within
+    `room` entries, each with the access the rule asks of the open ("read", "write" or
+    "any": an allowed process opening a library to read it is never stopped for a rule
+    on writes below /lib), or an exec's file name; the process names whose exec stops;
+    and the rules they cover."""
     chosen = [item for item in ruleset.rules if item.name in ruleset.conditions and triggers(
         item.name, str(item.body.get("priority", "")).upper()) and in_containers(ruleset.conditions[item.name])]
     found, covered, _ = _collect(ruleset, lambda item: item in chosen, room)
@@ -50,7 +54,34 @@ def stopping(ruleset: RuleSet, triggers: Callable[[str, str], bool], room: int) 
         for needle in _reduce(ruleset.conditions[item.name]):
             known = access.get(needle)
             access[needle] = wanted if known in (None, wanted) else "any"
-    return access, covered
+    comms: set[str] = set()
+    for item in chosen:
+        execs = None if item.name in covered else _reduce_exec(ruleset.conditions[item.name])
+        if execs is not None:
+            names, exes = execs
+            comms |= names
+            access.update(dict.fromkeys(exes, "any"))
+            covered.append(item.name)
+    return access, comms, covered
+
+
+def _reduce_exec(condition) -> tuple[set[str], set[Needle]] | None:
+    """(process names, needles on the exec's file name) of a conjunction that fixes
+    evt.type to execs and proc.name, or proc.exe, to values the kernel can test."""
+    conjuncts = list(_conjuncts(condition))
+    types = next((t for t in map(_types_of, conjuncts) if t is not None and t <= set(EXEC)), None)
+    if not types:
+        return None
+    for node in conjuncts:
+        if not isinstance(node, Check) or node.value is None:
+            continue
+        values = (node.value,) if isinstance(node.value, str) else node.value
+        if node.field == "proc.name" and node.op in ("=", "in") and all(len(v.encode()) < COMM_LEN for v in values):
+            return set(values), set()
+        if node.field in ("proc.exe", "proc.exepath") and node.op in ("=", "in", "startswith") and \
+                all(v.startswith("/") for v in values):
+            return set(), {Needle(t, v, node.op != "startswith") for t in types for v in values}
+    return None
 
 
 def _access(condition) -> str:
@@ -101,10 +132,15 @@ def _conjuncts(node):
 def _types(node) -> set[str] | None:
     """The open-family syscalls an evt.type conjunct allows (None: not one, or one that
     allows others too)."""
+    types = _types_of(node)
+    return types if types is not None and types <= set(OPENS) else None
+
+
+def _types_of(node) -> set[str] | None:
+    """The syscalls an evt.type conjunct allows (None: it is not one)."""
     if not isinstance(node, Check) or node.field != "evt.type" or node.op not in ("=", "in"):
         return None
-    types = {node.value} if node.op == "=" else set(node.value)
-    return types if types <= set(OPENS) else None
+    return {node.value} if node.op == "=" else set(node.value)
 
 
 def _paths(node) -> set[tuple[str, bool]] | None:

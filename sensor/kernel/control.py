@@ -16,7 +16,7 @@ import numpy as np
 from sensor.kernel import layout, maps
 from sensor.kernel.bpf_program import ProgramConfig, Programs
 from sensor.kernel.ringbuf import RawBatch, RingReader
-from sensor.kernel.syscalls import SyscallTable
+from sensor.kernel.syscalls import EXEC, SyscallTable
 
 U32, U64 = np.dtype("<u4"), np.dtype("<u8")
 ALWAYS = np.iinfo(np.uint64).max  # a `pressure` that never ends
@@ -119,11 +119,16 @@ class Kernel:
             self.programs.set_capture(*self._capturing, self._needle_syscalls, set())
 
     def set_needles(self, table: SyscallTable, needles: Collection[Needle],
-                    stopping: Mapping[Needle, str] | None = None) -> None:
+                    stopping: Mapping[Needle, str] | None = None, comms: Collection[str] = ()) -> None:
         """The `needles` trie (events.h): `needles` a flood cannot hide, and `stopping`
         ones, whose process the kernel stops when its open reads, writes or either
-        ("read", "write", "any"); set_capture() then flags their syscalls."""
+        ("read", "write", "any"); and `comms`, the process names whose exec stops.
+        set_capture() then flags their syscalls."""
         stopping = stopping or {}
+        names = self.programs["stop_comms"]
+        names.clear()
+        for comm in comms:
+            names[names.Key(comm.encode())] = names.Leaf(1)
         trie, dtype = self.programs["needles"], self._structs["mayfly_needle_key"]
         c = self._constants
         access = {"read": c["MAYFLY_NEEDLE_STOP_READ"], "write": c["MAYFLY_NEEDLE_STOP_WRITE"],
@@ -138,7 +143,7 @@ class Kernel:
             bits = (c["MAYFLY_NEEDLE_FLOOD"] if needle in needles else 0) | access.get(stopping.get(needle), 0)
             trie[trie.Key.from_buffer_copy(key.tobytes())] = trie.Leaf(bits)
         self._needle_syscalls = {needle.syscall for needle in needles}
-        self._stop_syscalls = {needle.syscall for needle in stopping}
+        self._stop_syscalls = {needle.syscall for needle in stopping} | (set(EXEC) if comms else set())
 
     def mark_host(self, cgroup_id: int, host: bool) -> None:
         """A cgroup of the host's (no process is stopped there), or no longer (removed)."""

@@ -79,9 +79,10 @@ class FakeKernel:
         self.captured = set(wanted)
         return set(results) & set(wanted)
 
-    def set_needles(self, table: SyscallTable, needles, stopping=None) -> None:
+    def set_needles(self, table: SyscallTable, needles, stopping=None, comms=()) -> None:
         self.needles = set(needles)
         self.stopping = dict(stopping or {})
+        self.stop_comms = set(comms)
 
     def disarm_stops(self) -> None:
         self.stopping = {}

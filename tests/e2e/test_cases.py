@@ -277,25 +277,36 @@ def test_the_control_socket_is_root_only(tmp_path):
         sensor.stop()
 
 
-def test_the_kernel_stops_a_process_for_the_access_its_rule_asks_and_no_other(rig, tmp_path):
+def test_the_kernel_stops_a_process_for_the_access_its_rule_asks_and_at_a_named_exec(rig, tmp_path):
     """`Write Below Binary Directory` (ERROR) has a prefix needle on /lib: an open of a
-    library to read it is not held; the write below /bin is, and captured."""
+    library to read it is not held; the write below /bin is, and captured. `Netcat or
+    Socat Run` (WARNING) holds nc at its exec."""
     output = tmp_path / "records.msgpack"
     sensor = RunningSensor(tmp_path, "--output", f"file:{output}", "--report-interval", "3600")
     try:
         writer = rig.run(["/bin/sh", "-c", "cat /lib/x86_64-linux-gnu/libc.so.6 >/dev/null; "
                                            "echo '#!/bin/sh' > /bin/dropped; true"])
         wait_until(lambda: any(r["kind"] == "case" for r in read_records(output)), timeout=20)
+        # A trigger on a process name (Netcat, WARNING) holds the process at its exec,
+        # before its first instruction.
+        attack = rig.compile_static("attack", (Path(__file__).parent / "attack.c").read_text())
+        netcat = rig.run(["/bin/sh", "-c", "/usr/local/bin/nc socket; true"], files={"/usr/local/bin/nc": attack})
+        wait_until(lambda: sum(r["kind"] == "case" for r in read_records(output)) == 2, timeout=20)
     finally:
         sensor.stop()
     assert writer.exit_code == 0
     (alert,) = [r for r in of_cgroup(read_records(output), writer.cgroup_id)
                 if r["kind"] == "alert" and r["rule"] == "Write Below Binary Directory in Container"]
     assert alert["evt"]["name"] == "/bin/dropped" and alert["evt"]["stopped"] is True
-    (record,) = [r for r in read_records(output) if r["kind"] == "case"]
+    record, exec_record = [r for r in read_records(output) if r["kind"] == "case"]
     store = CaseStore(sensor.cases)
     manifest = store.manifest(record["case"])
     assert manifest["capture"]["stopped_by_kernel"] == [alert["proc"]["pid"]]
+    assert netcat.exit_code == 0 and exec_record["container"]["id"] == netcat.id
+    exec_case = store.manifest(exec_record["case"])
+    (held,) = exec_case["capture"]["stopped_by_kernel"]
+    tree = store.unpacked(exec_case, "processes", "tree.msgpack")
+    assert {p["name"]: p["pid"] for p in tree}["nc"] == held and exec_case["triggers"][0]["evt"]["stopped"]
     opens = [r["evt"] for r in store.unpacked(manifest, "events", "timeline.msgpack")
              if r["evt"]["type"] == "openat" and str(r["evt"].get("name", "")).startswith(("/lib/", "/bin/"))]
     assert {(e["name"], e.get("stopped", False)) for e in opens} >= {

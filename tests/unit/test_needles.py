@@ -71,14 +71,16 @@ def test_needle_syscalls_are_flagged_and_execs_never_ask_the_bucket():
 def test_stopping_needles_are_the_capture_triggers_container_rules_with_the_access_they_ask():
     ruleset = rule_loader.load(resources.builtin_rule_files())
     urgent = {"EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING"}
-    found, covered = needles.stopping(ruleset, lambda name, priority: priority in urgent, 4096)
-    assert {"Sensitive File Read in Container", "Write Below Binary Directory in Container"} <= set(covered)
+    found, comms, covered = needles.stopping(ruleset, lambda name, priority: priority in urgent, 4096)
+    assert {"Sensitive File Read in Container", "Write Below Binary Directory in Container",
+            "Netcat or Socat Run in Container"} <= set(covered)
+    assert comms == {"nc", "ncat", "netcat", "socat"}  # their exec stops, before the first instruction
     # A read of /etc/shadow stops; a library read below /lib does not (that rule is on writes).
     assert found[Needle("openat", "/etc/shadow", True)] == "read"
     assert found[Needle("openat", "/lib/", False)] == "write"
     assert found[Needle("creat", "/usr/bin/", False)] == "write"
     # Only what triggers a capture stops: nothing when no rule does.
-    assert needles.stopping(ruleset, lambda name, priority: False, 4096) == ({}, [])
+    assert needles.stopping(ruleset, lambda name, priority: False, 4096) == ({}, set(), [])
 
 
 def test_a_needle_of_two_stopping_rules_asking_different_access_stops_at_either(tmp_path):
@@ -87,6 +89,10 @@ def test_a_needle_of_two_stopping_rules_asking_different_access_stops_at_either(
                                              "fd.name = /etc/x and container.id != host")
                     + rule("writes", "WARNING", "evt.type = openat and evt.is_open_write = true and "
                                                 "fd.name = /etc/x and container.id != host")
-                    + rule("host too", "WARNING", "evt.type = openat and fd.name = /etc/y"))
-    found, covered = needles.stopping(rule_loader.load([path]), lambda name, priority: True, 4096)
-    assert found == {Needle("openat", "/etc/x", True): "any"} and covered == ["reads", "writes"]
+                    + rule("host too", "WARNING", "evt.type = openat and fd.name = /etc/y")
+                    + rule("by exe", "WARNING", "evt.type = execve and proc.exe = /usr/bin/x and container.id != host")
+                    + rule("long name", "WARNING", "evt.type = execve and proc.name = a-name-over-15-bytes and "
+                                                   "container.id != host"))
+    found, comms, covered = needles.stopping(rule_loader.load([path]), lambda name, priority: True, 4096)
+    assert found == {Needle("openat", "/etc/x", True): "any", Needle("execve", "/usr/bin/x", True): "any"}
+    assert comms == set() and covered == ["reads", "writes", "by exe"]  # a comm holds 15 bytes
