@@ -147,6 +147,9 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
     except Exception as e:  # BCC raises bare Exception for compile and attach failures
         log.error("sensor failed", error=f"{type(e).__name__}: {e}")
         sys.exit(1)
+    finally:
+        if store is not None:
+            store.close()
     log.info("sensor stopped")
 
 

@@ -153,8 +153,7 @@ class Sensor:
                 self.cgroups.stop_watching()
             if self._capture is not None:
                 self._capture.capturer.close()
-                if not isinstance(self.cases, CaseStore):
-                    self._capture.capturer.store.close()
+                self._close_own_store()
             self.kernel.close()
             raise
         self._started = time.monotonic()
@@ -191,6 +190,11 @@ class Sensor:
         return Pipeline([Drain(self.kernel), self._decode, self._identify, *recording,
                          MakeEvents(events, self.cgroups, self.selection), self._account, self._detect,
                          *capturing, self._dispatch])
+
+    def _close_own_store(self) -> None:
+        """The case store the sensor opened itself; a caller's stays open."""
+        if self._capture is not None and not isinstance(self.cases, CaseStore):
+            self._capture.capturer.store.close()
 
     def _load_rules(self) -> tuple[rule_loader.RuleSet, Alerts]:
         ruleset = rule_loader.load(self.rule_paths)
@@ -370,8 +374,7 @@ class Sensor:
         self._dispatch.run(final)
         self.cgroups.stop_watching()
         self.kernel.close()
-        if self._capture is not None and not isinstance(self.cases, CaseStore):
-            self._capture.capturer.store.close()  # the store it opened; the caller's stays open
+        self._close_own_store()
         self.pipeline = None
         self._dispatch.close()
 

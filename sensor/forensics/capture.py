@@ -298,11 +298,8 @@ def _exe_sha256(pid: int | None) -> str:
     and image, what makes cases alike."""
     if pid is None:
         return ""
-    digest = hashlib.sha256()
     try:
         with open(f"/proc/{pid}/exe", "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return ""
-    return digest.hexdigest()

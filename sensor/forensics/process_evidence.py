@@ -8,6 +8,7 @@ silence: a process may exit mid-capture, and some mappings ([vvar]) cannot be re
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -185,6 +186,6 @@ def _environment(raw: bytes, redact: bool) -> list[str | bytes]:
 
 
 def _why(error: OSError) -> str:
-    if isinstance(error, (FileNotFoundError, ProcessLookupError)) or error.errno == 3:  # ESRCH
+    if isinstance(error, (FileNotFoundError, ProcessLookupError)) or error.errno == errno.ESRCH:
         return "the process exited"
     return error.strerror or str(error)
