@@ -22,6 +22,7 @@ from sensor.kernel.control import Needle
 from sensor.kernel.syscalls import EXEC, OPENS
 
 COMM_LEN = layout.events().constants["MAYFLY_COMM_LEN"]  # a process name the kernel holds: 15 bytes and a NUL
+NEEDLE_LEN = layout.events().constants["MAYFLY_NEEDLE_LEN"]  # a needle's path, as the trie's key holds it
 
 THRESHOLD = "WARNING"  # this priority and the ones above it
 
@@ -80,7 +81,8 @@ def _reduce_exec(condition) -> tuple[set[str], set[Needle]] | None:
             return set(values), set()
         if node.field in ("proc.exe", "proc.exepath") and node.op in ("=", "in", "startswith") and \
                 all(v.startswith("/") for v in values):
-            return set(), {Needle(t, v, node.op != "startswith") for t in types for v in values}
+            exes = {Needle(t, v, node.op != "startswith") for t in types for v in values}
+            return (set(), exes) if all(len(n.key()) <= NEEDLE_LEN for n in exes) else None
     return None
 
 
@@ -96,14 +98,13 @@ def _access(condition) -> str:
 
 
 def _collect(ruleset: RuleSet, chosen: Callable, limit: int) -> tuple[set[Needle], list[str], list[str]]:
-    room = layout.events().constants["MAYFLY_NEEDLE_LEN"]
     needles, covered, left_out = set(), [], []
     for item in ruleset.rules:
         condition = ruleset.conditions.get(item.name)
         if condition is None or not chosen(item):
             continue
         found = _reduce(condition)
-        if found and all(len(n.key()) <= room for n in found):
+        if found and all(len(n.key()) <= NEEDLE_LEN for n in found):
             if len(needles | found) > limit:
                 left_out.append(item.name)
                 continue

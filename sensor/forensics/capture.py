@@ -265,6 +265,8 @@ class Capturer:
         """Thaw, leave frozen or kill, as configured (one someone else froze stays
         frozen); the tasks the kernel stopped are continued unless killed. What was done."""
         action = FREEZE if request.frozen_before else self.settings.after_capture
+        if request.freezer is None:  # no cgroup to act on: it was gone before its capture
+            return action
         try:
             if action == KILL:
                 request.freezer.kill()

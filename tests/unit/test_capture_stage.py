@@ -10,7 +10,10 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from sensor import CallbackSink, Sensor
+from sensor.forensics.capture import AFTER_CAPTURE, Settings
 from sensor.forensics import stage as capture_stage
 from sensor.forensics.store import CaseStore
 from sensor.testing.containers import wait_until
@@ -22,10 +25,10 @@ PATH = b"/mayfly-unit-capture".ljust(256, b"\0")
 STOPPED = C["MAYFLY_SYSCALL_STOPPED"]
 
 
-def sensor_with_cases(tmp_path, rule_file, got):
+def sensor_with_cases(tmp_path, rule_file, got, **options):
     cases = []
     sensor = Sensor(rules=[rule_file], kernel=FakeKernel, identity_deadline=0, cases=tmp_path / "cases",
-                    on_case=cases.append)
+                    on_case=cases.append, **options)
     sensor.sinks.append(CallbackSink(got.append))
     return sensor, cases
 
@@ -63,9 +66,10 @@ def poll_until(sensor, predicate, timeout=10.0):
     raise AssertionError("not within the time")
 
 
-def test_a_container_gone_before_its_capture_keeps_its_timeline_and_says_what_is_missing(tmp_path):
+@pytest.mark.parametrize("after", AFTER_CAPTURE)
+def test_a_container_gone_before_its_capture_keeps_its_timeline_and_says_what_is_missing(tmp_path, after):
     got = []
-    sensor, cases = sensor_with_cases(tmp_path, rule(tmp_path), got)
+    sensor, cases = sensor_with_cases(tmp_path, rule(tmp_path), got, capture_settings=Settings(after_capture=after))
     at = {"cgroup_id": CGROUP}
     with sensor:
         sensor.kernel.feed(mkdir())

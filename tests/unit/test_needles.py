@@ -92,7 +92,9 @@ def test_a_needle_of_two_stopping_rules_asking_different_access_stops_at_either(
                     + rule("host too", "WARNING", "evt.type = openat and fd.name = /etc/y")
                     + rule("by exe", "WARNING", "evt.type = execve and proc.exe = /usr/bin/x and container.id != host")
                     + rule("long name", "WARNING", "evt.type = execve and proc.name = a-name-over-15-bytes and "
-                                                   "container.id != host"))
+                                                   "container.id != host")
+                    + rule("long exe", "WARNING", f"evt.type = execve and proc.exe = /{'x' * 200} and "
+                                                  "container.id != host"))
     found, comms, covered = needles.stopping(rule_loader.load([path]), lambda name, priority: True, 4096)
     assert found == {Needle("openat", "/etc/x", True): "any", Needle("execve", "/usr/bin/x", True): "any"}
-    assert comms == set() and covered == ["reads", "writes", "by exe"]  # a comm holds 15 bytes
+    assert comms == set() and covered == ["reads", "writes", "by exe"]  # a comm holds 15 bytes, a needle 128
