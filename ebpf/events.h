@@ -15,7 +15,7 @@
 #ifndef MAYFLY_EVENTS_H
 #define MAYFLY_EVENTS_H
 
-#define MAYFLY_SCHEMA_VERSION 7
+#define MAYFLY_SCHEMA_VERSION 8
 
 #define MAYFLY_COMM_LEN 16
 #define MAYFLY_STR_LEN 256          /* one data slot of a syscall event */
@@ -48,6 +48,8 @@
 #define MAYFLY_SYSCALL_NO_RESULT 2  /* sent at enter (MAYFLY_SPEC_AT_ENTER): `result` is unknown */
 #define MAYFLY_SYSCALL_NEEDLE 4     /* its path is a needle's: sent past an empty bucket, spilled if need be */
 #define MAYFLY_SYSCALL_STOPPED 8    /* a stopping needle's: the kernel stopped its process (SIGSTOP) at it */
+#define MAYFLY_SYSCALL_GATED 16     /* an exec the spawn gate holds: its process stopped before its first instruction */
+#define MAYFLY_SYSCALL_KILLED 32    /* the kernel killed its process (SIGKILL) at it: a denied cgroup's exec, a killing needle */
 
 /* mayfly_syscall_spec.flags */
 #define MAYFLY_SPEC_EMIT 1          /* capture this syscall */
@@ -84,6 +86,7 @@
 #define MAYFLY_NEEDLE_STOP_READ 2   /* stop the process at it when the open reads (in a container: */
 #define MAYFLY_NEEDLE_STOP_WRITE 4  /* ... not in `host_cgroups`), or writes; an open whose flags are
                                      * in no register (open_flags_arg 0) stops at either */
+#define MAYFLY_NEEDLE_KILL 8        /* kill the process at it (SIGKILL) where it would stop: an in-kernel kill */
 #define MAYFLY_MAX_STOPPED 1024     /* `stopped_tasks`: processes stopped and not yet let go */
 /* `stop_comms` hash: process names (comm, as the exec leaves it) whose exec in a container
  * stops the process before its first instruction (capture triggers on proc.name; their
@@ -97,6 +100,35 @@ struct mayfly_needle_key {
     __u32 prefixlen;
     __u32 nr;
     __u8 path[MAYFLY_NEEDLE_LEN];
+};
+
+/* The spawn gate. While `gate` (one u32) is set, the first exec in a cgroup that is not
+ * the host's and has no `verdicts` entry stops its process (SIGSTOP) before its first
+ * instruction, and the cgroup's verdict becomes pending; so does every exec there while
+ * it is pending. An exec in a denied cgroup is killed (SIGKILL). Each process held is in
+ * `gated_tasks` (pinned in bpffs, so that a sensor started after a crash finds and
+ * releases what an earlier one held) until user space lets it go. */
+#define MAYFLY_VERDICT_PENDING 1
+#define MAYFLY_VERDICT_ALLOW 2
+#define MAYFLY_VERDICT_DENY 3
+#define MAYFLY_MAX_GATED 4096
+struct mayfly_gate_hold {
+    __u64 cgroup_id;
+    __u64 since_ns;      /* bpf_ktime_get_ns() when it was held */
+};
+
+/* Network isolation, in the cgroup_skb programs: a cgroup in `isolated` sends and
+ * receives only to and from the `isolate_allow` trie's destinations (an address prefix,
+ * and a port or 0 for any). `isolating` (one u64) counts the cgroups isolated, so that
+ * no other packet pays a hash lookup. */
+#define MAYFLY_MAX_ISOLATED 1024
+#define MAYFLY_MAX_ALLOWED 256
+struct mayfly_allow_key {
+    __u32 prefixlen;     /* bits from `port` on: 32 (port, family, pad) + the address prefix */
+    __u16 port;          /* host byte order; 0: any port */
+    __u8 family;         /* AF_INET or AF_INET6 */
+    __u8 _pad0;
+    __u8 addr[16];       /* AF_INET: the first 4 bytes */
 };
 
 /* `cgroup_policy` values */

@@ -64,8 +64,17 @@ BPF_HASH(host_cgroups, u64, u8, MAYFLY_MAX_CGROUPS);
 /* The processes stopped at a stopping needle, and when: user space continues or kills
  * each and deletes its entry, and continues any left here too long (a lost event). */
 BPF_HASH(stopped_tasks, u32, u64, MAYFLY_MAX_STOPPED);
-/* Written by user space only: the process names whose exec stops (events.h). */
+/* Written by user space only: the process names whose exec stops, as needle bits (events.h). */
 BPF_HASH(stop_comms, struct mayfly_comm_key, u8, MAYFLY_MAX_STOP_COMMS);
+/* The spawn gate (events.h): `gate` and `verdicts` are written by user space; the kernel
+ * adds a pending verdict and the processes it holds. */
+BPF_ARRAY(gate, u32, 1);
+BPF_HASH(verdicts, u64, u8, MAYFLY_MAX_CGROUPS);
+BPF_TABLE_PINNED("hash", u32, struct mayfly_gate_hold, gated_tasks, MAYFLY_MAX_GATED, MAYFLY_GATE_PIN);
+/* Network isolation (events.h), written by user space only. */
+BPF_ARRAY(isolating, u64, 1);
+BPF_HASH(isolated, u64, u8, MAYFLY_MAX_ISOLATED);
+BPF_LPM_TRIE(isolate_allow, struct mayfly_allow_key, u8, MAYFLY_MAX_ALLOWED);
 #if MAYFLY_COUNT_SYSCALLS
 BPF_PERCPU_ARRAY(syscall_counts, struct mayfly_count_row, MAYFLY_COUNT_SLOTS);
 BPF_HASH(count_slots, u64, u32, MAYFLY_COUNT_SLOTS);
@@ -375,9 +384,15 @@ static __always_inline int stops(struct mayfly_syscall_spec *spec, u64 *args, u8
         || ((access == O_WRONLY || access == O_RDWR) && (wanted & MAYFLY_NEEDLE_STOP_WRITE));
 }
 
-/* A stopping needle's process, in a container: stopped before it returns to user space. */
-static __always_inline void stop_task(struct mayfly_syscall_event *e, u32 tgid)
+/* A stopping needle's process, in a container: stopped before it returns to user space;
+ * or killed, when the needle kills (an in-kernel kill: nothing to let go). */
+static __always_inline void stop_task(struct mayfly_syscall_event *e, u32 tgid, u8 needle)
 {
+    if (needle & MAYFLY_NEEDLE_KILL) {
+        bpf_send_signal(SIGKILL);
+        e->flags |= MAYFLY_SYSCALL_KILLED;
+        return;
+    }
     bpf_send_signal(SIGSTOP);
     e->flags |= MAYFLY_SYSCALL_STOPPED;
     u64 now = bpf_ktime_get_ns();
@@ -602,7 +617,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     }
     u8 needle = (look || stopping) ? needle_of(e) : 0;
     if (stopping && stops(spec, args, needle))
-        stop_task(e, tgid);
+        stop_task(e, tgid, needle);
     if ((look && (needle & MAYFLY_NEEDLE_FLOOD)) || (e->flags & MAYFLY_SYSCALL_STOPPED)) {
         e->flags |= MAYFLY_SYSCALL_NEEDLE; /* a stopped process's event is never lost to a flood */
     } else if (over) {
@@ -663,6 +678,34 @@ int syscall_exit(struct syscall_exit_args *args)
     return 0;
 }
 
+/* The spawn gate (events.h), at an exec outside the host's cgroups: a cgroup with no
+ * verdict, or a pending one, holds the process before the new image runs; a denied
+ * cgroup's exec is killed. */
+static __always_inline void gate_exec(struct mayfly_syscall_event *e, u32 tgid, u64 cgroup_id)
+{
+    u32 zero = 0;
+    u32 *on = gate.lookup(&zero);
+    if (!on || !*on)
+        return;
+    u8 *verdict = verdicts.lookup(&cgroup_id);
+    if (verdict && *verdict == MAYFLY_VERDICT_DENY) {
+        bpf_send_signal(SIGKILL);
+        e->flags |= MAYFLY_SYSCALL_KILLED;
+        return;
+    }
+    if (verdict && *verdict != MAYFLY_VERDICT_PENDING)
+        return;
+    if (!verdict) {
+        u8 pending = MAYFLY_VERDICT_PENDING;
+        verdicts.update(&cgroup_id, &pending);
+    }
+    struct mayfly_gate_hold hold = {.cgroup_id = cgroup_id, .since_ns = bpf_ktime_get_ns()};
+    if (gated_tasks.update(&tgid, &hold))
+        return; /* no room to remember it: better let it run than hold it for ever */
+    bpf_send_signal(SIGSTOP);
+    e->flags |= MAYFLY_SYSCALL_GATED;
+}
+
 /* A successful exec, sent from here: the kernel's resolved filename goes into slot 0,
  * and the argument vector is read again from the new image's stack, where the kernel
  * has just written it (the old image's pages may never have been faulted in). */
@@ -715,12 +758,19 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     exit_info.delete(&tgid);
     u32 nr = e->nr;
     struct mayfly_syscall_spec *spec = syscall_specs.lookup(&nr);
-    if (spec && (spec->flags & MAYFLY_SPEC_STOP) && !host_cgroups.lookup(&cgroup_id)) {
-        /* Held before the new image's first instruction (a spawn gate). */
-        struct mayfly_comm_key name = {};
-        __builtin_memcpy(name.comm, e->hdr.comm, MAYFLY_COMM_LEN);
-        if (stop_comms.lookup(&name) || stops(spec, e->args, needle_of(e)))
-            stop_task(e, tgid);
+    if (!host_cgroups.lookup(&cgroup_id)) {
+        gate_exec(e, tgid, cgroup_id);
+        if (spec && (spec->flags & MAYFLY_SPEC_STOP) && !(e->flags & (MAYFLY_SYSCALL_GATED | MAYFLY_SYSCALL_KILLED))) {
+            /* Held, or killed, before the new image's first instruction. */
+            struct mayfly_comm_key name = {};
+            __builtin_memcpy(name.comm, e->hdr.comm, MAYFLY_COMM_LEN);
+            u8 *by_name = stop_comms.lookup(&name);
+            u8 needle = needle_of(e);
+            if (by_name)
+                stop_task(e, tgid, *by_name);
+            else if (stops(spec, e->args, needle))
+                stop_task(e, tgid, needle);
+        }
     }
     send_syscall(e, cfg, 1);
 out:
@@ -978,14 +1028,61 @@ static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
     }
 }
 
+/* Whether an isolated cgroup's packet may pass: to or from an `isolate_allow` destination
+ * (its port, or any port). Every other cgroup's passes after one array lookup. */
+static __always_inline int passes(struct __sk_buff *skb, int ingress)
+{
+    u32 zero = 0;
+    u64 *count = isolating.lookup(&zero);
+    if (!count || !*count)
+        return 1;
+    u64 cgroup_id = bpf_skb_cgroup_id(skb);
+    if (!isolated.lookup(&cgroup_id))
+        return 1;
+    struct mayfly_allow_key key = {};
+    u32 l4 = 0;
+    u8 proto = 0;
+    if (skb->protocol == NTOHS(ETH_P_IP)) {
+        struct iphdr ip;
+        if (skb_header(skb, 0, &ip, sizeof(ip)))
+            return 0;
+        __builtin_memcpy(key.addr, ingress ? &ip.saddr : &ip.daddr, 4);
+        key.family = AF_INET;
+        key.prefixlen = 32 + 32;
+        proto = ip.protocol;
+        l4 = ip.ihl * 4;
+    } else if (skb->protocol == NTOHS(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+        if (skb_header(skb, 0, &ip6, sizeof(ip6)))
+            return 0;
+        __builtin_memcpy(key.addr, ingress ? &ip6.saddr : &ip6.daddr, 16);
+        key.family = AF_INET6;
+        key.prefixlen = 32 + 128;
+        proto = ip6.nexthdr;
+        l4 = sizeof(ip6);
+    } else {
+        return 0;
+    }
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        u16 ports[2];
+        if (!skb_header(skb, l4, ports, sizeof(ports))) {
+            key.port = NTOHS(ingress ? ports[0] : ports[1]);
+            if (isolate_allow.lookup(&key))
+                return 1;
+        }
+    }
+    key.port = 0;
+    return isolate_allow.lookup(&key) != 0;
+}
+
 int flow_ingress(struct __sk_buff *skb)
 {
     account_flow(skb, 1);
-    return 1;
+    return passes(skb, 1);
 }
 
 int flow_egress(struct __sk_buff *skb)
 {
     account_flow(skb, 0);
-    return 1;
+    return passes(skb, 0);
 }

@@ -19,7 +19,7 @@ from sensor.system import distro, host, kernel_headers
 SOURCE = "mayfly.bpf.c"
 HEADERS = ("events.h",)
 # The schema version of events.h that sensor/kernel/split.py and sensor/kernel/syscalls.py read.
-EXPECTED_SCHEMA = 7
+EXPECTED_SCHEMA = 8
 
 # Tracepoints attached by name (raw_syscalls' are raw tracepoints and always exist).
 REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_exit", "task/task_newtask",
@@ -29,6 +29,13 @@ OPTIONAL_TRACEPOINTS = {"cgroup/cgroup_mkdir": "MAYFLY_TP_CGROUP", "cgroup/cgrou
                         "cgroup/cgroup_attach_task": "MAYFLY_TP_CGROUP_ATTACH",
                         "sock/inet_sock_set_state": "MAYFLY_TP_INET_SOCK_SET_STATE"}
 FLOW_PROGRAMS = {b"flow_ingress": 0, b"flow_egress": 1}  # BPF_CGROUP_INET_INGRESS / _EGRESS
+# The spawn gate's held processes (`gated_tasks`, events.h), pinned in bpffs under this
+# name, so that a sensor started after a crash finds what an earlier one held.
+GATE_PIN = f"mayfly_gated_v{EXPECTED_SCHEMA}"
+
+
+def gate_pin_define(bpffs: str) -> str:
+    return f'MAYFLY_GATE_PIN="{os.path.join(bpffs, GATE_PIN)}"'
 
 
 class BccMissing(RuntimeError):
@@ -130,6 +137,7 @@ def tracepoint_defines(tracefs: str | None) -> list[str]:
 
 def render(config: ProgramConfig, defines: list[str] = ()) -> str:
     """The cflags and the C sources, exactly as BCC receives them."""
+    defines = [*defines, gate_pin_define(host.BPFFS)]
     parts = [f"// BCC cflags: {' '.join(config.cflags(defines))}"]
     for name in (*HEADERS, SOURCE):
         parts.append(f"// ---- {resources.ebpf_file(name)} ----")
@@ -148,7 +156,7 @@ class Programs:
         host.prepare()
         kernel_headers.resolve(link=True)
         self.tracefs = host.tracefs_root()
-        self.defines = tracepoint_defines(self.tracefs)
+        self.defines = tracepoint_defines(self.tracefs) + [gate_pin_define(host.bpffs_root())]
         self.bpf = bcc.BPF(src_file=str(resources.ebpf_file(SOURCE)).encode(), cflags=config.cflags(self.defines))
         self._links: list[int] = []
         self._exits: dict[str, str] = {}  # syscall -> its exit tracepoint, attached

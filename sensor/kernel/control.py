@@ -6,7 +6,9 @@ whole pipeline without root."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import socket
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -161,6 +163,57 @@ class Kernel:
     def let_go(self, pid: int) -> None:
         """A stopped process is user space's to continue or kill now."""
         self.programs["stopped_tasks"].pop(self.programs["stopped_tasks"].Key(pid), None)
+
+    # ---- the spawn gate and isolation (events.h) ----
+
+    def set_gate(self, on: bool) -> None:
+        """Hold the first exec of every cgroup with no verdict (and not the host's)."""
+        maps.write_array(self.programs["gate"], np.array([int(on)], U32))
+
+    def set_verdict(self, cgroup_id: int, verdict: str | None) -> None:
+        """A cgroup's verdict: "allow", "deny" (its execs are killed), "pending"; None
+        forgets it (a removed cgroup)."""
+        verdicts = self.programs["verdicts"]
+        if verdict is None:
+            verdicts.pop(verdicts.Key(cgroup_id), None)
+        else:
+            verdicts[verdicts.Key(cgroup_id)] = verdicts.Leaf(self._constants[f"MAYFLY_VERDICT_{verdict.upper()}"])
+
+    def verdicts(self) -> dict[int, str]:
+        names = {self._constants[f"MAYFLY_VERDICT_{v.upper()}"]: v for v in ("pending", "allow", "deny")}
+        return {key.value: names.get(leaf.value, "?") for key, leaf in self.programs["verdicts"].items()}
+
+    def gated(self) -> dict[int, tuple[int, int]]:
+        """The processes the gate holds: pid -> (cgroup id, since, in kernel time). The
+        map is pinned: it may list what a sensor that crashed held."""
+        return {key.value: (leaf.cgroup_id, leaf.since_ns) for key, leaf in self.programs["gated_tasks"].items()}
+
+    def let_go_gated(self, pid: int) -> None:
+        gated = self.programs["gated_tasks"]
+        gated.pop(gated.Key(pid), None)
+
+    def isolate(self, cgroup_id: int, on: bool) -> None:
+        """Drop a cgroup's traffic but to and from the allowed destinations, or no longer."""
+        isolated = self.programs["isolated"]
+        if on:
+            isolated[isolated.Key(cgroup_id)] = isolated.Leaf(1)
+        else:
+            isolated.pop(isolated.Key(cgroup_id), None)
+        maps.write_array(self.programs["isolating"], np.array([len(isolated)], U64))
+
+    def set_isolation_allowed(self, allowed: Collection[tuple[str, int]]) -> None:
+        """What an isolated cgroup may still reach: (network, port or 0 for any) pairs."""
+        trie, dtype = self.programs["isolate_allow"], self._structs["mayfly_allow_key"]
+        trie.clear()
+        for network, port in allowed:
+            net = ipaddress.ip_network(network, strict=False)
+            key = np.zeros(1, dtype)
+            key["prefixlen"] = 32 + net.prefixlen
+            key["port"] = port
+            key["family"] = socket.AF_INET if net.version == 4 else socket.AF_INET6
+            packed = net.network_address.packed
+            key["addr"][0, :len(packed)] = np.frombuffer(packed, np.uint8)
+            trie[trie.Key.from_buffer_copy(key.tobytes())] = trie.Leaf(1)
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:
         policy = self.programs["cgroup_policy"]

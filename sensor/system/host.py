@@ -14,6 +14,7 @@ log = get_logger("host")
 
 TRACEFS = "/sys/kernel/tracing"
 SECURITYFS = "/sys/kernel/security"
+BPFFS = "/sys/fs/bpf"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 
 
@@ -145,11 +146,21 @@ def tracefs_root() -> str | None:
     return None
 
 
+def bpffs_root() -> str:
+    """Where bpffs is mounted (pinned maps live there)."""
+    mount = find_mount("bpf")
+    if mount is None:
+        raise HostError(f"bpffs is not mounted: mount it at {BPFFS}")
+    return mount.target
+
+
 def prepare() -> None:
-    """Mount tracefs (BCC reads tracepoint formats from it) and securityfs if missing."""
+    """Mount tracefs (BCC reads tracepoint formats from it), securityfs and bpffs (for
+    the spawn gate's pinned map) if missing."""
     if tracefs_root() is None:
         ensure_mounted("tracefs", TRACEFS)
     ensure_mounted("securityfs", SECURITYFS)
+    ensure_mounted("bpf", BPFFS)
 
 
 def effective_capabilities(status: str = "/proc/self/status") -> set[str]:

@@ -36,6 +36,11 @@ class FakeKernel:
         self.hosts: set[int] = set()
         self.stopped_tasks: dict[int, int] = {}  # a test's "the kernel stopped it" (pid -> ktime)
         self.rate: tuple[int, int, float] | None = None
+        self.gate = False
+        self.verdict_of: dict[int, str] = {}
+        self.gated_tasks: dict[int, tuple[int, int]] = {}  # a test's "the gate holds it" (pid -> (cgroup, ktime))
+        self.isolated: set[int] = set()
+        self.allowed: list[tuple[str, int]] = []
         self.closed = False
 
     attached = ["fake"]
@@ -98,6 +103,30 @@ class FakeKernel:
 
     def let_go(self, pid: int) -> None:
         self.stopped_tasks.pop(pid, None)
+
+    def set_gate(self, on: bool) -> None:
+        self.gate = on
+
+    def set_verdict(self, cgroup_id: int, verdict: str | None) -> None:
+        if verdict is None:
+            self.verdict_of.pop(cgroup_id, None)
+        else:
+            self.verdict_of[cgroup_id] = verdict
+
+    def verdicts(self) -> dict[int, str]:
+        return dict(self.verdict_of)
+
+    def gated(self) -> dict[int, tuple[int, int]]:
+        return dict(self.gated_tasks)
+
+    def let_go_gated(self, pid: int) -> None:
+        self.gated_tasks.pop(pid, None)
+
+    def isolate(self, cgroup_id: int, on: bool) -> None:
+        (self.isolated.add if on else self.isolated.discard)(cgroup_id)
+
+    def set_isolation_allowed(self, allowed) -> None:
+        self.allowed = list(allowed)
 
     def set_policy(self, cgroup_id: int, track: bool) -> None:
         self.policies[cgroup_id] = track
