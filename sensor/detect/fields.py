@@ -54,7 +54,8 @@ class Field:
     indexed: bool = False  # takes [N] (proc.aname[2]) or a name (evt.arg.flags)
     network: bool = False  # an address compared with networks: fd.snet in ("10.0.0.0/8")
     # What the value is a function of (sensor.detect.rows): the record's "evt", "proc" or
-    # "container" alone, or "record" (its time, or state that changes over time).
+    # "container" alone, or "record" (its time, or state that changes over time); "host":
+    # the host's, for policy files only.
     part: str = "evt"
 
 
@@ -160,6 +161,10 @@ def _anames(record: Record, index: str | None) -> Value:
     return names[n - 1] if 0 < n <= len(names) else (text(_proc(record).get("comm")) if n == 0 else None)
 
 
+def _tuple(values) -> tuple | None:
+    return tuple(text(v) for v in values) if isinstance(values, (list, tuple)) else None
+
+
 def _bool(value: bool | None) -> str | None:
     """Falco's booleans compare as the words true and false."""
     return None if value is None else ("true" if value else "false")
@@ -254,9 +259,25 @@ _FIELDS = [
     Field("container.image.repository", _container("image", "repository"), part="container"),
     Field("container.image.tag", _container("image", "tag"), part="container"),
     Field("container.image.digest", _container("image", "digest"), part="container"),
+    Field("container.type", _container("runtime"), part="container"),
+    Field("container.label", lambda r, key: text(((r.get("container") or {}).get("labels") or {}).get(key)),
+          indexed=True, part="container"),
+    Field("container.capabilities", lambda r, _: _tuple((r.get("container") or {}).get("capabilities")),
+          part="container"),
+    Field("container.host_mounts", lambda r, _: _tuple((r.get("container") or {}).get("host_mounts")),
+          part="container"),
+    Field("container.user", _container("user"), part="container"),
     Field("k8s.ns.name", _container("k8s", "pod", "namespace"), part="container"),
     Field("k8s.pod.name", _container("k8s", "pod", "name"), part="container"),
     Field("k8s.pod.uid", _container("k8s", "pod", "uid"), part="container"),
+    # This host's facts and live state, which policy files read (sensor/policy); events
+    # do not carry them, so a rule that names one is rejected.
+    Field("host.name", lambda r, _: (r.get("host") or {}).get("name"), part="host"),
+    Field("host.kernel", lambda r, _: (r.get("host") or {}).get("kernel"), part="host"),
+    Field("host.label", lambda r, key: ((r.get("host") or {}).get("labels") or {}).get(key), indexed=True,
+          part="host"),
+    Field("host.image_cases", lambda r, _: (r.get("host") or {}).get("image_cases"), part="host"),
+    Field("host.running", lambda r, _: (r.get("host") or {}).get("running"), part="host"),
 ]
 FIELDS = {f.name: f for f in _FIELDS}
 _NAME = re.compile(r"(?P<base>[\w.]+?)(?:\[(?P<index>[^\]]*)\]|\.(?P<arg>\w+))")

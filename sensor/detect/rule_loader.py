@@ -28,6 +28,8 @@ _ITEM_KEYS = {
     "list": {"items"},
 }
 _TOP_LEVEL_KEYS = {"required_engine_version", "required_plugin_versions"}
+# What a rule's alert may do (sensor/respond): its `actions` list, or a policy's response.
+ACTIONS = ("kill_process", "kill_container", "freeze", "isolate", "capture")
 _CORRELATIONS = ("sequence", "rate")  # Mayfly's rules beyond Falco's (docs/rules.md)
 
 
@@ -148,7 +150,7 @@ def _compile(ruleset: RuleSet) -> None:
                 else e.reason
             ruleset.problems.append(Problem(item.path, item.condition_line or item.line, reason, name, "rule"))
             continue
-        reason = _unsupported(expanded)
+        reason = unsupported(expanded)
         if reason:
             del ruleset.conditions[name]
             ruleset.problems.append(Problem(item.path, item.condition_line or item.line, reason, name, "rule"))
@@ -171,7 +173,7 @@ def _correlation(item: Item, macros: dict, lists: dict, broken: dict, ruleset: R
 
     def parse(text) -> Any:
         parsed = condition.expand(condition.parse(str(text)), macros, lists)
-        reason = _unsupported(parsed)
+        reason = unsupported(parsed)
         if reason:
             raise condition.ConditionError(reason, 0)
         return parsed
@@ -252,12 +254,17 @@ def _exceptions_ast(specs: dict[str, dict]):
     return alternatives[0] if len(alternatives) == 1 else condition.Or(tuple(alternatives))
 
 
-def _unsupported(expanded) -> str | None:
+def unsupported(expanded, host: bool = False) -> str | None:
     """Why Mayfly cannot evaluate a condition: fields it does not provide, operators
-    it does not implement; None when it can."""
+    it does not implement; None when it can. `host`: the host.* fields are allowed
+    (policy files; events do not carry them)."""
     missing = sorted(f for f in condition.fields(expanded) if fields.lookup(f) is None)
     operators = sorted({c.op for c in condition.checks(expanded)} & UNSUPPORTED_OPERATORS)
     reasons = []
+    hosts = sorted(f for f in condition.fields(expanded) if not host and f not in missing
+                   and fields.lookup(f)[0].part == "host")
+    if hosts:
+        reasons.append(f"uses {', '.join(hosts)}: host.* fields are for policy files (docs/policy.md)")
     if missing:
         reasons.append(f"uses field{'s' if len(missing) > 1 else ''} Mayfly does not provide: {', '.join(missing)}")
     if operators:
@@ -273,37 +280,45 @@ def _condition_problem(item: Item, text: str, error: condition.ConditionError) -
                    f"condition: {error.reason} at its end", item.name, item.kind)
 
 
-def _load_file(path: str, ruleset: RuleSet) -> None:
+def read_items(path: str, what: str = "a rule file") -> tuple[list[tuple[Any, int, int]], list[Problem]]:
+    """A YAML file's top-level sequence: each item's body, line, and the line its
+    `condition` starts on (0: none); and the problems that kept any out."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError as e:
-        ruleset.problems.append(Problem(path, 0, f"cannot read: {e.strerror}"))
-        return
+        return [], [Problem(path, 0, f"cannot read: {e.strerror}")]
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        ruleset.problems.append(Problem(path, mark.line + 1 if mark else 0, f"invalid YAML: {e.problem}"))
-        return
+        return [], [Problem(path, mark.line + 1 if mark else 0, f"invalid YAML: {e.problem}")]
     finally:
         loader.dispose()
     if root is None:
-        return
+        return [], []
     if not isinstance(root, yaml.SequenceNode):
-        ruleset.problems.append(Problem(path, root.start_mark.line + 1, "a rule file is a YAML sequence of items"))
-        return
+        return [], [Problem(path, root.start_mark.line + 1, f"{what} is a YAML sequence of items")]
+    items, problems = [], []
     for node in root.value:
         line = node.start_mark.line + 1
         try:
             body = loader.construct_object(node, deep=True)
         except yaml.YAMLError as e:
-            ruleset.problems.append(Problem(path, line, f"invalid YAML: {e}"))
+            problems.append(Problem(path, line, f"invalid YAML: {e}"))
             continue
         condition_line = next((v.start_mark.line + 1 + (v.style in ("|", ">")) for k, v in node.value
                                if getattr(k, "value", None) == "condition"), 0) \
             if isinstance(node, yaml.MappingNode) else 0
+        items.append((body, line, condition_line))
+    return items, problems
+
+
+def _load_file(path: str, ruleset: RuleSet) -> None:
+    items, problems = read_items(path)
+    ruleset.problems += problems
+    for body, line, condition_line in items:
         item, problem = _item(body, os.fspath(path), line, condition_line)
         if problem:
             ruleset.problems.append(problem)
@@ -335,6 +350,11 @@ def _item(body: Any, path: str, line: int, condition_line: int) -> tuple[Item | 
     priority = body.get("priority")
     if priority is not None and str(priority).upper() not in PRIORITIES:
         return None, Problem(path, line, f"unknown priority {priority!r}", name, kind)
+    if kind == "rule" and "actions" in body:
+        actions = body["actions"]
+        if not isinstance(actions, list) or not all(a in ACTIONS for a in actions):
+            return None, Problem(path, line, f"actions must be a list of {', '.join(ACTIONS)}, not {actions!r}",
+                                 name, kind)
     if kind == "rule" and not isinstance(body.get("capture", False), bool):
         return None, Problem(path, line, f"capture must be true or false, not {body['capture']!r}", name, kind)
     if kind == "rule" and body.get("source", "syscall") != "syscall":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from sensor.identity.runtimes.state import Identity, StateReader, apply_annotations, bounded, spec_privileged
+from sensor.identity.runtimes.state import Identity, StateReader, apply_annotations, apply_spec, bounded
 
 TASKS = "run/containerd/io.containerd.runtime.v2.task"
 
@@ -21,9 +21,9 @@ def identity(state: StateReader, container_id: str) -> Identity | None:
         spec = state.read(TASKS, namespace, container_id, "config.json")
         if isinstance(spec, dict):
             annotations = bounded(spec.get("annotations"))
-            result = Identity(id=container_id, runtime="containerd", labels=annotations,
-                              privileged=spec_privileged(spec))
+            result = Identity(id=container_id, runtime="containerd", labels=annotations)
             apply_annotations(result, annotations)
+            apply_spec(result, spec)
             result.labels = {**annotations, "io.containerd.namespace": namespace} if namespace != "k8s.io" \
                 else annotations
             return result

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from sensor.identity.runtimes.state import Identity, StateReader, apply_annotations, bounded, spec_privileged
+from sensor.identity.runtimes.state import Identity, StateReader, apply_annotations, apply_spec, bounded
 
 # containers/storage, shared with Podman: the run-time copy first.
 STORAGE = ("run/containers/storage", "var/lib/containers/storage")
@@ -17,7 +17,8 @@ def identity(state: StateReader, container_id: str) -> Identity | None:
             annotations = bounded(spec.get("annotations"))
             if annotations.get("io.container.manager") == "libpod":
                 continue  # podman keeps its containers in the same storage (with some cri-o keys)
-            result = Identity(id=container_id, runtime="cri-o", labels=annotations, privileged=spec_privileged(spec))
+            result = Identity(id=container_id, runtime="cri-o", labels=annotations)
             apply_annotations(result, annotations)
+            apply_spec(result, spec)
             return result
     return None

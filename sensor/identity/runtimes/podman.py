@@ -5,8 +5,8 @@ cgroup) or `libpod_parent/libpod-<id>`; names and images in containers/storage's
 from __future__ import annotations
 
 from sensor.identity.runtimes.crio import STORAGE
-from sensor.identity.runtimes.state import (Identity, StateReader, as_dict, as_str, bounded, parse_image,
-                                            spec_privileged)
+from sensor.identity.runtimes.state import (Identity, StateReader, apply_spec, as_dict, as_str, bounded,
+                                            parse_image)
 
 
 def identity(state: StateReader, container_id: str) -> Identity | None:
@@ -25,7 +25,7 @@ def identity(state: StateReader, container_id: str) -> Identity | None:
             result.image = _image(state, storage, image_id)
         spec = state.read(storage, "overlay-containers", container_id, "userdata", "config.json")
         result.labels = bounded(as_dict(spec).get("annotations"))
-        result.privileged = spec_privileged(spec)
+        apply_spec(result, spec)
         return result
     return None
 

@@ -4,7 +4,10 @@ annotations as `key=value` (and `bundle=<path>`)."""
 
 from __future__ import annotations
 
-from sensor.identity.runtimes.state import Identity, StateReader, apply_annotations, as_dict, as_str, bounded, privileged
+import os
+
+from sensor.identity.runtimes.state import (Identity, StateError, StateReader, apply_annotations, apply_spec, as_dict,
+                                            as_str, bounded, privileged, read_json)
 
 RUNC_ROOTS = ("run/runc", "run/docker/runtime-runc/moby", "run/containerd/runc/k8s.io",
               "run/containerd/runc/default", "run/crun")
@@ -27,6 +30,12 @@ def identity(state: StateReader, container_id: str, cgroup_path: str | None) -> 
         result = Identity(id=container_id, runtime="runc", labels=annotations, created=as_str(found.get("created")),
                           privileged=privileged(as_dict(config.get("capabilities")).get("Bounding")))
         apply_annotations(result, annotations)
+        bundle = next((v for k, sep, v in pairs if sep and k == "bundle"), None)
+        if bundle and os.path.isabs(bundle):
+            try:  # the bundle's spec: the container's user, capabilities and host mounts
+                apply_spec(result, read_json(os.path.join(bundle, "config.json")))
+            except StateError:
+                pass  # what the state says stands
         return result
     return None
 

@@ -32,6 +32,9 @@ class Identity:
     k8s: dict = field(default_factory=dict)         # pod {name, namespace, uid}, container
     created: str | None = None
     privileged: bool | None = None                  # CAP_SYS_ADMIN in its bounding set (Docker: --privileged)
+    capabilities: list = field(default_factory=list)  # its bounding set, from its OCI spec
+    host_mounts: list = field(default_factory=list)   # the host paths bind-mounted into it
+    user: int | None = None                         # the uid its process runs as
     resolved: bool = True                           # False: the runtime's state was not (yet) readable
 
     @property
@@ -41,12 +44,14 @@ class Identity:
     def as_record(self) -> dict:
         """The `container` map of records (without cgroup fields)."""
         result: dict = {"id": self.id}
-        for name in ("runtime", "name", "image", "labels", "k8s", "created"):
+        for name in ("runtime", "name", "image", "labels", "k8s", "created", "capabilities", "host_mounts"):
             value = getattr(self, name)
             if value:
                 result[name] = value
         if self.privileged is not None:
             result["privileged"] = self.privileged
+        if self.user is not None:
+            result["user"] = self.user
         if not self.resolved:
             result["resolved"] = False
         return result
@@ -155,6 +160,23 @@ def privileged(bounding) -> bool | None:
 def spec_privileged(spec) -> bool | None:
     """privileged() of an OCI runtime spec (config.json)."""
     return privileged(as_dict(as_dict(as_dict(spec).get("process")).get("capabilities")).get("bounding"))
+
+
+def apply_spec(identity: Identity, spec) -> None:
+    """What an OCI runtime spec (config.json) says of a container's rights: its
+    capabilities, the host paths bind-mounted into it, its user, whether privileged."""
+    process = as_dict(as_dict(spec).get("process"))
+    bounding = as_dict(process.get("capabilities")).get("bounding")
+    if isinstance(bounding, list):
+        identity.capabilities = [str(c) for c in bounding[:64]]
+        identity.privileged = privileged(bounding)
+    mounts = as_dict(spec).get("mounts")
+    identity.host_mounts = [str(m["source"])[:MAX_VALUE_LEN] for m in (mounts if isinstance(mounts, list) else [])
+                            if isinstance(m, dict) and isinstance(m.get("source"), str)
+                            and (m.get("type") == "bind" or "bind" in (m.get("options") or ())
+                                 or "rbind" in (m.get("options") or ()))][:MAX_LABELS]
+    uid = as_dict(process.get("user")).get("uid")
+    identity.user = uid if isinstance(uid, int) else None
 
 
 # Kubernetes metadata in annotations (CRI runtimes) or labels (dockershim, CRI-O).
