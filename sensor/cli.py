@@ -23,6 +23,7 @@ from sensor.forensics.recorder import DEFAULT_MAX_AGE_S, DEFAULT_MAX_EVENTS, DEF
 from sensor.forensics.store import DEFAULT_BUDGET, DEFAULT_ROOT as DEFAULT_CASES, CaseStore, StoreError
 from sensor.kernel import bpf_program
 from sensor.output import sinks
+from sensor.policy import policy_file
 from sensor.system import host
 from sensor.kernel.bpf_program import ProgramConfig
 from sensor.log import configure_cli, get_logger
@@ -92,11 +93,14 @@ def _sink(ctx, param, values):
               help="What becomes of a container once captured: thawed, left frozen or killed.")
 @click.option("--control", "control_path", default=control_socket.DEFAULT_PATH, show_default=True,
               type=click.Path(dir_okay=False), help="The control socket `mayfly capture` talks to (root only).")
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False),
+              help="Policy file: each container's verdict from its spawn, the spawn gate, responses to alerts "
+                   "(docs/policy.md). Reloaded on SIGHUP and when it changes.")
 @click.option("--print-ebpf", is_flag=True, help="Print the C and cflags BCC compiles, then exit.")
 def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, ring_pressure, report_interval,
         identity_deadline, container_grace, ancestors, flows, count_syscalls, recorder_bytes, recorder_events,
         recorder_seconds, capturing, cases_dir, cases_budget, capture_priority, after_capture, control_path,
-        print_ebpf) -> None:
+        policy_path, print_ebpf) -> None:
     """Run the sensor in the foreground until interrupted (needs root)."""
     from sensor.sensor import Sensor
 
@@ -124,7 +128,7 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
                     emit_events=types if types is not None else emit_events, report_interval=report_interval,
                     identity_deadline=identity_deadline, container_grace=container_grace, ancestors=ancestors,
                     recorder=recorder, cases=store, capture_priority=capture_priority.upper(),
-                    capture_settings=capture.Settings(after_capture=after_capture))
+                    capture_settings=capture.Settings(after_capture=after_capture), policy=policy_path)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sensor.stop())
     signal.signal(signal.SIGHUP, lambda *_: sensor.reload())
@@ -151,6 +155,25 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
         if store is not None:
             store.close()
     log.info("sensor stopped")
+
+
+@main.group()
+def policy() -> None:
+    """Policy files."""
+
+
+@policy.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def policy_check(path: str) -> None:
+    """Load a policy file as `mayfly run --policy` would: print each problem
+    (file:line: reason), then what loaded. Exit 1 if there was any problem."""
+    loaded = policy_file.load(path)
+    for problem in loaded.problems:
+        click.echo(str(problem))
+    click.echo(f"{len(loaded.rules)} policy rules, {len(loaded.responses)} responses, {len(loaded.protect)} "
+               f"protected, gate {'on' if loaded.gating else 'off'}; {len(loaded.problems)} problems")
+    if loaded.problems:
+        sys.exit(1)
 
 
 @main.group()

@@ -40,6 +40,9 @@ from sensor.output.reports import LOST_EVERY_S, KernelReports
 from sensor.output.sinks import CallbackSink, Sink
 from sensor.output.stage import Account, Dispatch, MakeEvents
 from sensor.pipeline import Batch, Pipeline
+from sensor.policy import policy_file
+from sensor.policy.host_facts import HostFacts
+from sensor.policy.stage import Place
 from sensor.records import Record
 from sensor.system import host
 
@@ -77,6 +80,9 @@ class Sensor:
     called with each case's manifest, in the capture's own thread; `capture()` asks for
     one by hand.
 
+    `policy`: a policy file (docs/policy.md), or a loaded Policy: each container's
+    verdict from its spawn, `policy` records, the spawn gate; reloaded with the rules.
+
     One thread polls (iterates); `stop()` may be called from any thread or a signal
     handler. Needs root (CAP_BPF and CAP_PERFMON). `kernel`: a factory of the kernel
     side from the config (tests pass sensor.testing.kernel.FakeKernel to run the whole
@@ -90,7 +96,8 @@ class Sensor:
                  lost_interval: float = LOST_EVERY_S, kernel: Callable[[ProgramConfig], Kernel] = Kernel,
                  recorder: FlightRecorder | bool = True, cases: CaseStore | str | os.PathLike | None = None,
                  on_case: Callable[[dict], None] | None = None, capture_priority: str = "WARNING",
-                 capture_settings: capture.Settings | None = None):
+                 capture_settings: capture.Settings | None = None,
+                 policy: str | os.PathLike | policy_file.Policy | None = None):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
@@ -109,6 +116,9 @@ class Sensor:
         self.capture_priority = capture_priority
         self.capture_settings = capture_settings or capture.Settings()
         self._capture: Capture | None = None
+        self.policy_path = None if policy is None or isinstance(policy, policy_file.Policy) else os.fspath(policy)
+        self.policy = policy if isinstance(policy, policy_file.Policy) else None
+        self._place: Place | None = None
         self.ruleset: rule_loader.RuleSet | None = None
         self.kernel: Kernel | None = None
         self._make_kernel = kernel
@@ -130,9 +140,12 @@ class Sensor:
         self.table = syscalls.table()
         self._check_types(self.selection.emit_types or ())
         self.ruleset, self.alerts = self._load_rules()
+        if self.policy_path is not None:
+            self.policy = _load_policy(self.policy_path, starting=True)
         self._next_rules: tuple[rule_loader.RuleSet, Alerts] | None = None
+        self._next_policy: policy_file.Policy | None = None
         self._reloading: threading.Thread | None = None
-        self._rule_stamps, self._stamped = _stamps(self.rule_paths), time.monotonic()
+        self._rule_stamps, self._stamped = _stamps(self._watched()), time.monotonic()
 
         self.kernel = self._make_kernel(self.config)
         try:
@@ -161,9 +174,13 @@ class Sensor:
         self._trimmed = time.monotonic()
         log.info("sensor started", pid=os.getpid(), programs=len(self.kernel.attached))
         self._identify.take_hosts()
-        self._dispatch.run(Batch(records=[records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
-                                                      programs=self.kernel.attached, captured=self.captured)]
-                                 + self.cgroups.take()))  # the containers already running
+        ready = Batch(records=[records.new("sensor", self.clock.now(), state="ready", pid=os.getpid(),
+                                           programs=self.kernel.attached, captured=self.captured)]
+                      + self.cgroups.take())  # the containers already running
+        if self._place is not None:
+            self._place.run(ready)
+            self._place.arm()
+        self._dispatch.run(ready)
 
     def _build(self) -> Pipeline:
         """The stages every batch goes through, in order (sensor/pipeline.py)."""
@@ -180,14 +197,18 @@ class Sensor:
         self._decode = Decode(self.kernel, Splitter())
         self._dispatch = Dispatch(self.sinks)
         recording = [RecordFlight(self.recorder, self.cgroups, self.clock, mkdir)] if self.recorder is not None else []
-        capturing = []
+        capturing, placing = [], []
+        if self.policy is not None:
+            cases = (lambda: self._capture.capturer.store.list()) if self.cases is not None else None
+            self._place = Place(self.kernel, self.cgroups, self.clock, self.policy, HostFacts({}, cases), mkdir)
+            placing = [self._place]
         if self.cases is not None:
             store = self.cases if isinstance(self.cases, CaseStore) else CaseStore(self.cases, writer=True)
             capturer = capture.Capturer(store, self.recorder, self.capture_settings,
                                         Timeline(self.table, self.clock, mkdir), self.on_case)
             self._capture = Capture(capturer, self.kernel, self.cgroups, self.clock, self.capture_priority)
             capturing = [self._capture]
-        return Pipeline([Drain(self.kernel), self._decode, self._identify, *recording,
+        return Pipeline([Drain(self.kernel), self._decode, self._identify, *placing, *recording,
                          MakeEvents(events, self.cgroups, self.selection), self._account, self._detect,
                          *capturing, self._dispatch])
 
@@ -236,15 +257,19 @@ class Sensor:
         self._identify.set_containers_only(self.alerts.containers_only and not selection.emit)
 
     def reload(self) -> None:
-        """Load the rule files again, aside, and use them from the next batch on; if any
-        problem is found, the rules in use stay, and the problems are logged. Safe to call
-        from a signal handler (SIGHUP) or any thread; `mayfly run` also calls it when a
-        rule file changes."""
+        """Load the rule files and the policy file again, aside, and use them from the
+        next batch on; if any problem is found in either, the rules or policy in use
+        stay, and the problems are logged. Safe to call from a signal handler (SIGHUP) or
+        any thread; `mayfly run` also calls it when a rule or policy file changes."""
         if self._reloading is None or not self._reloading.is_alive():
             self._reloading = threading.Thread(target=self._load_aside, name="mayfly-rules", daemon=True)
             self._reloading.start()
 
     def _load_aside(self) -> None:
+        if self.policy_path is not None:
+            policy = _load_policy(self.policy_path, starting=False)
+            if policy is not None:
+                self._next_policy = policy
         ruleset = rule_loader.load(self.rule_paths)
         if ruleset.problems:
             for problem in ruleset.problems:
@@ -261,12 +286,19 @@ class Sensor:
             self._apply_rules()
             host.release_free_memory()  # what compiling them left behind
             log.info("rules reloaded", rules=self.ruleset.loaded, disabled=len(self.ruleset.disabled))
+        if self._next_policy is not None:
+            self.policy, self._next_policy = self._next_policy, None
+            self._place.set_policy(self.policy)
+            log.info("policy reloaded", rules=len(self.policy.rules), responses=len(self.policy.responses))
         if time.monotonic() - self._stamped >= RULES_CHECK_S:
-            stamps, self._stamped = _stamps(self.rule_paths), time.monotonic()
+            stamps, self._stamped = _stamps(self._watched()), time.monotonic()
             if stamps != self._rule_stamps:
                 self._rule_stamps = stamps
-                log.info("a rule file changed: reloading")
+                log.info("a rule or policy file changed: reloading")
                 self.reload()
+
+    def _watched(self) -> list:
+        return [*self.rule_paths, *([self.policy_path] if self.policy_path else [])]
 
     def _check_types(self, types: Iterable[str]) -> None:
         known = set(self.table.syscalls) | set(OTHER_TYPES)
@@ -350,6 +382,8 @@ class Sensor:
         self._stopped = True
         if self.pipeline is None:
             return
+        if self._place is not None:
+            self._place.close()  # nothing is left held at the gate
         if self._capture is not None:
             self.kernel.disarm_stops()  # no process is held for a capture that will not come
         for _ in range(1024):  # what is still in the ring buffer (bounded: a stuck record stays)
@@ -377,6 +411,23 @@ class Sensor:
         self._close_own_store()
         self.pipeline = None
         self._dispatch.close()
+
+
+def _load_policy(path: str, starting: bool) -> policy_file.Policy | None:
+    """The policy file. At start its broken items are logged and the rest applies (a file
+    that cannot be read at all stops the start); on reload, any problem keeps the policy
+    in use (None)."""
+    policy = policy_file.load(path)
+    for problem in policy.problems:
+        log.error("policy problem", problem=str(problem))
+    if starting and any(p.line == 0 for p in policy.problems):
+        raise ValueError(f"policy file {policy.problems[0]}")
+    if not starting and policy.problems:
+        log.error("policy not reloaded: the policy in use stays", problems=len(policy.problems))
+        return None
+    log.info("policy loaded", path=path, rules=len(policy.rules), responses=len(policy.responses),
+             gate=policy.gating, problems=len(policy.problems))
+    return policy
 
 
 def _stamps(paths) -> list[tuple | None]:

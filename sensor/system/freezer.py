@@ -88,6 +88,15 @@ def resume(pid: int) -> None:
         pass
 
 
+def kill_pid(pid: int) -> bool:
+    """SIGKILL a process; False when it was gone already."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _wait_events(cgroup_dir: str, want: str, timeout_s: float) -> None:
     """Until cgroup.events says `frozen want`: the kernel wakes a poller (POLLPRI) when
     it changes."""

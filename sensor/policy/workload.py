@@ -1,0 +1,23 @@
+"""What a workload is: the containers that count as one for budgets, the last-instance
+guard and `host.running`. By image (its name without the tag or digest), or by a label;
+a container with neither is a workload of its own."""
+
+from __future__ import annotations
+
+
+def workload_of(container: dict, by: str) -> str:
+    """`by`: "image", or "label[KEY]" (sensor.policy.policy_file.Settings.workload)."""
+    if by.startswith("label["):
+        value = (container.get("labels") or {}).get(by[len("label["):-1])
+        if value:
+            return f"{by}={value}"
+    repository = (container.get("image") or {}).get("repository")
+    if repository:
+        return repository
+    return f"container:{container.get('id')}"
+
+
+def running(entries, workload: str, by: str) -> int:
+    """Containers of the workload running on this host (cgroup table entries)."""
+    return sum(1 for entry in entries if entry.identity.is_container and entry.removed_ns is None
+               and workload_of(entry.container, by) == workload)
