@@ -1,10 +1,10 @@
 """One pass per batch: the kernel's events go through named stages, in order, and
 every stage reads and adds to one Batch. The stages (each subpackage's `stage.py`):
 
-    drain ─► decode ─► identity ─► recorder ─► events ─► accounting ─► detect ─► capture ─► outputs
-    kernel   kernel    identity    forensics   output    output        detect    forensics   output
+    drain ─► decode ─► identity ─► policy ─► recorder ─► events ─► accounting ─► detect ─► respond ─► capture ─► outputs
+    kernel   kernel    identity    policy    forensics   output    output        detect    respond    forensics   output
 
-A new capability (response, baselines) is a stage over the same Batch:
+A new capability (baselines) is a stage over the same Batch:
 it reads the decoded arrays, never decodes again, and costs nothing per event in
 Python. `Sensor` builds the pipeline; docs/architecture.md draws it.
 """
@@ -35,6 +35,7 @@ class Batch:
     fd_notes: FdNotes | None = None              # identity: what the fd each event names was then
     records: list[Record] = field(default_factory=list)   # what goes out, in order
     emitted: list[Record] = field(default_factory=list)   # event records of `live` rows (rules read their rows)
+    killed: set[int] = field(default_factory=set)         # respond: cgroups of containers killed (none to capture)
 
 
 class Stage(Protocol):

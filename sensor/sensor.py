@@ -43,6 +43,8 @@ from sensor.pipeline import Batch, Pipeline
 from sensor.policy import policy_file
 from sensor.policy.host_facts import HostFacts
 from sensor.policy.stage import Place
+from sensor.respond.actions import DEFAULT_LEDGER, Actuator
+from sensor.respond.stage import Respond
 from sensor.records import Record
 from sensor.system import host
 
@@ -81,7 +83,10 @@ class Sensor:
     one by hand.
 
     `policy`: a policy file (docs/policy.md), or a loaded Policy: each container's
-    verdict from its spawn, `policy` records, the spawn gate; reloaded with the rules.
+    verdict from its spawn, `policy` records, the spawn gate, responses to alerts and
+    how they are weighed; reloaded with the rules. Alerts of rules with `actions:` act
+    under the default policy without one. `frozen_ledger`: where the containers a
+    response froze are written down, for a sensor that starts after a crash.
 
     One thread polls (iterates); `stop()` may be called from any thread or a signal
     handler. Needs root (CAP_BPF and CAP_PERFMON). `kernel`: a factory of the kernel
@@ -97,7 +102,7 @@ class Sensor:
                  recorder: FlightRecorder | bool = True, cases: CaseStore | str | os.PathLike | None = None,
                  on_case: Callable[[dict], None] | None = None, capture_priority: str = "WARNING",
                  capture_settings: capture.Settings | None = None,
-                 policy: str | os.PathLike | policy_file.Policy | None = None):
+                 policy: str | os.PathLike | policy_file.Policy | None = None, frozen_ledger: str = DEFAULT_LEDGER):
         self.rule_paths = list(rules) if rules is not None else resources.builtin_rule_files()
         self.sinks = list(sinks) + ([CallbackSink(on_record)] if on_record else [])
         self.config = config or ProgramConfig()
@@ -119,6 +124,7 @@ class Sensor:
         self.policy_path = None if policy is None or isinstance(policy, policy_file.Policy) else os.fspath(policy)
         self.policy = policy if isinstance(policy, policy_file.Policy) else None
         self._place: Place | None = None
+        self.frozen_ledger = frozen_ledger
         self.ruleset: rule_loader.RuleSet | None = None
         self.kernel: Kernel | None = None
         self._make_kernel = kernel
@@ -142,6 +148,7 @@ class Sensor:
         self.ruleset, self.alerts = self._load_rules()
         if self.policy_path is not None:
             self.policy = _load_policy(self.policy_path, starting=True)
+        self._policy_in_use = self.policy or policy_file.Policy()
         self._next_rules: tuple[rule_loader.RuleSet, Alerts] | None = None
         self._next_policy: policy_file.Policy | None = None
         self._reloading: threading.Thread | None = None
@@ -208,9 +215,16 @@ class Sensor:
                                         Timeline(self.table, self.clock, mkdir), self.on_case)
             self._capture = Capture(capturer, self.kernel, self.cgroups, self.clock, self.capture_priority)
             capturing = [self._capture]
+        self._respond = Respond(Actuator(self.kernel, self.frozen_ledger, self.config.flows), self._policy_in_use,
+                                self.cgroups, self.clock, mkdir, host.cgroup_id(host.cgroup2_dir_of()),
+                                self._capture.take if self._capture is not None else None)
+        self._respond.actuator.set_allowed(self._policy_in_use.settings.isolate_allow)
+        for left in self._respond.actuator.recover(self._policy_in_use.settings.failure == "open"):
+            log.warning("a container a stopped sensor left frozen was released", dir=left,
+                        failure=self._policy_in_use.settings.failure)
         return Pipeline([Drain(self.kernel), self._decode, self._identify, *placing, *recording,
                          MakeEvents(events, self.cgroups, self.selection), self._account, self._detect,
-                         *capturing, self._dispatch])
+                         self._respond, *capturing, self._dispatch])
 
     def _close_own_store(self) -> None:
         """The case store the sensor opened itself; a caller's stays open."""
@@ -244,12 +258,14 @@ class Sensor:
             log.warning("more needles than the kernel holds: these rules can be hidden by a flood",
                         rules=left_out, kept=len(found))
         stopping, comms = {}, set()
-        if self._capture is not None:
+        self._respond.rules = self.alerts.rules
+        if self._capture is not None:  # its stage continues or kills what the kernel stops
             self._capture.rules = self.alerts.rules
-            stopping, comms, stops = needles.stopping(self.ruleset, self._capture.triggers,
+            triggers, acts = self._capture.triggers, self._respond.stops
+            stopping, comms, stops = needles.stopping(self.ruleset, lambda r, p: triggers(r, p) or acts(r, p),
                                                       layout.events().constants["MAYFLY_MAX_NEEDLES"] - len(found))
-            log.info("stopping needles: capture triggers whose process the kernel holds for its capture",
-                     rules=stops, needles=len(stopping), process_names=len(comms))
+            log.info("stopping needles: capture triggers and kill or freeze rules whose process the kernel holds "
+                     "at its act", rules=stops, needles=len(stopping), process_names=len(comms))
         self.kernel.set_needles(self.table, found, stopping, comms)
         log.info("needles: rules whose events a flood cannot hide", rules=covered, needles=len(found))
         self.set_capture(capture)
@@ -288,7 +304,11 @@ class Sensor:
             log.info("rules reloaded", rules=self.ruleset.loaded, disabled=len(self.ruleset.disabled))
         if self._next_policy is not None:
             self.policy, self._next_policy = self._next_policy, None
+            self._policy_in_use = self.policy
             self._place.set_policy(self.policy)
+            self._respond.set_policy(self.policy)
+            self._respond.actuator.set_allowed(self.policy.settings.isolate_allow)
+            self._apply_rules()  # which rules' processes the kernel stops may change
             log.info("policy reloaded", rules=len(self.policy.rules), responses=len(self.policy.responses))
         if time.monotonic() - self._stamped >= RULES_CHECK_S:
             stamps, self._stamped = _stamps(self._watched()), time.monotonic()
@@ -326,6 +346,28 @@ class Sensor:
         future: Future = Future()
         self._capture.asked.put((container_id, future))
         return future
+
+    def set_mode(self, mode: str, rule: str | None = None) -> None:
+        """Responses' mode from now on (enforce, monitor, dry-run): one rule's, or every
+        rule's and the placement verdicts' (rule None). None as the mode goes back to the
+        policy's."""
+        if mode is not None and mode not in policy_file.MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(policy_file.MODES)}")
+        if rule is not None:
+            if mode is None:
+                self._respond.arbiter.modes.pop(rule, None)
+            else:
+                self._respond.arbiter.modes[rule] = mode
+            self._apply_rules()
+            return
+        self._respond.arbiter.override = mode
+        if self._place is not None:
+            self._place.mode = mode
+        self._apply_rules()
+
+    def thaw(self, container_id: str) -> None:
+        """Thaw a container a response froze (LookupError if none)."""
+        self._respond.thaw(container_id)
 
     def set_rate_limit(self, rate: int, burst: int, pressure: float | None = None) -> None:
         """Events per second one cgroup may emit on average (0: no limit), and at once.
@@ -384,6 +426,7 @@ class Sensor:
             return
         if self._place is not None:
             self._place.close()  # nothing is left held at the gate
+        self._respond.close()  # nor frozen by a response
         if self._capture is not None:
             self.kernel.disarm_stops()  # no process is held for a capture that will not come
         for _ in range(1024):  # what is still in the ring buffer (bounded: a stuck record stays)

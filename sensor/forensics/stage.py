@@ -81,7 +81,7 @@ class Capture:
         self._note_stops(batch)
         for record in batch.records:
             if record["kind"] == "alert" and self.triggers(record["rule"], record["priority"]):
-                self._alert(record, batch)
+                self.take(record, batch)
         self._continue_stops()
         while True:
             try:
@@ -103,18 +103,24 @@ class Capture:
         asked = rule.body.get("capture") if rule is not None else None
         return asked if isinstance(asked, bool) else priority in self.urgent
 
-    def _alert(self, alert: Record, batch: Batch) -> None:
+    def take(self, alert: Record, batch: Batch) -> str:
+        """Capture the alert's container (a trigger, or a response's `capture`); what
+        became of it."""
         cgroup_id = (alert.get("container") or {}).get("cgroup_id")
         entry = self.cgroups.entries.get(cgroup_id)
-        if entry is None or not entry.identity.is_container or cgroup_id in self.capturer.busy:
-            return  # the host is never frozen; a container being captured has its case already
+        if entry is None or not entry.identity.is_container:
+            return "skipped: not a container (the host is never frozen)"
+        if cgroup_id in self.capturer.busy:
+            return "done already"  # a container being captured has its case already
+        if cgroup_id in batch.killed:
+            return "skipped: the container was killed"
         stopped = [pid for pid, (cgroup, _) in self._stops.items() if cgroup == cgroup_id]
         for pid in stopped:  # the capture continues or kills them
             del self._stops[pid]
             self.kernel.let_go(pid)
-        self._submit(Request(cgroup_id, self._dir(entry), entry.container, [alert], alert["rule"],
-                             alert["priority"], int(alert["ts"]) - self.clock.offset, int(alert["ts"]),
-                             pid=(alert.get("proc") or {}).get("pid"), stopped=stopped), batch)
+        return self._submit(Request(cgroup_id, self._dir(entry), entry.container, [alert], alert["rule"],
+                                    alert["priority"], int(alert["ts"]) - self.clock.offset, int(alert["ts"]),
+                                    pid=(alert.get("proc") or {}).get("pid"), stopped=stopped), batch)
 
     def _asked(self, container_id: str, future: Future, batch: Batch) -> None:
         found = [(i, e) for i, e in self.cgroups.entries.items()
@@ -129,15 +135,17 @@ class Capture:
             self._submit(Request(cgroup_id, self._dir(entry), entry.container, [], "", NO_PRIORITY, now,
                                  now + self.clock.offset), batch)
 
-    def _submit(self, request: Request, batch: Batch) -> None:
+    def _submit(self, request: Request, batch: Batch) -> str:
         why = self.capturer.submit(request)
-        if why is not None:
-            for pid in request.stopped:  # no capture will continue them
-                resume(pid)
-            batch.records.append(records.new("case", self.clock.now(), state="skipped", container=request.container,
-                                             trigger={"rule": request.rule, "priority": request.priority}, why=why))
-            for future in self._waiting.pop(request.cgroup_id, []):
-                future.set_exception(RuntimeError(f"not captured: {why}"))
+        if why is None:
+            return "queued"
+        for pid in request.stopped:  # no capture will continue them
+            resume(pid)
+        batch.records.append(records.new("case", self.clock.now(), state="skipped", container=request.container,
+                                         trigger={"rule": request.rule, "priority": request.priority}, why=why))
+        for future in self._waiting.pop(request.cgroup_id, []):
+            future.set_exception(RuntimeError(f"not captured: {why}"))
+        return f"skipped: {why}"
 
     def _note_stops(self, batch: Batch) -> None:
         """The processes the kernel stopped at a stopping needle (the batch's events

@@ -56,7 +56,7 @@ def test_a_batch_goes_through_every_stage_in_order_and_alerts(rule_file):
     stopped = got[-1]
     assert stopped["kind"] == "sensor" and stopped["state"] == "stopped"
     assert list(stopped["stages_s"]) == ["drain", "decode", "identity", "recorder", "events", "accounting", "detect",
-                                         "outputs"]
+                                         "respond", "outputs"]
     assert stopped["events"] == {"cgroup": 1, "syscall": 29}
     assert stopped["sinks"]["callback:list.append"] == {"failures": 0, "dropped": 0, "backlog": 0}
 
