@@ -183,16 +183,18 @@ class ContainerRig:
 
     def create(self, args: list[str], *, host_network: bool = False, files: dict[str, str] | None = None,
                annotations: dict[str, str] | None = None, env: dict[str, str] | None = None,
-               capabilities: list[str] = (), uid: int = 0) -> Container:
+               capabilities: list[str] = (), uid: int = 0, netns: str | None = None) -> Container:
         """A created (not yet started) container. `files` maps paths in the container to host
         files copied into its upper dir. `capabilities` are granted beyond runc's default
-        ones; `uid` is the user its process runs as."""
+        ones; `uid` is the user its process runs as; `netns`, a named network namespace
+        (pyroute2.netns, under /var/run/netns) it joins instead of a new one."""
         container_id = f"{ID_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         container = Container(self, container_id, os.path.join(self.workdir, "containers", container_id))
         self.containers[container_id] = container
         try:
             self._prepare_rootfs(container, files or {})
-            self._write_config(container, args, host_network, annotations or {}, env or {}, list(capabilities), uid)
+            self._write_config(container, args, host_network, annotations or {}, env or {}, list(capabilities), uid,
+                               netns)
             pid_file = os.path.join(container.dir, "pid")
             with open(os.path.join(container.dir, "stdout"), "w") as out, \
                     open(os.path.join(container.dir, "stderr"), "w") as err:
@@ -252,7 +254,8 @@ class ContainerRig:
 
     @staticmethod
     def _write_config(container: Container, args: list[str], host_network: bool,
-                      annotations: dict[str, str], env: dict[str, str], capabilities: list[str], uid: int) -> None:
+                      annotations: dict[str, str], env: dict[str, str], capabilities: list[str], uid: int,
+                      netns: str | None) -> None:
         _run("runc", "spec", "--bundle", container.bundle)
         path = os.path.join(container.bundle, "config.json")
         with open(path) as f:
@@ -265,8 +268,10 @@ class ContainerRig:
         process["user"] = {"uid": uid, "gid": uid}
         for kind in ("bounding", "effective", "permitted"):
             process["capabilities"][kind] += [c for c in capabilities if c not in process["capabilities"][kind]]
-        if host_network:
+        if host_network or netns:
             config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+        if netns:
+            config["linux"]["namespaces"].append({"type": "network", "path": f"/var/run/netns/{netns}"})
         config["annotations"] = dict(annotations)
         with open(path, "w") as f:
             json.dump(config, f, indent=1)
