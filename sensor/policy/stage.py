@@ -83,7 +83,7 @@ class Place:
         settings = self.policy.settings
         workload = workload_of(container, settings.workload)
         verdict = decide(self.policy, container,
-                         self.facts.of(container, running(self.cgroups.entries.values(), workload, settings.workload)))
+                         self.facts.of(container, running(self.cgroups, workload, settings.workload)))
         self.decided[cgroup_id] = verdict
         if self.on_forensics is not None:
             self.on_forensics(cgroup_id, verdict.forensics)

@@ -4,6 +4,8 @@ a container with neither is a workload of its own."""
 
 from __future__ import annotations
 
+import os
+
 
 def workload_of(container: dict, by: str) -> str:
     """`by`: "image", or "label[KEY]" (sensor.policy.policy_file.Settings.workload)."""
@@ -17,7 +19,16 @@ def workload_of(container: dict, by: str) -> str:
     return f"container:{container.get('id')}"
 
 
-def running(entries, workload: str, by: str) -> int:
-    """Containers of the workload running on this host (cgroup table entries)."""
-    return sum(1 for entry in entries if entry.identity.is_container and entry.removed_ns is None
-               and workload_of(entry.container, by) == workload)
+def running(cgroups, workload: str, by: str) -> int:
+    """Containers of the workload running on this host: in the cgroup table, with a
+    process in their cgroup (an exited container's cgroup stays until it is deleted)."""
+    return sum(1 for entry in cgroups.entries.values() if entry.identity.is_container and entry.removed_ns is None
+               and workload_of(entry.container, by) == workload and _populated(cgroups.root, entry.path))
+
+
+def _populated(root: str, path: str) -> bool:
+    try:
+        with open(os.path.join(root, path.lstrip("/"), "cgroup.events")) as f:
+            return "populated 1" in f.read()
+    except OSError:
+        return False

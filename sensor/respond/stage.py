@@ -98,7 +98,7 @@ class Respond:
             return [record(a, "monitor: not done") for a in asked]
         workload = workload_of(container, self.policy.settings.workload)
         weighed = self.arbiter.weigh(rule, asked, workload,
-                                     running(self.cgroups.entries.values(), workload, self.policy.settings.workload))
+                                     running(self.cgroups, workload, self.policy.settings.workload))
         out = []
         if weighed.disarmed:
             s = self.policy.settings

@@ -13,7 +13,7 @@ from pyroute2 import IPRoute, NetNS, netns
 PEER_ADDRESS, CONTAINER_ADDRESS, PREFIX = "10.213.0.1", "10.213.0.2", 24
 
 
-class TestHost:
+class PeerHost:
     def __init__(self, ports: list[int]):
         tag = uuid.uuid4().hex[:6]
         self.peer_ns, self.container_ns = f"mf-peer-{tag}", f"mf-ctr-{tag}"
@@ -69,7 +69,7 @@ class TestHost:
             except OSError:
                 pass
 
-    def __enter__(self) -> TestHost:
+    def __enter__(self) -> PeerHost:
         return self
 
     def __exit__(self, *exc) -> None:
