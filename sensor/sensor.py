@@ -205,16 +205,17 @@ class Sensor:
         self._dispatch = Dispatch(self.sinks)
         recording = [RecordFlight(self.recorder, self.cgroups, self.clock, mkdir)] if self.recorder is not None else []
         capturing, placing = [], []
-        if self.policy is not None:
-            cases = (lambda: self._capture.capturer.store.list()) if self.cases is not None else None
-            self._place = Place(self.kernel, self.cgroups, self.clock, self.policy, HostFacts({}, cases), mkdir)
-            placing = [self._place]
         if self.cases is not None:
             store = self.cases if isinstance(self.cases, CaseStore) else CaseStore(self.cases, writer=True)
             capturer = capture.Capturer(store, self.recorder, self.capture_settings,
                                         Timeline(self.table, self.clock, mkdir), self.on_case)
             self._capture = Capture(capturer, self.kernel, self.cgroups, self.clock, self.capture_priority)
             capturing = [self._capture]
+        if self.policy is not None:
+            self._place = Place(self.kernel, self.cgroups, self.clock, self.policy,
+                                HostFacts({}, self._capture.capturer.store.list if self._capture else None), mkdir,
+                                self._forensics_of if self._capture else None)
+            placing = [self._place]
         self._respond = Respond(Actuator(self.kernel, self.frozen_ledger, self.config.flows), self._policy_in_use,
                                 self.cgroups, self.clock, mkdir, host.cgroup_id(host.cgroup2_dir_of()),
                                 self._capture.take if self._capture is not None else None)
@@ -225,6 +226,13 @@ class Sensor:
         return Pipeline([Drain(self.kernel), self._decode, self._identify, *placing, *recording,
                          MakeEvents(events, self.cgroups, self.selection), self._account, self._detect,
                          self._respond, *capturing, self._dispatch])
+
+    def _forensics_of(self, cgroup_id: int, settings: dict | None) -> None:
+        """A container's forensics settings from its policy (None: it is gone)."""
+        if settings is None:
+            self._capture.settings_of.pop(cgroup_id, None)
+        else:
+            self._capture.settings_of[cgroup_id] = settings
 
     def _close_own_store(self) -> None:
         """The case store the sensor opened itself; a caller's stays open."""
@@ -257,16 +265,19 @@ class Sensor:
         if left_out:
             log.warning("more needles than the kernel holds: these rules can be hidden by a flood",
                         rules=left_out, kept=len(found))
-        stopping, comms = {}, set()
+        stopping, comms, kills = {}, set(), set()
         self._respond.rules = self.alerts.rules
         if self._capture is not None:  # its stage continues or kills what the kernel stops
             self._capture.rules = self.alerts.rules
             triggers, acts = self._capture.triggers, self._respond.stops
-            stopping, comms, stops = needles.stopping(self.ruleset, lambda r, p: triggers(r, p) or acts(r, p),
-                                                      layout.events().constants["MAYFLY_MAX_NEEDLES"] - len(found))
+            room = layout.events().constants["MAYFLY_MAX_NEEDLES"] - len(found)
+            stopping, comms, stops = needles.stopping(self.ruleset, lambda r, p: triggers(r, p) or acts(r, p), room)
+            killing, kill_comms, killed = needles.stopping(self.ruleset, self._respond.kernel_kills, room)
+            kills = set(killing) | kill_comms
             log.info("stopping needles: capture triggers and kill or freeze rules whose process the kernel holds "
-                     "at its act", rules=stops, needles=len(stopping), process_names=len(comms))
-        self.kernel.set_needles(self.table, found, stopping, comms)
+                     "at its act", rules=stops, needles=len(stopping), process_names=len(comms),
+                     killed_in_kernel=killed)
+        self.kernel.set_needles(self.table, found, stopping, comms, kills)
         log.info("needles: rules whose events a flood cannot hide", rules=covered, needles=len(found))
         self.set_capture(capture)
         # With only container rules and nothing else emitted, the host's cgroups send nothing.

@@ -65,6 +65,9 @@ class Request:
     frozen_before: bool = False          # someone else had frozen it
     freeze_error: str | None = None
     freeze_asked_ns: int = 0             # when the drain loop asked for it frozen
+    events_only: bool = False            # the policy's capture level: the timeline, no freeze, memory or files
+    ttl_s: float | None = None           # the policy's retention class: how long its case may live...
+    weight: float = 1.0                  # ...and its weight in the value score
 
 
 @dataclass
@@ -104,10 +107,11 @@ class Capturer:
         if self._queue.full():
             return f"{QUEUE} captures are waiting already"
         try:
-            request.freezer = Freezer(request.cgroup_dir, request.pid)
-            request.frozen_before = request.freezer.frozen
-            if not request.frozen_before:
-                request.freezer.start_freezing()
+            if not request.events_only:
+                request.freezer = Freezer(request.cgroup_dir, request.pid)
+                request.frozen_before = request.freezer.frozen
+                if not request.frozen_before:
+                    request.freezer.start_freezing()
         except FreezerError as e:
             request.freeze_error = str(e)
         request.freeze_asked_ns = time.monotonic_ns()
@@ -189,7 +193,7 @@ class Capturer:
         released = False
         try:
             case = self.store.open(request.container, request.triggers, request.rule, request.priority,
-                                   _exe_sha256(request.pid))
+                                   _exe_sha256(request.pid), weight=request.weight, ttl_s=request.ttl_s)
             if request.frozen_before:
                 case.missing("freeze", "the container was frozen by someone else already: it is left frozen")
             described = self._evidence(case, request, freezer if frozen_ns is not None else None)
@@ -224,6 +228,10 @@ class Capturer:
 
     def _evidence(self, case: Case, request: Request, freezer: Freezer | None) -> list[dict]:
         """The processes' and the container's evidence; what is gone is listed missing."""
+        if request.events_only:
+            case.missing("processes, memory and files", "the policy's capture level for this container is "
+                         "events: its timeline only")
+            return []
         if freezer is None:
             case.missing("processes, memory and files", "the container could not be frozen: "
                          f"{request.freeze_error or 'it was gone before its capture'}")

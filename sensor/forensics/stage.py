@@ -76,11 +76,14 @@ class Capture:
         self.rules: dict = {}  # the loaded rules by name (Alerts.rules), for their `capture`
         self.asked: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
         self._waiting: dict[int, list[Future]] = {}  # cgroup id -> futures of captures asked for
+        # cgroup id -> the forensics settings its policy gave it at spawn (capture: none,
+        # events or full; priority; ttl_s and weight: its retention class)
+        self.settings_of: dict[int, dict] = {}
 
     def run(self, batch: Batch) -> None:
         self._note_stops(batch)
         for record in batch.records:
-            if record["kind"] == "alert" and self.triggers(record["rule"], record["priority"]):
+            if record["kind"] == "alert" and self._triggers(record):
                 self.take(record, batch)
         self._continue_stops()
         while True:
@@ -96,6 +99,18 @@ class Capture:
                     future.set_result(manifest)
                 else:
                     future.set_exception(RuntimeError(f"the capture failed: {manifest.get('error')}"))
+
+    def _triggers(self, alert: Record) -> bool:
+        """triggers(), with the container's own settings from its policy."""
+        own = self.settings_of.get((alert.get("container") or {}).get("cgroup_id")) or {}
+        if own.get("capture") == "none":
+            return False
+        if own.get("priority") is None:
+            return self.triggers(alert["rule"], alert["priority"])
+        rule = self.rules.get(alert["rule"])
+        asked = rule.body.get("capture") if rule is not None else None
+        return asked if isinstance(asked, bool) else \
+            PRIORITIES.index(alert["priority"]) <= PRIORITIES.index(own["priority"])
 
     def triggers(self, rule_name: str, priority: str) -> bool:
         """Whether an alert of this rule, at this priority, triggers a capture."""
@@ -118,9 +133,12 @@ class Capture:
         for pid in stopped:  # the capture continues or kills them
             del self._stops[pid]
             self.kernel.let_go(pid)
+        own = self.settings_of.get(cgroup_id) or {}
         return self._submit(Request(cgroup_id, self._dir(entry), entry.container, [alert], alert["rule"],
                                     alert["priority"], int(alert["ts"]) - self.clock.offset, int(alert["ts"]),
-                                    pid=(alert.get("proc") or {}).get("pid"), stopped=stopped), batch)
+                                    pid=(alert.get("proc") or {}).get("pid"), stopped=stopped,
+                                    events_only=own.get("capture") == "events", ttl_s=own.get("ttl_s"),
+                                    weight=own.get("weight", 1.0)), batch)
 
     def _asked(self, container_id: str, future: Future, batch: Batch) -> None:
         found = [(i, e) for i, e in self.cgroups.entries.items()

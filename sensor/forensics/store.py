@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS cases (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, opened REAL NOT NULL, sealed REAL,
     container TEXT NOT NULL, rule TEXT NOT NULL, priority TEXT NOT NULL, similar_key TEXT NOT NULL,
     severity REAL NOT NULL, similar INTEGER NOT NULL, weight REAL NOT NULL,
-    locked INTEGER NOT NULL DEFAULT 0, manifest_bytes INTEGER NOT NULL DEFAULT 0);
+    locked INTEGER NOT NULL DEFAULT 0, manifest_bytes INTEGER NOT NULL DEFAULT 0, ttl_s REAL);
 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, refs INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS refs (case_id TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (case_id, sha256));
 CREATE INDEX IF NOT EXISTS cases_alike ON cases (similar_key);
@@ -76,6 +76,8 @@ class CaseStore:
         os.close(os.open(index, os.O_CREAT | os.O_RDWR, 0o600))
         self._db = sqlite3.connect(index, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.executescript(_SCHEMA)
+        if "ttl_s" not in {row[1] for row in self._db.execute("PRAGMA table_info(cases)")}:
+            self._db.execute("ALTER TABLE cases ADD COLUMN ttl_s REAL")  # a store from before retention classes
         self._lock: int | None = os.open(self.root / "writer.lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,9 +101,11 @@ class CaseStore:
     # ---- writing ----
 
     def open(self, container: dict, triggers: list[Record], rule: str, priority: str, exe_sha256: str = "",
-             weight: float = 1.0) -> Case:
+             weight: float = 1.0, ttl_s: float | None = None) -> Case:
         """A new case, open until sealed. `rule` and `priority` are its trigger's (a case
-        asked for by hand has none: priority value.NO_PRIORITY)."""
+        asked for by hand has none: priority value.NO_PRIORITY). `weight` and `ttl_s`:
+        its retention class, set by the policy at its container's spawn (None: its
+        priority's TTL)."""
         now = self.clock()
         case_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(4)
         key = value.similarity_key(rule, str(container.get("image") or ""), exe_sha256)
@@ -110,9 +114,9 @@ class CaseStore:
                                  (key, SEALED)).fetchone()[0]
             worth = value.Value(value.severity(priority), similar, weight)
             db.execute("INSERT INTO cases (id, state, opened, container, rule, priority, similar_key, severity, "
-                       "similar, weight) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "similar, weight, ttl_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (case_id, OPEN, now, json.dumps(container, default=repr), rule, priority, key,
-                        worth.severity, similar, weight))
+                        worth.severity, similar, weight, ttl_s))
         return Case(self, case_id, container, triggers, rule, priority, worth, now)
 
     def _put_blob(self, case: Case, data: bytes) -> str | None:
@@ -273,11 +277,13 @@ class CaseStore:
             log.error("case left torn", case=case_id, error=str(e))
 
     def expire(self) -> list[str]:
-        """Let go unlocked cases past their priority's TTL; their ids."""
+        """Let go unlocked cases past their TTL (their retention class's, else their
+        priority's); their ids."""
         now = self.clock()
-        gone = [case_id for case_id, opened, priority in self._db.execute(
-            "SELECT id, opened, priority FROM cases WHERE state != ? AND locked = 0", (OPEN,)).fetchall()
-                if now - opened > value.TTL_S.get(priority, value.TTL_S[value.NO_PRIORITY])]
+        gone = [case_id for case_id, opened, priority, ttl_s in self._db.execute(
+            "SELECT id, opened, priority, ttl_s FROM cases WHERE state != ? AND locked = 0", (OPEN,)).fetchall()
+                if now - opened > (ttl_s if ttl_s is not None else
+                                   value.TTL_S.get(priority, value.TTL_S[value.NO_PRIORITY]))]
         for case_id in gone:
             self.remove(case_id)
         return gone

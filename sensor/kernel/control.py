@@ -121,18 +121,20 @@ class Kernel:
             self.programs.set_capture(*self._capturing, self._needle_syscalls, set())
 
     def set_needles(self, table: SyscallTable, needles: Collection[Needle],
-                    stopping: Mapping[Needle, str] | None = None, comms: Collection[str] = ()) -> None:
+                    stopping: Mapping[Needle, str] | None = None, comms: Collection[str] = (),
+                    kills: Collection[Needle | str] = ()) -> None:
         """The `needles` trie (events.h): `needles` a flood cannot hide, and `stopping`
         ones, whose process the kernel stops when its open reads, writes or either
         ("read", "write", "any"); and `comms`, the process names whose exec stops.
-        set_capture() then flags their syscalls."""
+        Those of the stopping needles and names also in `kills` kill the process instead
+        (an in-kernel kill). set_capture() then flags their syscalls."""
         stopping = stopping or {}
+        c = self._constants
         names = self.programs["stop_comms"]
         names.clear()
         for comm in comms:
-            names[names.Key(comm.encode())] = names.Leaf(1)
+            names[names.Key(comm.encode())] = names.Leaf(c["MAYFLY_NEEDLE_KILL"] if comm in kills else 1)
         trie, dtype = self.programs["needles"], self._structs["mayfly_needle_key"]
-        c = self._constants
         access = {"read": c["MAYFLY_NEEDLE_STOP_READ"], "write": c["MAYFLY_NEEDLE_STOP_WRITE"],
                   "any": c["MAYFLY_NEEDLE_STOP_READ"] | c["MAYFLY_NEEDLE_STOP_WRITE"]}
         trie.clear()
@@ -143,6 +145,8 @@ class Kernel:
             key["nr"] = table.numbers[needle.syscall]
             key["path"][0, :len(path)] = np.frombuffer(path, np.uint8)
             bits = (c["MAYFLY_NEEDLE_FLOOD"] if needle in needles else 0) | access.get(stopping.get(needle), 0)
+            if needle in kills and needle in stopping:
+                bits |= c["MAYFLY_NEEDLE_KILL"]
             trie[trie.Key.from_buffer_copy(key.tobytes())] = trie.Leaf(bits)
         self._needle_syscalls = {needle.syscall for needle in needles}
         self._stop_syscalls = {needle.syscall for needle in stopping} | (set(EXEC) if comms else set())

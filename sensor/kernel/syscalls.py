@@ -33,6 +33,8 @@ from sensor.records import c_string, untrusted_text
 _COMPAT = layout.events().constants["MAYFLY_SYSCALL_COMPAT"]
 _NO_RESULT = layout.events().constants["MAYFLY_SYSCALL_NO_RESULT"]
 _STOPPED = layout.events().constants["MAYFLY_SYSCALL_STOPPED"]
+_GATED = layout.events().constants["MAYFLY_SYSCALL_GATED"]
+_KILLED = layout.events().constants["MAYFLY_SYSCALL_KILLED"]
 _SLOT_TYPES = {"path", "str", "argv", "sockaddr", "sockaddr_out", "open_how", "capdata", "fdpair"}
 _NUMBER_TYPES = {"fd", "int", "uint", "u64"}  # decoded from the register (decode_args); other kinds are pointers
 _FIXED_LEN = {"open_how": 24, "capdata": 24, "fdpair": 8}
@@ -269,7 +271,11 @@ class SyscallTable:
             if flags[i] & _COMPAT:
                 fields["compat"] = True
             if flags[i] & _STOPPED:
-                fields["stopped"] = True  # the kernel stopped the process here, for its capture
+                fields["stopped"] = True  # the kernel stopped the process here, for its capture or response
+            if flags[i] & _GATED:
+                fields["gated"] = True  # the spawn gate held it here, for its container's verdict
+            if flags[i] & _KILLED:
+                fields["killed"] = True  # the kernel killed the process here
             result.append(fields)
         return result
 

@@ -99,6 +99,8 @@ class Settings:
     disarm_workloads: int = 5          # a destructive rule hitting more distinct workloads than this...
     disarm_window_s: float = 60.0      # ...in this window goes to monitor
     isolate_allow: tuple = ()          # (network, port or 0) an isolated container still reaches
+    kernel_kill: bool = False          # kill_process rules the kernel can decide alone kill at the act, in the
+                                       # kernel, unweighed (their action records say "done in the kernel")
 
 
 @dataclass
@@ -260,6 +262,10 @@ def _settings(spec) -> dict[str, Any]:
         elif name in ("kill_budget", "min_instances", "disarm_workloads"):
             if not isinstance(value, int) or value < 0:
                 raise _Bad(f"{key} must be a whole number, not {value!r}")
+            result[name] = value
+        elif name == "kernel_kill":
+            if not isinstance(value, bool):
+                raise _Bad(f"kernel_kill must be true or false, not {value!r}")
             result[name] = value
         elif name == "isolate_allow":
             result[name] = tuple(_destination(d) for d in (value if isinstance(value, list) else [value]))

@@ -21,7 +21,7 @@ from sensor.log import get_logger
 from sensor.policy.decide import Verdict, decide
 from sensor.policy.gate import Holds
 from sensor.policy.host_facts import HostFacts
-from sensor.policy.policy_file import Forensics, Policy
+from sensor.policy.policy_file import Policy
 from sensor.policy.workload import running, workload_of
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class Place:
     name = "policy"
 
     def __init__(self, kernel: Kernel, cgroups: CgroupTable, clock: MonotonicClock, policy: Policy,
-                 facts: HostFacts, mkdir: int, on_forensics: Callable[[int, Forensics | None], None] | None = None):
+                 facts: HostFacts, mkdir: int, on_forensics: Callable[[int, dict | None], None] | None = None):
         self.kernel, self.cgroups, self.clock, self.facts, self.mkdir = kernel, cgroups, clock, facts, mkdir
         constants = layout.events().constants
         self.holds = Holds(kernel, constants["MAYFLY_SYSCALL_GATED"])
@@ -75,6 +75,8 @@ class Place:
             self.decided.pop(cgroup_id, None)
             self.denied.discard(cgroup_id)
             self.kernel.set_verdict(cgroup_id, None)
+            if self.on_forensics is not None:
+                self.on_forensics(cgroup_id, None)
 
     def _decide(self, container: dict, existing: bool):
         cgroup_id = container.get("cgroup_id")
@@ -85,8 +87,8 @@ class Place:
         verdict = decide(self.policy, container,
                          self.facts.of(container, running(self.cgroups, workload, settings.workload)))
         self.decided[cgroup_id] = verdict
-        if self.on_forensics is not None:
-            self.on_forensics(cgroup_id, verdict.forensics)
+        if self.on_forensics is not None and verdict.forensics is not None:
+            self.on_forensics(cgroup_id, verdict.forensics.as_record())
         enforce = self.effective_mode == "enforce"
         deny = verdict.verdict == "deny" and enforce
         self.kernel.set_verdict(cgroup_id, "deny" if deny else "allow")

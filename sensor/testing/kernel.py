@@ -84,10 +84,11 @@ class FakeKernel:
         self.captured = set(wanted)
         return set(results) & set(wanted)
 
-    def set_needles(self, table: SyscallTable, needles, stopping=None, comms=()) -> None:
+    def set_needles(self, table: SyscallTable, needles, stopping=None, comms=(), kills=()) -> None:
         self.needles = set(needles)
         self.stopping = dict(stopping or {})
         self.stop_comms = set(comms)
+        self.kills = set(kills)
 
     def disarm_stops(self) -> None:
         self.stopping = {}

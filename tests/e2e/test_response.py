@@ -34,6 +34,13 @@ RULES = """
   priority: WARNING
   capture: false
   actions: [isolate]
+- rule: Ping is never allowed
+  desc: test rule, which the kernel decides alone (the policy's kernel_kill)
+  condition: evt.type in (execve, execveat) and proc.name = ping and container.id != host
+  output: ping run by %proc.pname
+  priority: WARNING
+  capture: false
+  actions: [kill_process]
 """
 
 
@@ -109,7 +116,7 @@ def test_a_kill_rule_stops_the_script_before_its_next_step_and_a_spent_budget_do
 
 
 def test_the_last_instance_guard_dry_run_and_isolation(rig, tmp_path, files):
-    polled = Polled(tmp_path, "kill_container", "{min_instances: 1, workload: 'label[app]', "
+    polled = Polled(tmp_path, "kill_container", "{min_instances: 1, workload: 'label[app]', kernel_kill: true, "
                                                 f"isolate_allow: ['{PEER_ADDRESS}/32:7001']}}")
     made = []
     try:
@@ -130,6 +137,19 @@ def test_the_last_instance_guard_dry_run_and_isolation(rig, tmp_path, files):
         (kill,) = polled.actions(killed)
         assert kill["action"] == "kill_container" and kill["outcome"] == "done" and "downgraded" not in kill
         sibling.kill()
+
+        # Killed in the kernel at its exec: ping runs no instruction (it would print PING);
+        # the script goes on.
+        pinging = rig.create(["/bin/sh", "-c", "/bin/ping -c 1 127.0.0.1; echo $? > /marker"],
+                             annotations={"app": "tools"}).start()
+        made.append(pinging)
+        assert pinging.wait(10) == 0
+        assert "PING" not in pinging.output()[0]
+        assert open(os.path.join(pinging.upper, "marker")).read().strip() == str(128 + signal.SIGKILL)
+        wait_until(lambda: polled.actions(pinging), timeout=5)
+        (kernel_kill,) = polled.actions(pinging)
+        assert (kernel_kill["action"], kernel_kill["outcome"], kernel_kill["latency_ms"]) == \
+            ("kill_process", "done in the kernel", 0)
 
         polled.sensor.set_mode("dry-run")
         dry = rig.create(READS_THEN_MARKS, files=files, annotations={"app": "db"}).start()
