@@ -139,7 +139,8 @@ def run(rule_paths, outputs, emit_events, duration, ringbuf_pages, cgroup_rate, 
             # as the sensor: out of the collector's way, a full collection takes
             # milliseconds instead of the ~60 ms that would hold up identity resolution.
             gc.freeze()
-            control = control_socket.ControlServer(control_path, sensor.capture) if capturing else None
+            control = control_socket.ControlServer(control_path, sensor.capture if capturing else None,
+                                                   sensor.set_mode, sensor.thaw)
             try:
                 while not sensor.stopped:
                     sensor.poll()
@@ -304,13 +305,41 @@ _case_action("rm", "Remove a case, and the blobs no other case holds.", CaseStor
               type=click.Path(dir_okay=False), help="The running sensor's control socket.")
 def capture_command(container_id: str, control_path: str) -> None:
     """Ask the running sensor to freeze and capture a container now; print its case (JSON)."""
+    click.echo(json.dumps(_ask(control_path, {"capture": container_id})["case"], indent=2))
+
+
+def _ask(control_path: str, asked: dict) -> dict:
     try:
-        answer = control_socket.request_capture(control_path, container_id)
+        answer = control_socket.request(control_path, asked)
     except (OSError, ValueError) as e:
         raise click.ClickException(f"{control_path}: no sensor answers ({e}); is `mayfly run` running?") from None
     if "error" in answer:
         raise click.ClickException(answer["error"])
-    click.echo(json.dumps(answer["case"], indent=2))
+    return answer
+
+
+_CONTROL = click.option("--control", "control_path", default=control_socket.DEFAULT_PATH, show_default=True,
+                        type=click.Path(dir_okay=False), help="The running sensor's control socket.")
+
+
+@main.command("mode")
+@click.argument("mode", type=click.Choice([*policy_file.MODES, "policy"]))
+@click.option("--rule", help="Only this rule's responses (default: every rule's, and the placement verdicts).")
+@_CONTROL
+def mode_command(mode: str, rule: str | None, control_path: str) -> None:
+    """Switch the running sensor's responses to enforce, monitor or dry-run (`policy`:
+    back to what the policy file says)."""
+    _ask(control_path, {"mode": None if mode == "policy" else mode, "rule": rule})
+    click.echo(f"{rule or 'every rule'}: {mode}")
+
+
+@main.command("thaw")
+@click.argument("container_id")
+@_CONTROL
+def thaw_command(container_id: str, control_path: str) -> None:
+    """Thaw a container a response froze."""
+    _ask(control_path, {"thaw": container_id})
+    click.echo(f"thawed {container_id}")
 
 
 @main.command("doctor")

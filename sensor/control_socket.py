@@ -1,5 +1,6 @@
 """The running sensor's local control socket: `mayfly capture CONTAINER` asks the sensor
-that `mayfly run` started to capture a container now. A Unix socket, mode 0600 in a
+that `mayfly run` started to capture a container now; `mayfly mode` switches its
+responses' mode, `mayfly thaw` thaws a container a response froze. A Unix socket, mode 0600 in a
 0700 directory, that answers root only (its peer's credentials, SO_PEERCRED); one
 JSON request per connection, one JSON answer."""
 
@@ -26,10 +27,13 @@ _MAX_REQUEST = 4096
 
 class ControlServer:
     """Serves `capture` requests with `capture(container_id) -> Future[manifest]`
-    (Sensor.capture) until closed."""
+    (Sensor.capture), `mode` requests with `mode(mode, rule)` (Sensor.set_mode) and
+    `thaw` requests with `thaw(container_id)` (Sensor.thaw), until closed."""
 
-    def __init__(self, path: str, capture: Callable[[str], Future]):
-        self.path, self.capture = path, capture
+    def __init__(self, path: str, capture: Callable[[str], Future] | None,
+                 mode: Callable[[str | None, str | None], Future] | None = None,
+                 thaw: Callable[[str], Future] | None = None):
+        self.path, self.capture, self.mode, self.thaw = path, capture, mode, thaw
         directory = os.path.dirname(path) or "."
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700)  # a directory it did not make keeps its mode
@@ -78,9 +82,20 @@ class ControlServer:
                     return _send(conn, {"error": "only root may control the sensor"})
                 conn.settimeout(5)
                 request = json.loads(_read_line(conn, _MAX_REQUEST))
-                container_id = request.get("capture") if isinstance(request, dict) else None
-                if not isinstance(container_id, str) or not container_id:
-                    return _send(conn, {"error": 'the request is {"capture": CONTAINER_ID}'})
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
+                if "mode" in request and self.mode is not None:
+                    log.info("mode switched", mode=request["mode"], rule=request.get("rule"))
+                    self.mode(request["mode"], request.get("rule")).result(ANSWER_TIMEOUT_S)
+                    return _send(conn, {"mode": request["mode"], "rule": request.get("rule")})
+                if isinstance(request.get("thaw"), str) and self.thaw is not None:
+                    self.thaw(request["thaw"]).result(ANSWER_TIMEOUT_S)
+                    return _send(conn, {"thawed": request["thaw"]})
+                container_id = request.get("capture")
+                if not isinstance(container_id, str) or not container_id or self.capture is None:
+                    return _send(conn, {"error": 'the request is {"capture": CONTAINER_ID}, {"mode": MODE, '
+                                                 '"rule": RULE or null} or {"thaw": CONTAINER_ID}'
+                                        + ("" if self.capture else " (this sensor keeps no cases)")})
                 log.info("capture asked for", container=container_id)
                 manifest = self.capture(container_id).result(ANSWER_TIMEOUT_S)
                 _send(conn, {"case": summary(manifest)})
@@ -96,13 +111,13 @@ def summary(manifest: dict) -> dict:
             if key in manifest}
 
 
-def request_capture(path: str, container_id: str, timeout_s: float = ANSWER_TIMEOUT_S + 5) -> dict:
-    """Ask the sensor at `path` to capture a container; its answer ({"case": ...} or
-    {"error": ...})."""
+def request(path: str, asked: dict, timeout_s: float = ANSWER_TIMEOUT_S + 5) -> dict:
+    """Ask the sensor at `path`: {"capture": CONTAINER_ID}, {"mode": MODE, "rule": RULE}
+    or {"thaw": CONTAINER_ID}; its answer ({"case": ...}, ..., or {"error": ...})."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout_s)
         conn.connect(path)
-        conn.sendall(json.dumps({"capture": container_id}).encode() + b"\n")
+        conn.sendall(json.dumps(asked).encode() + b"\n")
         return json.loads(_read_line(conn))
 
 

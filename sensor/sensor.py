@@ -5,6 +5,7 @@ callers; rule reloads and run-time control go through it."""
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -151,6 +152,7 @@ class Sensor:
         self._policy_in_use = self.policy or policy_file.Policy()
         self._next_rules: tuple[rule_loader.RuleSet, Alerts] | None = None
         self._next_policy: policy_file.Policy | None = None
+        self._changes: queue.SimpleQueue = queue.SimpleQueue()  # run-time control, applied between batches
         self._reloading: threading.Thread | None = None
         self._rule_stamps, self._stamped = _stamps(self._watched()), time.monotonic()
 
@@ -358,27 +360,47 @@ class Sensor:
         self._capture.asked.put((container_id, future))
         return future
 
-    def set_mode(self, mode: str, rule: str | None = None) -> None:
-        """Responses' mode from now on (enforce, monitor, dry-run): one rule's, or every
-        rule's and the placement verdicts' (rule None). None as the mode goes back to the
-        policy's."""
+    def set_mode(self, mode: str | None, rule: str | None = None) -> Future:
+        """Responses' mode from the next batch on (enforce, monitor, dry-run): one rule's,
+        or every rule's and the placement verdicts' (rule None); None goes back to the
+        policy's. Safe from any thread: the future is done once it applies."""
         if mode is not None and mode not in policy_file.MODES:
             raise ValueError(f"unknown mode {mode!r}; known: {', '.join(policy_file.MODES)}")
+        return self._between_batches(lambda: self._set_mode(mode, rule))
+
+    def _set_mode(self, mode: str | None, rule: str | None) -> None:
         if rule is not None:
             if mode is None:
                 self._respond.arbiter.modes.pop(rule, None)
             else:
                 self._respond.arbiter.modes[rule] = mode
-            self._apply_rules()
-            return
-        self._respond.arbiter.override = mode
-        if self._place is not None:
-            self._place.mode = mode
-        self._apply_rules()
+        else:
+            self._respond.arbiter.override = mode
+            if self._place is not None:
+                self._place.mode = mode
+        self._apply_rules()  # which rules' processes the kernel stops or kills follows the modes
+        log.info("response mode set", mode=mode or "the policy's", rule=rule or "every rule")
 
-    def thaw(self, container_id: str) -> None:
-        """Thaw a container a response froze (LookupError if none)."""
-        self._respond.thaw(container_id)
+    def thaw(self, container_id: str) -> Future:
+        """Thaw a container a response froze, from the next batch on (the future's
+        exception is a LookupError if there is none). Safe from any thread."""
+        return self._between_batches(lambda: self._respond.thaw(container_id))
+
+    def _between_batches(self, change: Callable[[], None]) -> Future:
+        future: Future = Future()
+        self._changes.put((change, future))
+        return future
+
+    def _apply_changes(self) -> None:
+        while True:
+            try:
+                change, future = self._changes.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(change())
+            except Exception as e:  # the caller's to see
+                future.set_exception(e)
 
     def set_rate_limit(self, rate: int, burst: int, pressure: float | None = None) -> None:
         """Events per second one cgroup may emit on average (0: no limit), and at once.
@@ -414,6 +436,7 @@ class Sensor:
         if self.pipeline is None:
             raise RuntimeError("the sensor is not running: use it as a context manager or call start()")
         self._swap_rules()
+        self._apply_changes()
         if self.cgroups.pending:
             # A new container's runtime writes its state a few ms after its cgroup, and may
             # remove it a few ms after its exec: look again soon, not at the next event.

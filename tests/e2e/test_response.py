@@ -95,7 +95,7 @@ def test_a_kill_rule_stops_the_script_before_its_next_step_and_a_spent_budget_do
         wait_until(lambda: frozen(contained), timeout=5)
         time.sleep(0.2)
         assert not marker(contained)  # frozen at its act: it went no further
-        polled.sensor.thaw(contained.id)
+        polled.sensor.thaw(contained.id).result(5)
         assert contained.wait(10) == 0 and marker(contained)
     finally:
         polled.close()
@@ -127,7 +127,7 @@ def test_the_last_instance_guard_dry_run_and_isolation(rig, tmp_path, files):
         assert [a["action"] for a in guarded] == ["isolate", "freeze"]
         assert all("last-instance guard" in a["downgraded"]["why"] for a in guarded)
         assert frozen(alone) and not marker(alone)  # still there, held still
-        polled.sensor.thaw(alone.id)
+        polled.sensor.thaw(alone.id).result(5)
         assert alone.wait(10) == 0
 
         sibling = rig.create(SLEEPER, annotations={"app": "db"}).start()  # a second instance of the workload
@@ -151,14 +151,14 @@ def test_the_last_instance_guard_dry_run_and_isolation(rig, tmp_path, files):
         assert (kernel_kill["action"], kernel_kill["outcome"], kernel_kill["latency_ms"]) == \
             ("kill_process", "done in the kernel", 0)
 
-        polled.sensor.set_mode("dry-run")
+        polled.sensor.set_mode("dry-run").result(5)
         dry = rig.create(READS_THEN_MARKS, files=files, annotations={"app": "db"}).start()
         made.append(dry)
         assert dry.wait(10) == 0 and marker(dry)  # dry-run changed nothing
         wait_until(lambda: polled.actions(dry), timeout=5)
         assert [(a["action"], a["outcome"], a["mode"]) for a in polled.actions(dry)] == \
             [("isolate", "dry-run: not done", "dry-run"), ("freeze", "dry-run: not done", "dry-run")]
-        polled.sensor.set_mode(None)
+        polled.sensor.set_mode(None).result(5)
 
         with PeerHost([7001, 7002]) as peer:
             reach = "; ".join(f"echo x | nc -w 1 {PEER_ADDRESS} {port} && echo reached {port}" for port in (7001, 7002))
