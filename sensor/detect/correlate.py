@@ -25,15 +25,15 @@ MAX_KEYS = 4096       # per rule
 MAX_PARTIALS = 64     # partial sequences per key
 MAX_RATE_EVENTS = 4096  # events kept per rate window
 KEPT_EVENTS = 16      # contributing events an alert of a rate rule carries (the last ones)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 1e6, "s": 1e9, None: 1e9, "m": 60e9, "h": 3600e9}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 1e6, "s": 1e9, None: 1e9, "m": 60e9, "h": 3600e9, "d": 86400e9}
 
 
 def duration_ns(text) -> int:
-    """'30s', '500ms', '2m', '1h' or a number of seconds, in ns."""
+    """'30s', '500ms', '2m', '1h', '90d' or a number of seconds, in ns."""
     found = _DURATION.match(str(text))
     if not found:
-        raise ValueError(f"not a duration: {text!r} (say 30s, 500ms, 2m)")
+        raise ValueError(f"not a duration: {text!r} (say 30s, 500ms, 2m, 90d)")
     return int(float(found[1]) * _UNITS[found[2]])
 
 

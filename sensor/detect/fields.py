@@ -183,6 +183,17 @@ def _container(*path: str) -> Callable[[Record, Any], Value]:
     return field
 
 
+def _image(key: str) -> Callable[[Record, Any], Value]:
+    """An image field: empty in a container whose image does not say (an unpinned image's
+    digest, a bare runc container's name), as in Falco; none on the host."""
+    def field(record: Record, _) -> Value:
+        container = record.get("container") or {}
+        if container.get("id", "host") == "host":
+            return None
+        return text((container.get("image") or {}).get(key) or "")
+    return field
+
+
 _FIELDS = [
     Field("evt.type", lambda r, _: _evt(r).get("type")),
     # Mayfly does not number events, so evt.num never matches: Falco's tuning macro
@@ -255,10 +266,10 @@ _FIELDS = [
     Field("container.privileged", lambda r, _: _bool((r.get("container") or {}).get("privileged")), part="container"),
     Field("container.id", _container("id"), part="container"),
     Field("container.name", _container("name"), part="container"),
-    Field("container.image", _container("image", "name"), part="container"),
-    Field("container.image.repository", _container("image", "repository"), part="container"),
-    Field("container.image.tag", _container("image", "tag"), part="container"),
-    Field("container.image.digest", _container("image", "digest"), part="container"),
+    Field("container.image", _image("name"), part="container"),
+    Field("container.image.repository", _image("repository"), part="container"),
+    Field("container.image.tag", _image("tag"), part="container"),
+    Field("container.image.digest", _image("digest"), part="container"),
     Field("container.type", _container("runtime"), part="container"),
     Field("container.label", lambda r, key: text(((r.get("container") or {}).get("labels") or {}).get(key)),
           indexed=True, part="container"),

@@ -274,6 +274,8 @@ def _settings(spec) -> dict[str, Any]:
                 raise _Bad(f"workload must be image or label[KEY], not {value!r}")
             result[name] = value
         else:
+            if name == "gate" and isinstance(value, bool):  # YAML reads a bare off as false
+                spec = {**spec, key: "all" if value else "off"}
             allowed = {"default": VERDICTS, "order": ORDERS, "gate": GATES, "failure": FAILURES, "mode": MODES}[name]
             result[name] = _one_of(spec, key, allowed)
     return result
