@@ -51,6 +51,7 @@ bench: setup bench-packages
 	$(BIN)/python benchmarks/needles.py $(if $(QUICK),--quick)
 	$(BIN)/python benchmarks/memory.py $(if $(QUICK),--quick)
 	$(BIN)/python benchmarks/capture.py $(if $(QUICK),--quick)
+	$(BIN)/python benchmarks/response.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

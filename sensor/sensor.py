@@ -53,6 +53,7 @@ log = get_logger("sensor")
 
 ALL = "all"
 PENDING_RETRY_MS = 5  # how often a cgroup whose identity is pending is looked at again
+HELD_RETRY_MS = 1     # ...and while the spawn gate holds a container for its verdict
 RULES_CHECK_S = 1.0   # how often the rule files are looked at for changes
 TRIM_EVERY_S = 10.0   # how often the C heap's free pages go back to the kernel (a trim takes about a ms)
 
@@ -441,7 +442,12 @@ class Sensor:
             # A new container's runtime writes its state a few ms after its cgroup, and may
             # remove it a few ms after its exec: look again soon, not at the next event.
             timeout_ms = min(timeout_ms, PENDING_RETRY_MS)
-        self.kernel.wait(timeout_ms / 1000)
+        # A new container the gate holds, or may hold, waits for the next batch: no pause.
+        hurry = self._place is not None and self._place.policy.gating and bool(
+            self._place.holds.held or self.cgroups.pending)
+        if self._place is not None and self._place.holds.held:
+            timeout_ms = min(timeout_ms, HELD_RETRY_MS)  # its identity comes from another thread
+        self.kernel.wait(timeout_ms / 1000, hurry)
         found = self.pipeline.run().records
         if time.monotonic() - self._trimmed > TRIM_EVERY_S:
             host.release_free_memory()

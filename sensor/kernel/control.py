@@ -64,13 +64,15 @@ class Kernel:
 
     # ---- the rings ----
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float, hurry: bool = False) -> None:
+        """Until the ring has records, or `timeout_s`. `hurry`: no pause after the last
+        drain (a container held at the spawn gate waits for the next batch)."""
         self.ring.wait(timeout_s)
         # Urgent records (lifecycle events, needles) wake user space one at a time; a
         # pause lets a burst of them share a batch, since user space's cost is mostly
         # per batch (an exec storm: one batch per fork, exec and exit otherwise).
         pause = self._drained_at + BATCH_INTERVAL_S - time.monotonic()
-        if timeout_s > 0 and pause > 0 and not self.ring.full:
+        if timeout_s > 0 and pause > 0 and not self.ring.full and not hurry:
             time.sleep(pause)
 
     def drain(self) -> RawBatch:

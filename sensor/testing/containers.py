@@ -183,11 +183,13 @@ class ContainerRig:
 
     def create(self, args: list[str], *, host_network: bool = False, files: dict[str, str] | None = None,
                annotations: dict[str, str] | None = None, env: dict[str, str] | None = None,
-               capabilities: list[str] = (), uid: int = 0, netns: str | None = None) -> Container:
+               capabilities: list[str] = (), uid: int = 0, netns: str | None = None,
+               started: bool = False) -> Container:
         """A created (not yet started) container. `files` maps paths in the container to host
         files copied into its upper dir. `capabilities` are granted beyond runc's default
         ones; `uid` is the user its process runs as; `netns`, a named network namespace
-        (pyroute2.netns, under /var/run/netns) it joins instead of a new one."""
+        (pyroute2.netns, under /var/run/netns) it joins instead of a new one. `started`:
+        created and started in one step (`runc run -d`, as `docker run`), not created only."""
         container_id = f"{ID_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         container = Container(self, container_id, os.path.join(self.workdir, "containers", container_id))
         self.containers[container_id] = container
@@ -198,10 +200,11 @@ class ContainerRig:
             pid_file = os.path.join(container.dir, "pid")
             with open(os.path.join(container.dir, "stdout"), "w") as out, \
                     open(os.path.join(container.dir, "stderr"), "w") as err:
-                result = subprocess.run(["runc", "create", "--bundle", container.bundle, "--pid-file", pid_file,
+                command = ["runc", "run", "-d"] if started else ["runc", "create"]
+                result = subprocess.run([*command, "--bundle", container.bundle, "--pid-file", pid_file,
                                          container_id], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             if result.returncode:
-                raise RigError(f"runc create {container_id} failed: {container.output()[1].strip()[-2000:]}")
+                raise RigError(f"{' '.join(command)} {container_id} failed: {container.output()[1].strip()[-2000:]}")
             with open(pid_file) as f:
                 container.pid = int(f.read())
             container.cgroup_dir = host.cgroup2_dir_of(container.pid)

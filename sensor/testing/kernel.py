@@ -62,7 +62,7 @@ class FakeKernel:
 
     # ---- Kernel's interface ----
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float, hurry: bool = False) -> None:
         pass
 
     def drain(self) -> RawBatch:

@@ -116,3 +116,15 @@ def test_capture_benchmark_quick_mode(tmp_path):
                        report, re.M)
     assert len(costs) == 3 and all(int(v.replace(",", "")) > 0 for row in costs for v in row)
     assert len(re.findall(r"the goal is under 10 ms: \*\*(met|missed)\*\*", report)) == 2
+
+
+def test_response_benchmark_quick_mode(tmp_path):
+    report = quick("response", tmp_path)
+    starts = re.findall(r"^\| `runc [^|]+ \((\d+) each\) \| ([\d.,]+) ms \| ([\d.,]+) ms \| ([\d.,]+) ms \| ([\d.,]+) ms "
+                        r"\| ([\d.,]+) ms \| ([\d.,]+) ms \| [-+][\d.,]+ ms \| [-+][\d.,]+ ms \|$", report, re.M)
+    assert len(starts) == 2 and all(int(row[0]) == 4 for row in starts)
+    assert re.search(r"the goal is under 5 ms: \*\*(met|missed)\*\*", report)
+    kills = re.findall(r"^\| (Mayfly `actions: \[kill_process\]`|Responder)[^|]* \| ([\d.,]+) ms \| ([\d.,]+) ms \| "
+                       r"(\d+) of 4 \|$", report, re.M)
+    assert [k[0] for k in kills] == ["Mayfly `actions: [kill_process]`", "Responder"]
+    assert kills[0][3] == "0"  # the kernel held each process at its act: no next step ran
