@@ -35,10 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sensor import records  # noqa: E402
-from sensor.testing.containers import ContainerRig, RigError, wait_until  # noqa: E402
-from sensor.testing.running import RunningSensor  # noqa: E402
+from sensor.testing.containers import RigError, wait_until  # noqa: E402
 
-from report import SENSOR_CPU, WORKLOAD_CPU, machine, main  # noqa: E402
+from container_bench import ContainerBench, percentile  # noqa: E402
+from report import WORKLOAD_CPU, machine, main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- capture: begin -->", "<!-- capture: end -->"
@@ -51,27 +51,11 @@ EXEMPT = ("- rule: Shadow Read but by load\n  desc: the allowed process meets th
           "  output: shadow read by %proc.name\n  priority: WARNING\n")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-class Bench:
+class Bench(ContainerBench):
     def __init__(self, quick: bool):
-        self.quick = quick
-        self.workdir = Path("/var/tmp/mayfly-capture-bench")
-        subprocess.run(["rm", "-rf", str(self.workdir)])
-        self.workdir.mkdir(parents=True)
-        self.rig = ContainerRig()
+        super().__init__("capture", quick)
         self.load = self.rig.compile_static("load", (HERE / "load.c").read_text())
-        self.shadow = self.workdir / "shadow"
-        self.shadow.write_text("root:*:19000:0:99999:7:::\n")
         self.containers = 5 if quick else 40
-
-    def sensor(self, name: str, *args: str) -> RunningSensor:
-        directory = self.workdir / name
-        directory.mkdir()
-        return RunningSensor(directory, "--report-interval", "3600", *args, cpu=SENSOR_CPU)
 
     def attacker(self, delay: str) -> None:
         self.rig.run(["/bin/sh", "-c", ATTACKER.format(delay=delay)], files={"/etc/shadow": str(self.shadow)})

@@ -962,7 +962,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 #endif
 
 /* Per-cgroup flow accounting, attached to the cgroup2 root (cgroup_skb sees the IP
- * header first). Always lets the packet through. It runs on every packet, so it reads
+ * header first), and network isolation. Lets every packet through but an isolated
+ * cgroup's to destinations not allowed. It runs on every packet, so it reads
  * the headers in place (a helper call costs 20-40 ns here); bpf_skb_load_bytes is the
  * fallback for headers outside the linear part. */
 static __always_inline int skb_header(struct __sk_buff *skb, u32 offset, void *to, u32 len)
@@ -977,45 +978,51 @@ static __always_inline int skb_header(struct __sk_buff *skb, u32 offset, void *t
     return bpf_skb_load_bytes(skb, offset, to, len);
 }
 
-static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
+/* The packet's flow: its cgroup, the remote end's address and port, the local port, the
+ * family and protocol. -1 for what is not IP, or cannot be read. */
+static __always_inline int read_flow(struct __sk_buff *skb, int ingress, struct mayfly_flow_key *key)
 {
-    struct mayfly_flow_key key = {};
     u32 l4 = 0;
     u8 proto = 0;
 
-    key.cgroup_id = bpf_skb_cgroup_id(skb);
+    key->cgroup_id = bpf_skb_cgroup_id(skb);
     if (skb->protocol == NTOHS(ETH_P_IP)) {
         struct iphdr ip;
         if (skb_header(skb, 0, &ip, sizeof(ip)))
-            return;
-        __builtin_memcpy(key.remote, ingress ? &ip.saddr : &ip.daddr, 4);
-        key.family = AF_INET;
+            return -1;
+        __builtin_memcpy(key->remote, ingress ? &ip.saddr : &ip.daddr, 4);
+        key->family = AF_INET;
         proto = ip.protocol;
         l4 = ip.ihl * 4;
     } else if (skb->protocol == NTOHS(ETH_P_IPV6)) {
         struct ipv6hdr ip6;
         if (skb_header(skb, 0, &ip6, sizeof(ip6)))
-            return;
-        __builtin_memcpy(key.remote, ingress ? &ip6.saddr : &ip6.daddr, 16);
-        key.family = AF_INET6;
+            return -1;
+        __builtin_memcpy(key->remote, ingress ? &ip6.saddr : &ip6.daddr, 16);
+        key->family = AF_INET6;
         proto = ip6.nexthdr;
         l4 = sizeof(ip6);
     } else {
-        return;
+        return -1;
     }
-    key.protocol = proto;
+    key->protocol = proto;
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
         u16 ports[2];
         if (!skb_header(skb, l4, ports, sizeof(ports))) {
-            key.remote_port = NTOHS(ingress ? ports[0] : ports[1]);
-            key.local_port = NTOHS(ingress ? ports[1] : ports[0]);
+            key->remote_port = NTOHS(ingress ? ports[0] : ports[1]);
+            key->local_port = NTOHS(ingress ? ports[1] : ports[0]);
         }
     }
-    struct mayfly_flow_value *value = flows.lookup(&key);
+    return 0;
+}
+
+static __always_inline void account_flow(struct __sk_buff *skb, struct mayfly_flow_key *key, int ingress)
+{
+    struct mayfly_flow_value *value = flows.lookup(key);
     if (!value) {
         struct mayfly_flow_value zero = {};
-        flows.insert(&key, &zero);
-        value = flows.lookup(&key);
+        flows.insert(key, &zero);
+        value = flows.lookup(key);
         if (!value)
             return;
     }
@@ -1030,59 +1037,38 @@ static __always_inline void account_flow(struct __sk_buff *skb, int ingress)
 
 /* Whether an isolated cgroup's packet may pass: to or from an `isolate_allow` destination
  * (its port, or any port). Every other cgroup's passes after one array lookup. */
-static __always_inline int passes(struct __sk_buff *skb, int ingress)
+static __always_inline int passes(struct mayfly_flow_key *key, int readable)
 {
     u32 zero = 0;
     u64 *count = isolating.lookup(&zero);
-    if (!count || !*count)
+    if (!count || !*count || !isolated.lookup(&key->cgroup_id))
         return 1;
-    u64 cgroup_id = bpf_skb_cgroup_id(skb);
-    if (!isolated.lookup(&cgroup_id))
-        return 1;
-    struct mayfly_allow_key key = {};
-    u32 l4 = 0;
-    u8 proto = 0;
-    if (skb->protocol == NTOHS(ETH_P_IP)) {
-        struct iphdr ip;
-        if (skb_header(skb, 0, &ip, sizeof(ip)))
-            return 0;
-        __builtin_memcpy(key.addr, ingress ? &ip.saddr : &ip.daddr, 4);
-        key.family = AF_INET;
-        key.prefixlen = 32 + 32;
-        proto = ip.protocol;
-        l4 = ip.ihl * 4;
-    } else if (skb->protocol == NTOHS(ETH_P_IPV6)) {
-        struct ipv6hdr ip6;
-        if (skb_header(skb, 0, &ip6, sizeof(ip6)))
-            return 0;
-        __builtin_memcpy(key.addr, ingress ? &ip6.saddr : &ip6.daddr, 16);
-        key.family = AF_INET6;
-        key.prefixlen = 32 + 128;
-        proto = ip6.nexthdr;
-        l4 = sizeof(ip6);
-    } else {
+    if (!readable)
         return 0;
-    }
-    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-        u16 ports[2];
-        if (!skb_header(skb, l4, ports, sizeof(ports))) {
-            key.port = NTOHS(ingress ? ports[0] : ports[1]);
-            if (isolate_allow.lookup(&key))
-                return 1;
-        }
-    }
-    key.port = 0;
-    return isolate_allow.lookup(&key) != 0;
+    struct mayfly_allow_key allow = {.port = key->remote_port, .family = key->family};
+    allow.prefixlen = 32 + (key->family == AF_INET ? 32 : 128);
+    __builtin_memcpy(allow.addr, key->remote, 16);
+    if (allow.port && isolate_allow.lookup(&allow))
+        return 1;
+    allow.port = 0;
+    return isolate_allow.lookup(&allow) != 0;
+}
+
+static __always_inline int flow(struct __sk_buff *skb, int ingress)
+{
+    struct mayfly_flow_key key = {};
+    int readable = read_flow(skb, ingress, &key) == 0;
+    if (readable)
+        account_flow(skb, &key, ingress);
+    return passes(&key, readable);
 }
 
 int flow_ingress(struct __sk_buff *skb)
 {
-    account_flow(skb, 1);
-    return passes(skb, 1);
+    return flow(skb, 1);
 }
 
 int flow_egress(struct __sk_buff *skb)
 {
-    account_flow(skb, 0);
-    return passes(skb, 0);
+    return flow(skb, 0);
 }

@@ -95,10 +95,10 @@ def test_a_kill_rule_stops_the_script_before_its_next_step_and_a_spent_budget_do
         wait_until(lambda: frozen(contained), timeout=5)
         time.sleep(0.2)
         assert not marker(contained)  # frozen at its act: it went no further
-        polled.sensor.thaw(contained.id).result(5)
-        assert contained.wait(10) == 0 and marker(contained)
     finally:
         polled.close()
+    # A sensor that stops leaves nothing frozen (failure: open, the default): it thaws it.
+    assert contained.wait(10) == 0 and marker(contained)
     assert not marker(killed)
     (kill,) = polled.actions(killed)
     assert kill["action"] == "kill_process" and kill["outcome"] == "done" and kill["mode"] == "enforce"
