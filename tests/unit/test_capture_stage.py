@@ -167,3 +167,33 @@ def test_a_rules_capture_field_decides_over_its_priority(tmp_path):
     assert {r["rule"] for r in got if r["kind"] == "alert"} == {"Notice but captured", "Warning but not captured"}
     assert [(r["container"]["cgroup_id"], r["trigger"]["rule"]) for r in got if r["kind"] == "case"] == [
         (CGROUP, "Notice but captured")]
+
+
+def test_the_policy_sets_each_containers_capture_level_priority_and_retention(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- rule: Notice read\n  desc: d\n  condition: evt.type = openat and fd.name = /etc/a\n"
+                     "  output: a\n  priority: NOTICE\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("- policy: Kept long, events only, from NOTICE\n  condition: container.id = mayfly-unit-capture\n"
+                      "  verdict: allow\n  forensics: {capture: events, priority: notice, ttl: 2d, weight: 3}\n"
+                      "- policy: Never captured\n  condition: container.id = mayfly-unit-neighbour\n"
+                      "  verdict: allow\n  forensics: {capture: none, priority: debug}\n")
+    got = []
+    sensor, cases = sensor_with_cases(tmp_path, rules, got, policy=policy)
+    with sensor:
+        sensor.kernel.feed(mkdir())
+        sensor.kernel.feed(mkdir(CGROUP + 1, b"/mayfly-unit-neighbour".ljust(256, b"\0")))
+        sensor.kernel.feed(batch_of(*(syscall("openat", 3, pid=700 + k, ktime=4_000_000 + k, dirfd=-100, flags=0,
+                                              name="/etc/a", header={"cgroup_id": cgroup})
+                                      for k, cgroup in enumerate((CGROUP + 1, CGROUP)))))
+        poll_until(sensor, lambda: any(r["kind"] == "case" for r in got))
+        for _ in range(5):
+            sensor.poll(0)
+    policies = {r["container"]["cgroup_id"]: r for r in got if r["kind"] == "policy"}
+    assert policies[CGROUP]["forensics"] == {"capture": "events", "priority": "NOTICE", "ttl_s": 172800.0,
+                                             "weight": 3.0}
+    (case,) = [r for r in got if r["kind"] == "case"]  # NOTICE triggers it, by its own priority; never the other's
+    assert case["container"]["cgroup_id"] == CGROUP and case["state"] == "sealed"
+    assert any("capture level for this container is events" in m["why"] for m in case["missing"])
+    (listed,) = CaseStore(tmp_path / "cases").list()
+    assert listed["value"]["weight"] == 3.0

@@ -170,3 +170,16 @@ def test_the_html_report_escapes_what_the_container_named():
     page = report.render(manifest, timeline, [{"pid": 7, "ppid": 1, "name": hostile, "cmdline": [hostile]}])
     assert hostile not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6
     assert page.count("class='mark ") == 2 and "id='trigger'" in page
+
+
+def test_a_retention_class_from_the_policy_sets_ttl_and_weight(tmp_path):
+    now = [1_000_000.0]
+    store = CaseStore(tmp_path / "cases", writer=True, clock=lambda: now[0])
+    case = store.open({"id": "c", "image": "pci:1"}, [], "Read sensitive file", "EMERGENCY", weight=3.0, ttl_s=60.0)
+    case.seal()
+    plain = make_case(store, priority="EMERGENCY", rule="other")
+    (kept, other) = store.list()
+    assert kept["value"]["weight"] == 3.0 and other["value"]["weight"] == 1.0
+    now[0] += 61
+    assert store.expire() == [case.id]  # its class's TTL, not EMERGENCY's 90 days
+    assert [c["id"] for c in store.list()] == [plain["id"]]
