@@ -81,6 +81,15 @@ def test_standalone_runc_from_state_json(tmp_path):
                                     "labels": {"org.example/team": "red", "tier": "a=b"}}
     # a runc container of that name whose cgroup is elsewhere is not this cgroup's
     assert Resolver(str(tmp_path)).resolve("/other/web-1").as_record() == {"id": "web-1", "resolved": False}
+    # its bundle's spec gives its rights: capabilities, the host paths mounted into it, its user
+    write(tmp_path, "srv/web-1/config.json", {
+        "process": {"user": {"uid": 1000, "gid": 1000}, "capabilities": {"bounding": ["CAP_CHOWN", "CAP_NET_RAW"]}},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+                   {"destination": "/sock", "source": "/run/docker.sock", "options": ["bind", "ro"]}]})
+    record = Resolver(str(tmp_path)).resolve("/web-1").as_record()
+    assert (record["capabilities"], record["host_mounts"], record["user"], record["privileged"]) == \
+        (["CAP_CHOWN", "CAP_NET_RAW"], ["/srv/data", "/run/docker.sock"], 1000, False)
 
 
 def test_docker_from_config_v2(tmp_path):

@@ -33,7 +33,7 @@ def identity(state: StateReader, container_id: str, cgroup_path: str | None) -> 
         bundle = next((v for k, sep, v in pairs if sep and k == "bundle"), None)
         if bundle and os.path.isabs(bundle):
             try:  # the bundle's spec: the container's user, capabilities and host mounts
-                apply_spec(result, read_json(os.path.join(bundle, "config.json")))
+                apply_spec(result, read_json(state.path(bundle.lstrip("/"), "config.json")))
             except StateError:
                 pass  # what the state says stands
         return result
