@@ -6,8 +6,8 @@ responder a user would otherwise write (needs root).
 
 1. The gate. Allowed containers whose entrypoint (stamp.c, static) prints the host's
    CLOCK_MONOTONIC at its first instruction, one after another, under `mayfly run
-   --policy` with the gate on (`gate: all`) and off (`gate: off`), the two alternating
-   in rounds, and with no sensor: from the runtime command to the entrypoint running,
+   --policy` with the gate on (`gate: all`) and off (`gate: off`), and with no sensor,
+   in rounds (each round one sensor, its policy reloaded by SIGHUP from on to off): from the runtime command to the entrypoint running,
    started two ways: `runc create` then `runc start` (timed from the start, as Docker
    and containerd start a container), and `runc run -d` (created and started at once:
    the gate holds the entrypoint until the verdict). The verdict latency is the policy
@@ -16,15 +16,17 @@ responder a user would otherwise write (needs root).
    writes a marker (its next step), all of one image, under a rule with `actions:
    [kill_process]` and a policy that raises the kill budget (by default, the fourth kill
    of a workload within a minute becomes containment): the triggering event to the
-   process killed (the action records' latency), and how many markers were written. Beside it, in the same run, the alternative: `mayfly run
+   process killed (the action records' latency), and how many markers were written;
+   in the same sensor, containers that read another file under a rule with `actions:
+   [isolate, freeze]`. Beside it, in the same run, the alternative: `mayfly run
    -o stdout:json` and a responder that runs `runc kill` on each alert's container
-   (Falco + Talon's way): the event to `runc kill` done, and the markers. Then freeze
-   and isolate (their action records' latency).
+   (Falco + Talon's way): the event to `runc kill` done, and the markers.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,16 +45,20 @@ from report import machine, main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- response: begin -->", "<!-- response: end -->"
-READS_THEN_MARKS = ["/bin/sh", "-c", "read x < /etc/shadow; sleep 0.005; echo next > /marker"]
 RULE = """
-- rule: Shadow read
-  desc: the benchmark's trigger
-  condition: evt.type in (open, openat, openat2) and fd.name = /etc/shadow and container.id != host
-  output: shadow read by %proc.name
+- rule: {name}
+  desc: a benchmark's trigger
+  condition: evt.type in (open, openat, openat2) and fd.name = {path} and container.id != host
+  output: read by %proc.name
   priority: CRITICAL
   capture: false
-{actions}
+  actions: {actions}
 """
+
+
+def reads_then_marks(path: str) -> list[str]:
+    """A shell that reads `path` and 5 ms later writes a marker: its next step."""
+    return ["/bin/sh", "-c", f"read x < {path}; sleep 0.005; echo next > /marker"]
 GATES = {"on": "- settings: {gate: all}\n", "off": "- settings: {gate: off}\n"}
 # The attacked containers are of one image (a CRI annotation names it), as a workload's
 # are; the default kill budget (3 a minute) would turn kills into containment after the
@@ -65,6 +71,8 @@ class Bench(ContainerBench):
     def __init__(self, quick: bool):
         super().__init__("response", quick)
         self.stamp = self.rig.compile_static("stamp", (HERE / "stamp.c").read_text())
+        (self.workdir / "token").write_text("token\n")
+        self.files = {"/etc/shadow": str(self.shadow), "/etc/token": str(self.workdir / "token")}
         self.containers = 4 if quick else 40
         self.rounds = 1 if quick else 4
 
@@ -85,56 +93,68 @@ class Bench(ContainerBench):
             container.delete()
 
     def gate(self) -> dict:
+        """Rounds of: gate on, then off (the same sensor, its policy reloaded), then no sensor."""
         found: dict[str, list[float]] = {f"{g}/{m}": [] for g in ("on", "off", "none") for m in ("start", "run")}
         verdicts: list[float] = []
         per_round = max(1, self.containers // self.rounds)
+        policy = self.workdir / "gate.yaml"
         for round_ in range(self.rounds):
-            for gate in ("on", "off", "none"):
-                sensor = None
-                if gate != "none":
-                    policy = self.workdir / f"gate-{gate}.yaml"
-                    policy.write_text(GATES[gate])
-                    output = self.workdir / f"gate-{gate}-{round_}.msgpack"
-                    sensor = self.sensor(f"gate-{gate}-{round_}", "--policy", str(policy), "--output",
-                                         f"file:{output}")
-                try:
+            policy.write_text(GATES["on"])
+            output = self.workdir / f"gate-{round_}.msgpack"
+            sensor = self.sensor(f"gate-{round_}", "--policy", str(policy), "--output", f"file:{output}")
+            try:
+                for gate in ("on", "off"):
+                    if gate == "off":
+                        self.reload(sensor, policy, GATES["off"])
                     for _ in range(per_round):
                         found[f"{gate}/start"].append(self.start_latency(started=False))
                         found[f"{gate}/run"].append(self.start_latency(started=True))
-                finally:
-                    if sensor is not None:
-                        sensor.stop()
-                if gate == "on":
-                    with open(output, "rb") as f:
-                        verdicts += [r["gate"]["verdict_ms"] / 1e3 for r in records.read_stream(f)
-                                     if r["kind"] == "policy" and r["gate"]["held"]]
+            finally:
+                sensor.stop()
+            with open(output, "rb") as f:  # only the gate held any
+                verdicts += [r["gate"]["verdict_ms"] / 1e3 for r in records.read_stream(f)
+                             if r["kind"] == "policy" and r["gate"]["held"]]
+            for _ in range(per_round):
+                found["none/start"].append(self.start_latency(started=False))
+                found["none/run"].append(self.start_latency(started=True))
         return {"starts": found, "verdicts": verdicts}
 
-    def acting(self, name: str, actions: str) -> tuple[RunningSensor, Path]:
-        """`mayfly run` with the benchmark's rule and these actions; where its records go."""
-        rules, policy = self.workdir / f"{name}.yaml", self.workdir / f"{name}-policy.yaml"
-        rules.write_text(RULE.format(actions=f"  actions: [{actions}]"))
-        policy.write_text(BUDGET)
-        output = self.workdir / f"{name}.msgpack"
-        return self.sensor(name, "--rules", str(rules), "--policy", str(policy), "--output", f"file:{output}"), output
-
     @staticmethod
-    def done(output: Path) -> list[dict]:
-        with open(output, "rb") as f:
-            return [r for r in records.read_stream(f) if r["kind"] == "action" and r["outcome"] == "done"]
+    def reload(sensor: RunningSensor, policy: Path, text: str) -> None:
+        """A new policy, by SIGHUP: back once the sensor says it reloaded it."""
+        def reloads() -> int:
+            return sum(e["event"] == "policy reloaded" for e in sensor.logs())
+        before = reloads()
+        policy.write_text(text)
+        sensor.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: reloads() > before, timeout=10)
 
-    def kills(self) -> dict:
-        """Mayfly's kill_process, then the responder's `runc kill`: latencies and markers."""
-        files = {"/etc/shadow": str(self.shadow)}
-        sensor, output = self.acting("kill", "kill_process")
+    def actions(self) -> dict:
+        """Mayfly's kill_process, isolate and freeze, then the responder's `runc kill`:
+        latencies, and the markers the kills let be written."""
+        rules, policy = self.workdir / "actions.yaml", self.workdir / "actions-policy.yaml"
+        rules.write_text(RULE.format(name="Shadow read", path="/etc/shadow", actions="[kill_process]")
+                         + RULE.format(name="Token read", path="/etc/token", actions="[isolate, freeze]"))
+        policy.write_text(BUDGET)
+        output = self.workdir / "actions.msgpack"
+        sensor = self.sensor("actions", "--rules", str(rules), "--policy", str(policy), "--output", f"file:{output}")
         try:
-            mayfly_markers = sum(self.marked(files) for _ in range(self.containers))
+            mayfly_markers = sum(self.marked("/etc/shadow") for _ in range(self.containers))
+            for _ in range(self.containers):
+                container = self.rig.create(reads_then_marks("/etc/token"), files=self.files,
+                                            annotations=IMAGE).start()
+                wait_until(lambda: Path(container.cgroup_dir, "cgroup.freeze").read_text().strip() == "1",
+                           timeout=10)
+                container.delete()
         finally:
             sensor.stop()
-        latencies = [r["latency_ms"] / 1e3 for r in self.done(output)]
+        with open(output, "rb") as f:
+            done = [r for r in records.read_stream(f) if r["kind"] == "action" and r["outcome"] == "done"]
+        found = {name: [a["latency_ms"] / 1e3 for a in done if a["action"] == name]
+                 for name in ("kill_process", "isolate", "freeze")}
 
-        plain = self.workdir / "plain.yaml"
-        plain.write_text(RULE.format(actions=""))  # alerts only, for the responder
+        plain = self.workdir / "plain.yaml"  # alerts only, for the responder
+        plain.write_text(RULE.format(name="Shadow read", path="/etc/shadow", actions="[]"))
         sensor = self.sensor("responder", "--rules", str(plain), "--no-capture", "--output", "stdout:json")
         responder: list[float] = []
 
@@ -146,48 +166,31 @@ class Bench(ContainerBench):
                     responder.append(time.time() - record["ts"] / 1e9)
         threading.Thread(target=respond, daemon=True).start()
         try:
-            responder_markers = sum(self.marked(files) for _ in range(self.containers))
+            responder_markers = sum(self.marked("/etc/shadow") for _ in range(self.containers))
             wait_until(lambda: len(responder) >= self.containers, timeout=20)
         finally:
             sensor.stop()
-        return {"mayfly": latencies, "mayfly_markers": mayfly_markers, "responder": responder,
+        return {**found, "mayfly_markers": mayfly_markers, "responder": responder,
                 "responder_markers": responder_markers}
 
-    def marked(self, files: dict) -> bool:
-        """Run one READS_THEN_MARKS container: whether its next step wrote the marker."""
-        container = self.rig.create(READS_THEN_MARKS, files=files, annotations=IMAGE).start()
+    def marked(self, path: str) -> bool:
+        """Run one container that reads `path` then writes a marker: whether it did."""
+        container = self.rig.create(reads_then_marks(path), files=self.files, annotations=IMAGE).start()
         try:
             container.wait(10)
             return Path(container.upper, "marker").exists()
         finally:
             container.delete()
 
-    def contain(self) -> dict[str, list[float]]:
-        """freeze and isolate: their action records' latency."""
-        files = {"/etc/shadow": str(self.shadow)}
-        sensor, output = self.acting("contain", "isolate, freeze")
-        try:
-            for _ in range(self.containers):
-                container = self.rig.create(READS_THEN_MARKS, files=files, annotations=IMAGE).start()
-                wait_until(lambda: Path(container.cgroup_dir, "cgroup.freeze").read_text().strip() == "1",
-                           timeout=10)
-                container.delete()
-        finally:
-            sensor.stop()
-        actions = self.done(output)
-        return {name: [a["latency_ms"] / 1e3 for a in actions if a["action"] == name] for name in ("isolate", "freeze")}
-
     def run(self) -> dict:
         try:
             print("gate", flush=True)
             gate = self.gate()
-            print("kills", flush=True)
-            kills = self.kills()
-            print("freeze and isolate", flush=True)
-            contain = self.contain()
+            print("actions", flush=True)
+            actions = self.actions()
         finally:
             self.rig.cleanup()
-        return {"gate": gate, "kills": kills, "contain": contain, "containers": self.containers}
+        return {"gate": gate, "actions": actions, "containers": self.containers}
 
 
 def ms(values: list[float]) -> str:
@@ -197,7 +200,7 @@ def ms(values: list[float]) -> str:
 
 def report(results: dict, command: str) -> str:
     starts, verdicts = results["gate"]["starts"], results["gate"]["verdicts"]
-    kills, contain, n = results["kills"], results["contain"], results["containers"]
+    kills, n = results["actions"], results["containers"]
     lines = [BEGIN, "## Response: the spawn gate and the actions", "",
              f"Command: `{command}` (as root). Machine: {machine()}.", "",
              "Allowed containers, one after another, whose entrypoint prints the host's clock at its first "
@@ -226,16 +229,16 @@ def report(results: dict, command: str) -> str:
               "a workload within a minute becomes isolate and freeze):", "",
               "| | the triggering event to the action done, p50 | p99 | markers written (the next step ran) |",
               "| --- | --- | --- | --- |",
-              f"| Mayfly `actions: [kill_process]` (the kernel holds the process at its act) | {ms(kills['mayfly'])} | "
+              f"| Mayfly `actions: [kill_process]` (the kernel holds the process at its act) | {ms(kills['kill_process'])} | "
               f"{kills['mayfly_markers']} of {n} |",
               f"| Responder: `runc kill` on each alert of `mayfly run -o stdout:json` | {ms(kills['responder'])} | "
               f"{kills['responder_markers']} of {n} |",
-              f"| Mayfly `isolate` | {ms(contain['isolate'])} | - |",
-              f"| Mayfly `freeze` (cgroup.freeze written and frozen) | {ms(contain['freeze'])} | - |", ""]
-    if kills["mayfly"] and kills["responder"]:
-        lines.append(f"- Kill latency p99: Mayfly {percentile(kills['mayfly'], 0.99) * 1e3:,.2f} ms, the responder "
-                     f"{percentile(kills['responder'], 0.99) * 1e3:,.2f} ms "
-                     f"({percentile(kills['responder'], 0.99) / percentile(kills['mayfly'], 0.99):.1f}x).")
+              f"| Mayfly `isolate` | {ms(kills['isolate'])} | - |",
+              f"| Mayfly `freeze` (cgroup.freeze written and frozen) | {ms(kills['freeze'])} | - |", ""]
+    if kills["kill_process"] and kills["responder"]:
+        mayfly, responder = percentile(kills["kill_process"], 0.99), percentile(kills["responder"], 0.99)
+        lines.append(f"- Kill latency p99: Mayfly {mayfly * 1e3:,.2f} ms, the responder {responder * 1e3:,.2f} ms "
+                     f"({responder / mayfly:.1f}x).")
     lines += ["", END, ""]
     return "\n".join(lines)
 

@@ -26,9 +26,11 @@ def test_every_exec_in_a_container_carries_its_cgroup_id(sensor, rig):
 
     entrypoint, *children = execs(collect(sensor, cgroup_id))
     assert entrypoint["evt"]["filename"] == "/bin/sh" and entrypoint["proc"]["comm"] == "sh"
-    # runc's default capabilities: not privileged
+    # runc's default capabilities (its bundle's spec): not privileged; no host path mounted
     assert entrypoint["container"] == {"id": container.id, "runtime": "runc", "cgroup_id": cgroup_id,
-                                       "created": entrypoint["container"]["created"], "privileged": False}
+                                       "created": entrypoint["container"]["created"], "privileged": False,
+                                       "capabilities": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                                       "user": 0}
     # Its user's name from the container's own /etc/passwd; what /proc said of it, if it
     # was still there when its exec was applied, in its own view
     assert entrypoint["proc"]["user"] == "root"
