@@ -6,7 +6,7 @@ import textwrap
 import time
 
 from sensor import Sensor
-from sensor.testing.events import C, batch_of, raw
+from sensor.testing.events import C, batch_of, raw, syscall
 from sensor.testing.kernel import FakeKernel
 
 CGROUP = 987_650_001
@@ -48,3 +48,28 @@ def test_verdicts_and_reloads(tmp_path):
         assert not reloaded(sensor, good) and sensor.kernel.gate  # the running policy stays
         path.write_text("- settings: {gate: off}\n")
         assert reloaded(sensor, good) and not sensor.kernel.gate
+
+
+def test_a_protected_container_is_never_a_target_and_the_kernel_never_stops_there(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- rule: Shadow read\n  desc: d\n  condition: evt.type = openat and fd.name = /etc/shadow and "
+                     "container.id != host\n  output: o\n  priority: CRITICAL\n  actions: [kill_container]\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("- protect: The log shipper\n  condition: container.id = mayfly-unit-shipper\n")
+    shipper, other = CGROUP + 10, CGROUP + 11
+    got = []
+    with Sensor(rules=[rules], policy=policy, kernel=FakeKernel, identity_deadline=0, on_record=got.append) as sensor:
+        for cgroup, name in ((shipper, b"/mayfly-unit-shipper"), (other, b"/mayfly-unit-other")):
+            sensor.kernel.feed(batch_of(raw("cgroup", id=cgroup, op=C["MAYFLY_CGROUP_MKDIR"], level=1,
+                                            path=name.ljust(256, b"\0"), ktime=1_000_000)))
+        sensor.kernel.feed(batch_of(*(syscall("openat", 3, pid=800 + k, ktime=2_000_000 + k, dirfd=-100, flags=0,
+                                              name="/etc/shadow", header={"cgroup_id": cgroup})
+                                      for k, cgroup in enumerate((shipper, other)))))
+        for _ in range(4):
+            sensor.poll(0)
+        assert shipper in sensor.kernel.hosts and other not in sensor.kernel.hosts
+    actions = [(r["target"]["container"]["cgroup_id"], r["action"], r["outcome"]) for r in got if r["kind"] == "action"]
+    assert (shipper, "kill_container", "skipped: protected by the policy") in actions
+    # the other is a target: the last-instance guard turns the kill into isolate and freeze
+    assert [(a, o) for c, a, o in actions if c == other][0] == ("isolate", "done")
+    assert other in sensor.kernel.isolated
