@@ -158,6 +158,9 @@ class Place:
         self.kernel.set_gate(False)
         self.holds.end_all(self.policy.settings.failure == "open", self._dir)
 
-    def _dir(self, cgroup_id: int) -> str:
+    def _dir(self, cgroup_id: int) -> str | None:
+        """The cgroup's directory; None when it is not known here (never the root's)."""
         entry = self.cgroups.entries.get(cgroup_id)
-        return os.path.join(self.cgroups.root, (entry.path if entry else "").lstrip("/"))
+        if entry is None or entry.path.strip("/") == "":
+            return None
+        return os.path.join(self.cgroups.root, entry.path.lstrip("/"))

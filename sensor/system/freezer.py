@@ -22,6 +22,9 @@ class Freezer:
     processes, finds the v1 freezer's directory when cgroup2 has no freezer there."""
 
     def __init__(self, cgroup_dir: str, pid: int | None = None):
+        if os.path.exists(os.path.join(cgroup_dir, "cgroup.controllers")) and \
+                not os.path.exists(os.path.join(cgroup_dir, "cgroup.events")):
+            raise FreezerError(f"{cgroup_dir}: the root cgroup, which holds the host: never frozen or killed")
         self.dir = cgroup_dir
         self._v2 = os.path.exists(os.path.join(cgroup_dir, "cgroup.freeze"))
         self._v1 = None if self._v2 or pid is None else _v1_dir(pid)

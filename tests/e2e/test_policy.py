@@ -6,6 +6,7 @@ or frozen once the next one starts."""
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -13,7 +14,6 @@ from sensor import Sensor
 from sensor.system import host
 from sensor.testing.containers import wait_until
 from sensor.testing.running import RunningSensor
-from test_container_identity import read_records
 
 WRITES_MARKER = ["/bin/sh", "-c", "echo ran > /marker; sleep 0.2"]  # a shell entrypoint, as in real images
 POLICY = """
@@ -39,62 +39,107 @@ def marker(container):
     return os.path.exists(os.path.join(container.upper, "marker"))
 
 
-def test_the_gate_holds_each_new_container_until_its_verdict_and_a_denied_entrypoint_never_runs(rig, tmp_path):
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    seen = []
-    with Sensor(policy=policy, on_record=seen.append, report_interval=3600) as sensor:
-        sensor.poll(0)
-        denied = rig.create(WRITES_MARKER, annotations={"trust": "none"})
-        allowed = rig.create(WRITES_MARKER, annotations={"trust": "full"})
-        # Not polled: the sensor has no verdict for them yet, so the kernel holds each
-        # one's first exec, before the entrypoint's first instruction.
-        for container in (denied, allowed):
-            container.start()
-        wait_until(lambda: state_of(denied.pid) == "T" and state_of(allowed.pid) == "T", timeout=5)
-        time.sleep(0.2)
-        assert not marker(denied) and not marker(allowed)  # the held shells ran nothing
-        deadline = time.monotonic() + 10
-        while len([r for r in seen if r["kind"] == "policy"]) < 2 and time.monotonic() < deadline:
-            sensor.poll(20)
-        assert denied.wait(10) == -signal.SIGKILL and allowed.wait(10) == 0
-    assert not marker(denied) and marker(allowed)
-    verdicts = {r["container"]["id"]: r for r in seen if r["kind"] == "policy"}
-    assert verdicts[denied.id]["verdict"] == "deny" and verdicts[denied.id]["outcome"] == "killed"
-    assert verdicts[denied.id]["rule"] == "No untrusted workloads on PCI hosts"
-    assert "host.label[pci]" in verdicts[denied.id]["why"]
-    assert verdicts[allowed.id]["verdict"] == "allow" and verdicts[allowed.id]["outcome"] == "released"
-    assert verdicts[allowed.id]["rule"] is None and "default" in verdicts[allowed.id]["why"]
-    for record in (verdicts[denied.id], verdicts[allowed.id]):
-        assert record["gate"]["held"] and record["gate"]["verdict_ms"] > 0
-    for container in (denied, allowed):
-        container.delete()
-
-    # Once running, the verdict comes before the entrypoint: an allowed container is never held.
-    with Sensor(policy=policy, on_record=seen.append, report_interval=3600) as sensor:
-        seen.clear()
-        sensor.poll(0)
-        neighbour = rig.create(WRITES_MARKER, annotations={"trust": "full"})
-        wait_until(lambda: sensor.poll(5) is not None and any(r["kind"] == "policy" for r in seen), timeout=10)
-        neighbour.start()
-        wait_until(lambda: sensor.poll(5) is not None and marker(neighbour), timeout=10)
-        assert neighbour.wait(10) == 0
-        neighbour.delete()
-    (record,) = [r for r in seen if r["kind"] == "policy"]
-    assert record["verdict"] == "allow" and record["outcome"] == "running" and not record["gate"]["held"]
-
-
 def exec_in_new_cgroup(name, marker_path):
     """A process that joins a bare cgroup of its own (no runtime's state names it) and
-    then execs a shell that would write a marker: the gate holds that exec."""
+    then execs a shell that writes a marker: the gate holds that exec, and no runtime's
+    state gives its identity before the identity deadline."""
     directory = os.path.join(host.cgroup2_root(), name)
-    os.mkdir(directory)
-    proc = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {directory}/cgroup.procs; "
+    # Made by the shell, not by this process: a sensor in this process does not see its own acts.
+    proc = subprocess.Popen(["/bin/sh", "-c", f"mkdir {directory} && echo $$ > {directory}/cgroup.procs && "
                                               f"exec /bin/sh -c 'echo ran > {marker_path}'"])
+    wait_until(lambda: os.path.isdir(directory), timeout=5)
     return directory, proc
 
 
-def test_past_the_deadline_fails_closed_and_a_crashed_sensors_holds_and_freezes_are_released(rig, tmp_path):
+class Polled:
+    """An in-process Sensor polled by a thread, its records kept."""
+
+    def __init__(self, policy, **options):
+        self.seen = []
+        self.sensor = Sensor(policy=policy, on_record=self.seen.append, report_interval=3600, **options)
+        self.sensor.start()
+        self.thread = threading.Thread(target=lambda: [self.sensor.poll(5) for _ in iter(
+            lambda: self.sensor.stopped, True)], daemon=True)
+        self.thread.start()
+
+    def policies(self, cgroup_id=None):
+        return [r for r in self.seen if r["kind"] == "policy" and cgroup_id in (None, r["container"]["cgroup_id"])]
+
+    def close(self):
+        self.sensor.stop()
+        self.thread.join(10)
+        self.sensor.close()
+
+
+def test_the_gate_holds_each_new_container_until_its_verdict_and_a_denied_entrypoint_never_runs(rig, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    polled = Polled(policy, identity_deadline=1.0)
+    made = []
+    try:
+        # Created and started at once (`runc run`): the entrypoint's exec comes as the
+        # verdict is made. A denied one never runs: held and killed, or killed at its exec.
+        denied = rig.create(WRITES_MARKER, annotations={"trust": "none"}, started=True)
+        allowed = rig.create(WRITES_MARKER, annotations={"trust": "full"}, started=True)
+        made += [denied, allowed]
+        assert denied.wait(10) == -signal.SIGKILL and allowed.wait(10) == 0
+        assert not marker(denied) and marker(allowed)
+        wait_until(lambda: polled.policies(denied.cgroup_id) and polled.policies(allowed.cgroup_id), timeout=5)
+        (refused,) = polled.policies(denied.cgroup_id)
+        assert (refused["verdict"], refused["rule"]) == ("deny", "No untrusted workloads on PCI hosts")
+        assert refused["outcome"] == "killed" and "host.label[pci]" in refused["why"]
+        (admitted,) = polled.policies(allowed.cgroup_id)
+        assert admitted["verdict"] == "allow" and admitted["rule"] is None and "default" in admitted["why"]
+        assert admitted["outcome"] == ("released" if admitted["gate"]["held"] else "running")
+
+        # Created first, as Docker and containerd do: the verdict comes before the start.
+        neighbour = rig.create(WRITES_MARKER, annotations={"trust": "full"})
+        made.append(neighbour)
+        wait_until(lambda: polled.policies(neighbour.cgroup_id), timeout=10)
+        neighbour.start()
+        assert neighbour.wait(10) == 0 and marker(neighbour)
+        (record,) = polled.policies(neighbour.cgroup_id)
+        assert record["outcome"] == "running" and not record["gate"]["held"]
+
+        # A new cgroup whose identity takes its deadline (1 s) to come: held until its
+        # verdict, then released, and it runs.
+        marker_released = tmp_path / "marker-released"
+        directory, proc = exec_in_new_cgroup(f"mayfly-gate-{uuid.uuid4().hex[:8]}", marker_released)
+        try:
+            wait_until(lambda: state_of(proc.pid) == "T", timeout=5)
+            time.sleep(0.3)
+            assert state_of(proc.pid) == "T" and not marker_released.exists()  # held: it ran nothing
+            assert proc.wait(10) == 0 and marker_released.exists()
+        finally:
+            proc.wait(10)
+            os.rmdir(directory)
+        def of_bare():
+            return [r for r in polled.policies() if r["container"]["id"] == os.path.basename(directory)]
+        wait_until(of_bare, timeout=5)
+        (released,) = of_bare()
+        assert released["outcome"] == "released" and released["gate"]["verdict_ms"] >= 300
+
+        # Past the deadline, a policy that fails closed kills what the gate holds.
+        policy.write_text("- settings: {gate: all, failure: closed, gate_deadline: 300ms}\n")
+        before = polled.sensor.policy
+        polled.sensor.reload()
+        wait_until(lambda: polled.sensor.policy is not before, timeout=10)
+        marker_closed = tmp_path / "marker-closed"
+        directory, proc = exec_in_new_cgroup(f"mayfly-gate-{uuid.uuid4().hex[:8]}", marker_closed)
+        try:
+            assert proc.wait(10) == -signal.SIGKILL and not marker_closed.exists()
+        finally:
+            os.rmdir(directory)
+        wait_until(lambda: [r for r in polled.policies() if r.get("failed")], timeout=5)
+        (record,) = [r for r in polled.policies() if r.get("failed")]
+        assert record["failed"] == "closed" and record["outcome"] == "killed" and record["gate"]["held"]
+    finally:
+        polled.close()
+        for container in made:
+            container.delete()
+
+
+def test_a_crashed_sensors_holds_and_freezes_are_released_by_the_next_one(rig, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text("""
 - rule: Shadow read freezes
@@ -107,22 +152,6 @@ def test_past_the_deadline_fails_closed_and_a_crashed_sensors_holds_and_freezes_
 """)
     shadow = tmp_path / "shadow"
     shadow.write_text("root:*:19000:0:99999:7:::\n")
-    closed = tmp_path / "closed.yaml"
-    closed.write_text("- settings: {gate: all, failure: closed, gate_deadline: 300ms}\n")
-    output = tmp_path / "closed.msgpack"
-    marker_closed = tmp_path / "marker-closed"
-    sensor = RunningSensor(tmp_path, "--policy", str(closed), "--identity-deadline", "30",
-                           "--output", f"file:{output}")
-    try:
-        directory, proc = exec_in_new_cgroup(f"mayfly-gate-{uuid.uuid4().hex[:8]}", marker_closed)
-        assert proc.wait(10) == -signal.SIGKILL  # held at its exec, then killed past the deadline
-        wait_until(lambda: any(r["kind"] == "policy" for r in read_records(output)), timeout=10)
-    finally:
-        sensor.stop()
-        os.rmdir(directory)
-    assert not marker_closed.exists()
-    (record,) = [r for r in read_records(output) if r["kind"] == "policy"]
-    assert record["failed"] == "closed" and record["outcome"] == "killed" and record["gate"]["held"]
 
     # A sensor that holds a process at the gate and froze a container, then crashes.
     patient = tmp_path / "patient.yaml"
