@@ -6,13 +6,12 @@ or frozen once the next one starts."""
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 
-from sensor import Sensor
 from sensor.system import host
 from sensor.testing.containers import wait_until
+from sensor.testing.polled import PolledSensor
 from sensor.testing.running import RunningSensor
 
 WRITES_MARKER = ["/bin/sh", "-c", "echo ran > /marker; sleep 0.2"]  # a shell entrypoint, as in real images
@@ -51,30 +50,15 @@ def exec_in_new_cgroup(name, marker_path):
     return directory, proc
 
 
-class Polled:
-    """An in-process Sensor polled by a thread, its records kept."""
-
-    def __init__(self, policy, **options):
-        self.seen = []
-        self.sensor = Sensor(policy=policy, on_record=self.seen.append, report_interval=3600, **options)
-        self.sensor.start()
-        self.thread = threading.Thread(target=lambda: [self.sensor.poll(5) for _ in iter(
-            lambda: self.sensor.stopped, True)], daemon=True)
-        self.thread.start()
-
+class Polled(PolledSensor):
     def policies(self, cgroup_id=None):
-        return [r for r in self.seen if r["kind"] == "policy" and cgroup_id in (None, r["container"]["cgroup_id"])]
-
-    def close(self):
-        self.sensor.stop()
-        self.thread.join(10)
-        self.sensor.close()
+        return [r for r in self.records("policy") if cgroup_id in (None, r["container"]["cgroup_id"])]
 
 
 def test_the_gate_holds_each_new_container_until_its_verdict_and_a_denied_entrypoint_never_runs(rig, tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    polled = Polled(policy, identity_deadline=1.0)
+    polled = Polled(policy=policy, identity_deadline=1.0)
     made = []
     try:
         # Created and started at once (`runc run`): the entrypoint's exec comes as the

@@ -5,14 +5,13 @@ destination on a test host (a pyroute2 network namespace) and nothing else."""
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 
-from sensor import Sensor
 from sensor.testing.containers import wait_until
 from sensor.testing.network import PEER_ADDRESS, PeerHost
+from sensor.testing.polled import PolledSensor
 
 # Reads the stand-in for /etc/shadow from the shell itself (a redirection: no exec), then
 # at once writes a marker (its next step, a shell builtin): only a process held at its act
@@ -45,27 +44,17 @@ RULES = """
 """
 
 
-class Polled:
-    """A Sensor of the test's own, polled by a thread, its records kept."""
+class Polled(PolledSensor):
+    """A sensor with the test rules (RULES, `action` on the shadow read) and a policy of
+    these settings."""
 
     def __init__(self, tmp_path, action, settings):
         (tmp_path / "rules.yaml").write_text(RULES.format(action=action))
         (tmp_path / "policy.yaml").write_text(f"- settings: {settings}\n")
-        self.seen = []
-        self.sensor = Sensor(rules=[tmp_path / "rules.yaml"], policy=tmp_path / "policy.yaml", cases=tmp_path / "cases",
-                             on_record=self.seen.append, report_interval=3600)
-        self.sensor.start()
-        self.thread = threading.Thread(target=lambda: [self.sensor.poll(20) for _ in iter(
-            lambda: self.sensor.stopped, True)], daemon=True)
-        self.thread.start()
+        super().__init__(rules=[tmp_path / "rules.yaml"], policy=tmp_path / "policy.yaml", cases=tmp_path / "cases")
 
     def actions(self, container):
-        return [r for r in self.seen if r["kind"] == "action" and r["target"]["container"].get("id") == container.id]
-
-    def close(self):
-        self.sensor.stop()
-        self.thread.join(10)
-        self.sensor.close()
+        return [r for r in self.records("action") if r["target"]["container"].get("id") == container.id]
 
 
 @pytest.fixture
