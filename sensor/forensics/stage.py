@@ -4,7 +4,6 @@ removed; after detect, triggers freeze containers and queue their capture."""
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 from concurrent.futures import Future
@@ -134,7 +133,7 @@ class Capture:
             del self._stops[pid]
             self.kernel.let_go(pid)
         own = self.settings_of.get(cgroup_id) or {}
-        return self._submit(Request(cgroup_id, self._dir(entry), entry.container, [alert], alert["rule"],
+        return self._submit(Request(cgroup_id, self.cgroups.directory(cgroup_id), entry.container, [alert], alert["rule"],
                                     alert["priority"], int(alert["ts"]) - self.clock.offset, int(alert["ts"]),
                                     pid=(alert.get("proc") or {}).get("pid"), stopped=stopped,
                                     events_only=own.get("capture") == "events", ttl_s=own.get("ttl_s"),
@@ -150,7 +149,7 @@ class Capture:
         self._waiting.setdefault(cgroup_id, []).append(future)
         if cgroup_id not in self.capturer.busy:
             now = time.monotonic_ns()
-            self._submit(Request(cgroup_id, self._dir(entry), entry.container, [], "", NO_PRIORITY, now,
+            self._submit(Request(cgroup_id, self.cgroups.directory(cgroup_id), entry.container, [], "", NO_PRIORITY, now,
                                  now + self.clock.offset), batch)
 
     def _submit(self, request: Request, batch: Batch) -> str:
@@ -206,8 +205,6 @@ class Capture:
             self.kernel.let_go(pid)
         self._stops.clear()
 
-    def _dir(self, entry) -> str:
-        return os.path.join(self.cgroups.root, entry.path.lstrip("/"))
 
     def _case_record(self, manifest: dict) -> Record:
         if not manifest.get("id"):

@@ -192,6 +192,14 @@ class CgroupTable:
             return {"id": f"cgroup-{cgroup_id}", "cgroup_id": cgroup_id, "resolved": False}
         return entry.container
 
+    def directory(self, cgroup_id: int) -> str | None:
+        """A known cgroup's directory, absolute; None when unknown here, and for the root
+        (which holds the host: never frozen, killed or captured)."""
+        entry = self.entries.get(cgroup_id)
+        if entry is None or entry.path.strip("/") == "":
+            return None
+        return os.path.join(self.root, entry.path.lstrip("/"))
+
     def version(self, cgroup_id: int) -> int:
         """A number that changes whenever container(cgroup_id) may (0: no entry)."""
         entry = self.entries.get(cgroup_id)

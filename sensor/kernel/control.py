@@ -51,6 +51,8 @@ class Kernel:
         events = layout.events()
         self._structs, self._constants = events.structs, events.constants
         self._hold_ns = self._constants["MAYFLY_PRESSURE_HOLD_NS"]
+        allow = self._structs["mayfly_allow_key"]  # its prefix covers port, family and pad before the address
+        self._allow_header_bits = 8 * (allow.fields["addr"][1] - allow.fields["port"][1])
         self._pressure_bytes = 0   # a backlog of this much at a drain is pressure (0: always pressure)
         self._pressed_until = 0    # what the `pressure` map says, as last written here
         self._drained_at = 0.0     # monotonic
@@ -185,10 +187,6 @@ class Kernel:
         else:
             verdicts[verdicts.Key(cgroup_id)] = verdicts.Leaf(self._constants[f"MAYFLY_VERDICT_{verdict.upper()}"])
 
-    def verdicts(self) -> dict[int, str]:
-        names = {self._constants[f"MAYFLY_VERDICT_{v.upper()}"]: v for v in ("pending", "allow", "deny")}
-        return {key.value: names.get(leaf.value, "?") for key, leaf in self.programs["verdicts"].items()}
-
     def gated(self) -> dict[int, tuple[int, int]]:
         """The processes the gate holds: pid -> (cgroup id, since, in kernel time). The
         map is pinned: it may list what a sensor that crashed held."""
@@ -214,7 +212,7 @@ class Kernel:
         for network, port in allowed:
             net = ipaddress.ip_network(network, strict=False)
             key = np.zeros(1, dtype)
-            key["prefixlen"] = 32 + net.prefixlen
+            key["prefixlen"] = self._allow_header_bits + net.prefixlen
             key["port"] = port
             key["family"] = socket.AF_INET if net.version == 4 else socket.AF_INET6
             packed = net.network_address.packed

@@ -6,7 +6,6 @@ a sensor that crashed, ends as the failure mode says."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -96,7 +95,7 @@ class Place:
             self.denied.add(cgroup_id)
         held_since = self.holds.since(cgroup_id)
         if deny:
-            outcome = self.holds.kill(cgroup_id, self._dir(cgroup_id))
+            outcome = self.holds.kill(cgroup_id, self.cgroups.directory(cgroup_id))
         else:
             released = self.holds.release(cgroup_id)
             outcome = "released" if released else "running"
@@ -115,7 +114,7 @@ class Place:
                 self.kernel.set_verdict(cgroup_id, "allow")
             elif cgroup_id in self.decided:
                 if cgroup_id in self.denied:
-                    self.holds.kill(cgroup_id, self._dir(cgroup_id))
+                    self.holds.kill(cgroup_id, self.cgroups.directory(cgroup_id))
                 else:
                     self.holds.release(cgroup_id)
         fail_open = settings.failure == "open"
@@ -125,7 +124,7 @@ class Place:
                 self.holds.release(cgroup_id)
                 outcome = "released"
             else:
-                outcome = self.holds.kill(cgroup_id, self._dir(cgroup_id))
+                outcome = self.holds.kill(cgroup_id, self.cgroups.directory(cgroup_id))
             self.kernel.set_verdict(cgroup_id, "allow" if fail_open else "deny")
             if not fail_open:
                 self.denied.add(cgroup_id)
@@ -156,11 +155,5 @@ class Place:
         """The sensor stops: the gate holds nothing more, and what it holds ends as the
         failure mode says."""
         self.kernel.set_gate(False)
-        self.holds.end_all(self.policy.settings.failure == "open", self._dir)
+        self.holds.end_all(self.policy.settings.failure == "open", self.cgroups.directory)
 
-    def _dir(self, cgroup_id: int) -> str | None:
-        """The cgroup's directory; None when it is not known here (never the root's)."""
-        entry = self.cgroups.entries.get(cgroup_id)
-        if entry is None or entry.path.strip("/") == "":
-            return None
-        return os.path.join(self.cgroups.root, entry.path.lstrip("/"))

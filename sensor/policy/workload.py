@@ -22,13 +22,15 @@ def workload_of(container: dict, by: str) -> str:
 def running(cgroups, workload: str, by: str) -> int:
     """Containers of the workload running on this host: in the cgroup table, with a
     process in their cgroup (an exited container's cgroup stays until it is deleted)."""
-    return sum(1 for entry in cgroups.entries.values() if entry.identity.is_container and entry.removed_ns is None
-               and workload_of(entry.container, by) == workload and _populated(cgroups.root, entry.path))
+    return sum(1 for cgroup_id, entry in cgroups.entries.items() if entry.identity.is_container and entry.removed_ns is None
+               and workload_of(entry.container, by) == workload and _populated(cgroups.directory(cgroup_id)))
 
 
-def _populated(root: str, path: str) -> bool:
+def _populated(cgroup_dir: str | None) -> bool:
+    if cgroup_dir is None:
+        return False
     try:
-        with open(os.path.join(root, path.lstrip("/"), "cgroup.events")) as f:
+        with open(os.path.join(cgroup_dir, "cgroup.events")) as f:
             return "populated 1" in f.read()
     except OSError:
         return False

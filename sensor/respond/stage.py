@@ -5,7 +5,6 @@ target, outcome, latency from the triggering event, and any downgrade."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -129,7 +128,7 @@ class Respond:
             return out + [record(a, "monitor: not done (the rule was disarmed)") for a in asked]
         extra = {"downgraded": weighed.downgraded} if weighed.downgraded else {}
         done = self._done.setdefault(cgroup_id, set())
-        cgroup_dir = os.path.join(self.cgroups.root, entry.path.lstrip("/"))
+        cgroup_dir = self.cgroups.directory(cgroup_id)
         for action in weighed.actions:
             if action in done and action != "kill_process":
                 outcome = "done already"

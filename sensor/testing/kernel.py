@@ -114,9 +114,6 @@ class FakeKernel:
         else:
             self.verdict_of[cgroup_id] = verdict
 
-    def verdicts(self) -> dict[int, str]:
-        return dict(self.verdict_of)
-
     def gated(self) -> dict[int, tuple[int, int]]:
         return dict(self.gated_tasks)
 
