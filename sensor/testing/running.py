@@ -40,6 +40,8 @@ class RunningSensor:
         if tty:
             os.close(slave)
         wait_until(self.started, timeout=90)
+        # The control socket comes up just after the sensor says it started.
+        wait_until(lambda: os.path.exists(self.control) or self.control not in args, timeout=10)
 
     def logs(self) -> list[dict]:
         return [json.loads(line) for line in open(self.log)]
